@@ -1,0 +1,36 @@
+"""The data sets shipped with scikit-learn that the demo, the tests and the benchmarks use."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from .errors import InvalidParameterError
+
+_LOADERS = {
+    "breast_cancer": datasets.load_breast_cancer,
+    "digits": datasets.load_digits,
+    "iris": datasets.load_iris,
+}
+
+#: Names accepted by :func:`load_split`.
+DATASETS = tuple(_LOADERS)
+
+
+def load_split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The benchmark split of a scikit-learn data set.
+
+    75 % / 25 % stratified split with ``random_state=0``; features standardized with the mean
+    and variance of the training part.
+
+    Returns:
+        ``(x_train, x_test, y_train, y_test)``, features as float64.
+    """
+    if name not in _LOADERS:
+        raise InvalidParameterError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    x, y = _LOADERS[name](return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    scaler = StandardScaler().fit(x_tr)
+    return scaler.transform(x_tr), scaler.transform(x_te), y_tr, y_te

@@ -1,0 +1,34 @@
+"""Exceptions raised by fheqnn.
+
+Every error the library raises on purpose derives from :class:`FheqnnError`, and also from the
+builtin exception a caller would expect (an invalid parameter is a ``ValueError`` too), so that
+``except ValueError`` keeps working for users who do not know about this package.
+"""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+
+class FheqnnError(Exception):
+    """Root of every exception raised on purpose by fheqnn."""
+
+
+class InvalidParameterError(FheqnnError, ValueError):
+    """A constructor or function argument has a value outside of what is allowed."""
+
+
+class InvalidInputError(FheqnnError, ValueError):
+    """Data given to fit / predict has the wrong shape, dtype, or non-finite values."""
+
+
+class NotFittedError(FheqnnError, _SklearnNotFittedError):
+    """A method that needs a trained model was called before ``fit``."""
+
+
+class AccumulatorOverflowError(FheqnnError, ValueError):
+    """An integer accumulator is wider than the allowed ``n_accum_bits``."""
+
+
+class InternalError(FheqnnError, RuntimeError):
+    """A guarantee that fheqnn itself should uphold was broken: a bug, please report it."""

@@ -1,0 +1,274 @@
+"""scikit-learn estimators around :class:`SparseQuantNeuralNetwork`.
+
+``NeuralNetClassifier`` and ``NeuralNetRegressor`` follow scikit-learn's contract: ``__init__``
+only stores parameters, ``fit`` returns ``self``, learned state ends in ``_``, ``clone`` and
+``GridSearchCV`` work, and ``random_state`` makes a run reproducible. Network parameters are
+spelled ``module__<name>`` as in the reference implementation; ``input_dim`` and ``n_outputs``
+are inferred from the data in ``fit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
+from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
+from .training import TrainingConfig, train_module
+
+_MODULE_PREFIX = "module__"
+_MASK_UPDATES = ("dynamic", "fixed")
+
+
+class _SparseQuantNetEstimator(BaseEstimator):
+    """Shared parameters, validation and training of the two estimators."""
+
+    def __init__(
+        self,
+        module__n_layers: int = 3,
+        module__n_hidden_neurons_multiplier: int = 4,
+        module__n_w_bits: int = 3,
+        module__n_a_bits: int = 3,
+        module__n_accum_bits: int = MAX_BITWIDTH_BACKWARD_COMPATIBLE,
+        module__n_prune_neurons_percentage: float = 0.0,
+        module__activation_function: type = nn.ReLU,
+        module__quant_narrow: bool = False,
+        module__quant_signed: bool = True,
+        max_epochs: int = 200,
+        lr: float = 0.01,
+        batch_size: int = 64,
+        weight_decay: float = 0.0,
+        mask_updates: str = "dynamic",
+        mask_freeze_fraction: float = 0.7,
+        straight_through_masks: bool = True,
+        verbose: int = 1,
+        random_state: int | None = None,
+    ) -> None:
+        self.module__n_layers = module__n_layers
+        self.module__n_hidden_neurons_multiplier = module__n_hidden_neurons_multiplier
+        self.module__n_w_bits = module__n_w_bits
+        self.module__n_a_bits = module__n_a_bits
+        self.module__n_accum_bits = module__n_accum_bits
+        self.module__n_prune_neurons_percentage = module__n_prune_neurons_percentage
+        self.module__activation_function = module__activation_function
+        self.module__quant_narrow = module__quant_narrow
+        self.module__quant_signed = module__quant_signed
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.mask_updates = mask_updates
+        self.mask_freeze_fraction = mask_freeze_fraction
+        self.straight_through_masks = straight_through_masks
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # scikit-learn reads "a__b" as parameter "b" of a nested estimator "a"; our "module__*"
+    # names are flat attributes, so they are set directly.
+    def set_params(self, **params: Any) -> _SparseQuantNetEstimator:
+        valid = self.get_params(deep=False)
+        for key, value in params.items():
+            if key not in valid:
+                raise InvalidParameterError(
+                    f"invalid parameter {key!r} for {type(self).__name__}; "
+                    f"valid parameters are: {sorted(valid)}"
+                )
+            setattr(self, key, value)
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def module_params(self) -> dict[str, Any]:
+        """The ``module__*`` parameters without their prefix."""
+        return {
+            key[len(_MODULE_PREFIX) :]: value
+            for key, value in self.get_params(deep=False).items()
+            if key.startswith(_MODULE_PREFIX)
+        }
+
+    def _training_config(self) -> TrainingConfig:
+        checks = {
+            "max_epochs": (self.max_epochs, int, lambda v: v >= 1, ">= 1"),
+            "batch_size": (self.batch_size, int, lambda v: v >= 1, ">= 1"),
+            "lr": (self.lr, float, lambda v: np.isfinite(v) and v > 0, "a finite number > 0"),
+            "weight_decay": (self.weight_decay, float, lambda v: np.isfinite(v) and v >= 0, ">= 0"),
+            "mask_freeze_fraction": (
+                self.mask_freeze_fraction,
+                float,
+                lambda v: 0.0 <= v <= 1.0,
+                "in [0, 1]",
+            ),
+        }
+        for name, (value, kind, ok, allowed) in checks.items():
+            numeric = isinstance(value, int | float | np.integer | np.floating)
+            if (
+                isinstance(value, bool)
+                or not numeric
+                or (kind is int and not float(value).is_integer())
+            ):
+                raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
+            if not ok(value):
+                raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
+        if self.mask_updates not in _MASK_UPDATES:
+            raise InvalidParameterError(
+                f"mask_updates must be one of {_MASK_UPDATES}, got {self.mask_updates!r}"
+            )
+        return TrainingConfig(
+            max_epochs=int(self.max_epochs),
+            lr=float(self.lr),
+            batch_size=int(self.batch_size),
+            weight_decay=float(self.weight_decay),
+            mask_updates=self.mask_updates,
+            mask_freeze_fraction=float(self.mask_freeze_fraction),
+            straight_through_masks=bool(self.straight_through_masks),
+            verbose=bool(self.verbose),
+        )
+
+    def _seed(self) -> int:
+        if self.random_state is None:
+            return int(np.random.default_rng().integers(0, 2**31 - 1))
+        if isinstance(self.random_state, bool) or not isinstance(
+            self.random_state, int | np.integer
+        ):
+            raise InvalidParameterError(
+                f"random_state must be an int or None, got {self.random_state!r}"
+            )
+        return int(self.random_state)
+
+    def _validate_x(self, X: Any, *, reset: bool) -> np.ndarray:
+        try:
+            return validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid X: {exc}") from exc
+
+    def _validate_xy(self, X: Any, y: Any, *, y_numeric: bool) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return validate_data(
+                self,
+                X,
+                y,
+                dtype=np.float64,
+                multi_output=True,
+                y_numeric=y_numeric,
+                ensure_min_samples=2,
+            )
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid X or y: {exc}") from exc
+
+    def _check_fitted(self) -> None:
+        try:
+            check_is_fitted(self, "module_")
+        except Exception as exc:  # sklearn's NotFittedError
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
+            ) from exc
+
+    def _fit_module(self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any) -> None:
+        config = self._training_config()
+        seed = self._seed()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = SparseQuantNeuralNetwork(
+                input_dim=x.shape[1], n_outputs=n_outputs, **self.module_params()
+            )
+            generator = torch.Generator().manual_seed(seed)
+            history = train_module(
+                module, torch.as_tensor(x, dtype=torch.float32), y, loss_fn, config, generator
+            )
+        self.module_ = module
+        self.history_ = history
+
+    def _raw_outputs(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        x = self._validate_x(X, reset=False)
+        self.module_.eval()
+        with torch.no_grad():
+            return self.module_(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
+
+
+class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
+    """A sparse quantized MLP classifier trained with quantization-aware training.
+
+    Accepts any class labels (strings included); the network has one output per class and is
+    trained with cross-entropy. Parameters are documented on :class:`SparseQuantNeuralNetwork`
+    (``module__*``) and :class:`~fheqnn.model.training.TrainingConfig` (the rest).
+
+    Attributes:
+        classes_: the class labels, sorted.
+        module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
+        history_: one dict per epoch (``epoch``, ``train_loss``).
+        n_features_in_: number of features seen in ``fit``.
+    """
+
+    def fit(self, X: Any, y: Any) -> NeuralNetClassifier:
+        """Train on ``X`` (n_rows, n_features) and labels ``y`` (n_rows,); return ``self``."""
+        x, y_arr = self._validate_xy(X, y, y_numeric=False)
+        if y_arr.ndim != 1:
+            raise InvalidInputError(f"y must be 1-D class labels, got shape {y_arr.shape}")
+        try:
+            check_classification_targets(y_arr)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid y: {exc}") from exc
+        encoder = LabelEncoder().fit(y_arr)
+        if len(encoder.classes_) < 2:
+            raise InvalidInputError(
+                f"y has {len(encoder.classes_)} class ({encoder.classes_!r}); "
+                "a classifier needs at least 2"
+            )
+        self.classes_ = encoder.classes_
+        targets = torch.as_tensor(encoder.transform(y_arr), dtype=torch.int64)
+        self._fit_module(x, targets, len(self.classes_), nn.CrossEntropyLoss())
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Raw network outputs (logits), shape (n_rows, n_classes)."""
+        return self._raw_outputs(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (softmax of the logits), shape (n_rows, n_classes)."""
+        logits = self._raw_outputs(X)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class labels, shape (n_rows,)."""
+        return self.classes_[np.argmax(self._raw_outputs(X), axis=1)]
+
+
+class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
+    """A sparse quantized MLP regressor trained with quantization-aware training.
+
+    Targets are standardized for training (mean 0, variance 1 per output) and mapped back in
+    ``predict``; ``y`` may be 1-D or 2-D (several targets).
+
+    Attributes:
+        module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
+        history_: one dict per epoch (``epoch``, ``train_loss``).
+        n_features_in_: number of features seen in ``fit``.
+        y_mean_, y_scale_: the target standardization, shape (n_outputs,).
+    """
+
+    def fit(self, X: Any, y: Any) -> NeuralNetRegressor:
+        """Train on ``X`` (n_rows, n_features) and ``y`` (n_rows,) or (n_rows, n_targets)."""
+        x, y_arr = self._validate_xy(X, y, y_numeric=True)
+        y2 = np.asarray(y_arr, dtype=np.float64)
+        self.y_is_1d_ = y2.ndim == 1
+        y2 = y2.reshape(len(y2), -1)
+        self.y_mean_ = y2.mean(axis=0)
+        scale = y2.std(axis=0)
+        self.y_scale_ = np.where(scale > 0, scale, 1.0)
+        targets = torch.as_tensor((y2 - self.y_mean_) / self.y_scale_, dtype=torch.float32)
+        self._fit_module(x, targets, y2.shape[1], nn.MSELoss())
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted values, shape (n_rows,) or (n_rows, n_targets) as ``y`` was in ``fit``."""
+        out = self._raw_outputs(X) * self.y_scale_ + self.y_mean_
+        return out[:, 0] if self.y_is_1d_ else out

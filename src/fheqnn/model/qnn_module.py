@@ -1,0 +1,402 @@
+"""Sparse Quantized Neural Network torch module.
+
+An MLP built from brevitas quantized layers whose integer accumulators provably fit in a given
+number of bits, which is what lets each hidden neuron become one table lookup in FHE.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import brevitas.nn as qnn
+import torch
+from torch import nn
+
+from ..errors import InvalidParameterError
+from ..intervals import IntRange, max_terms_within, quantizer_range
+
+__all__ = ["MAX_BITWIDTH_BACKWARD_COMPATIBLE", "SparseQuantNeuralNetwork"]
+
+#: Default accumulator width (bits): the widest table lookup input that older Concrete releases
+#: accepted, kept as the default ``n_accum_bits``.
+MAX_BITWIDTH_BACKWARD_COMPATIBLE = 8
+
+# Activations whose output is never negative: after them a signed quantizer only emits the
+# non-negative half of its integers, which the accumulator bound may rely on.
+_NON_NEGATIVE_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.Softplus,
+)
+
+_MAX_QUANT_BITS = 16
+_MAX_ACCUM_BITS = 32
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterError(
+            f"{name} must be an int, got {value!r} ({type(value).__name__})"
+        )
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise InvalidParameterError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+class SparseQuantNeuralNetwork(nn.Module):
+    """Sparse Quantized Neural Network.
+
+    This class implements an MLP that is compatible with FHE constraints. The weights and
+    activations are quantized to low bit-width and pruning is used to ensure accumulators do not
+    surpass a user-provided accumulator bit-width. The number of classes and number of layers are
+    specified by the user, as well as the breadth of the network.
+
+    Layout (``features``, an ``nn.Sequential``): for each layer ``i`` a ``quant{i}`` input
+    quantizer (``n_a_bits``), a ``fc{i}`` quantized linear layer (``n_w_bits`` weights, zero point
+    0, so that a pruned weight is exactly the integer 0) and, except after the last layer, an
+    ``act{i}`` activation. ``forward`` returns raw outputs (logits or regression values).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_layers: int,
+        n_outputs: int,
+        n_hidden_neurons_multiplier: int = 4,
+        n_w_bits: int = 3,
+        n_a_bits: int = 3,
+        n_accum_bits: int = MAX_BITWIDTH_BACKWARD_COMPATIBLE,
+        n_prune_neurons_percentage: float = 0.0,
+        activation_function: type = nn.ReLU,
+        quant_narrow: bool = False,
+        quant_signed: bool = True,
+    ) -> None:
+        """Sparse Quantized Neural Network constructor.
+
+        Args:
+            input_dim: Number of dimensions of the input data.
+            n_layers: Number of linear layers for this network.
+            n_outputs: Number of output classes or regression targets.
+            n_hidden_neurons_multiplier: Hidden width is ``input_dim`` times this value. Pruning
+                keeps accumulators within ``n_accum_bits``, so not every weight stays active.
+            n_w_bits: Number of weight bits (signed; at least 2).
+            n_a_bits: Number of activation and input bits.
+            n_accum_bits: Maximal allowed bit-width of intermediate accumulators.
+            n_prune_neurons_percentage: Fraction in [0, 1) of each hidden layer's neurons to prune
+                (structured, by weight norm) to speed up FHE inference.
+            activation_function: The activation class (e.g. ``torch.nn.ReLU``), instantiated
+                without arguments after every layer but the last.
+            quant_narrow: Whether to quantize with a narrow range (e.g. 2-bit signed uses
+                [-1, 0, 1] instead of [-2, -1, 0, 1]).
+            quant_signed: Whether inputs and activations are quantized to signed integers.
+
+        Raises:
+            ValueError: If the parameters have invalid values or the computed accumulator
+                bit-width is zero.
+        """
+        super().__init__()
+        _check_int("input_dim", input_dim, 1)
+        _check_int("n_layers", n_layers, 1)
+        _check_int("n_outputs", n_outputs, 1)
+        if (
+            isinstance(n_hidden_neurons_multiplier, bool)
+            or not isinstance(n_hidden_neurons_multiplier, int | float)
+            or not math.isfinite(n_hidden_neurons_multiplier)
+            or n_hidden_neurons_multiplier <= 0
+        ):
+            raise InvalidParameterError(
+                "n_hidden_neurons_multiplier must be a number > 0, "
+                f"got {n_hidden_neurons_multiplier!r}"
+            )
+        # A signed 1-bit weight can only be 0 or -1 (and only 0 when narrow): no usable magnitude.
+        _check_int("n_w_bits", n_w_bits, 2, _MAX_QUANT_BITS)
+        _check_int("n_a_bits", n_a_bits, 2 if quant_signed else 1, _MAX_QUANT_BITS)
+        _check_int("n_accum_bits", n_accum_bits, 1, _MAX_ACCUM_BITS)
+        if (
+            isinstance(n_prune_neurons_percentage, bool)
+            or not isinstance(n_prune_neurons_percentage, int | float)
+            or not 0.0 <= float(n_prune_neurons_percentage) < 1.0
+        ):
+            raise InvalidParameterError(
+                "n_prune_neurons_percentage must be a number in [0, 1), "
+                f"got {n_prune_neurons_percentage!r}"
+            )
+        if not (
+            isinstance(activation_function, type) and issubclass(activation_function, nn.Module)
+        ):
+            raise InvalidParameterError(
+                "activation_function must be a torch.nn.Module class such as torch.nn.ReLU, "
+                f"got {activation_function!r}"
+            )
+        for name, flag in (("quant_narrow", quant_narrow), ("quant_signed", quant_signed)):
+            if not isinstance(flag, bool):
+                raise InvalidParameterError(f"{name} must be a bool, got {flag!r}")
+
+        self.input_dim = input_dim
+        self.n_layers = n_layers
+        self.n_outputs = n_outputs
+        self.n_hidden_neurons_multiplier = n_hidden_neurons_multiplier
+        self.n_w_bits = n_w_bits
+        self.n_a_bits = n_a_bits
+        self.n_accum_bits = n_accum_bits
+        self.n_prune_neurons_percentage = float(n_prune_neurons_percentage)
+        self.activation_function = activation_function
+        self.quant_narrow = quant_narrow
+        self.quant_signed = quant_signed
+
+        hidden = max(1, round(input_dim * n_hidden_neurons_multiplier))
+        widths = [input_dim] + [hidden] * (n_layers - 1) + [n_outputs]
+        self.features = nn.Sequential()
+        for idx in range(n_layers):
+            self.features.add_module(f"quant{idx}", self._make_input_quantizer())
+            self.features.add_module(f"fc{idx}", self._make_linear(widths[idx], widths[idx + 1]))
+            if idx < n_layers - 1:
+                self.features.add_module(f"act{idx}", activation_function())
+
+        if self.max_active_neurons() == 0:
+            raise InvalidParameterError(
+                f"n_accum_bits={n_accum_bits} is too small: with {n_w_bits}-bit weights and "
+                f"{n_a_bits}-bit activations not even one active weight per neuron fits "
+                f"(one product needs {self._worst_term_range().bits} bits); raise n_accum_bits "
+                "or lower n_w_bits / n_a_bits"
+            )
+        self._pruning_enabled = False
+        self._ste_masks = False
+
+    # ---------------------------------------------------------------- construction helpers
+    def _make_input_quantizer(self) -> nn.Module:
+        return qnn.QuantIdentity(
+            bit_width=self.n_a_bits,
+            return_quant_tensor=True,
+            narrow_range=self.quant_narrow,
+            signed=self.quant_signed,
+        )
+
+    def _make_linear(self, in_features: int, out_features: int) -> qnn.QuantLinear:
+        # The default brevitas weight quantizer is symmetric (zero point 0) with a max-abs scale.
+        return qnn.QuantLinear(
+            in_features,
+            out_features,
+            bias=True,
+            weight_bit_width=self.n_w_bits,
+            weight_narrow_range=self.quant_narrow,
+            bias_quant=None,
+        )
+
+    # ---------------------------------------------------------------- layer views
+    def linear_layers(self) -> list[qnn.QuantLinear]:
+        """The ``n_layers`` quantized linear layers, input to output."""
+        return [getattr(self.features, f"fc{i}") for i in range(self.n_layers)]
+
+    def hidden_widths(self) -> list[int]:
+        """Number of neurons of each hidden layer (shrinks after ``make_pruning_permanent``)."""
+        return [layer.out_features for layer in self.linear_layers()[:-1]]
+
+    # ---------------------------------------------------------------- accumulator bound
+    def weight_int_range(self) -> IntRange:
+        """Integers the weight quantizer can produce (signed, ``n_w_bits``, narrow if asked).
+
+        With ``quant_narrow=False`` brevitas scales by ``max|w| / 2**(n_w_bits-1)``, so the most
+        negative value ``-2**(n_w_bits-1)`` does occur; narrow range gives a symmetric interval.
+        """
+        return quantizer_range(self.n_w_bits, True, self.quant_narrow)
+
+    def layer_input_int_range(self, layer_index: int) -> IntRange:
+        """Integers that reach linear layer ``layer_index`` from its input quantizer."""
+        full = quantizer_range(self.n_a_bits, self.quant_signed, self.quant_narrow)
+        if layer_index > 0 and issubclass(self.activation_function, _NON_NEGATIVE_ACTIVATIONS):
+            # Quantizing a value >= 0 with zero point 0 never gives a negative integer.
+            return IntRange(max(full.lo, 0), full.hi)
+        return full
+
+    def _worst_term_range(self) -> IntRange:
+        terms = [
+            self.weight_int_range() * self.layer_input_int_range(i) for i in range(self.n_layers)
+        ]
+        return IntRange(min(t.lo for t in terms), max(t.hi for t in terms))
+
+    def max_active_neurons(self) -> int:
+        """Compute the maximum number of active (non-zero weight) neurons.
+
+        This is the largest number ``k`` of non-zero weights per neuron for which the worst-case
+        integer accumulator of every neuron, in every layer, provably fits in ``n_accum_bits``.
+        With ``W`` the integers of the ``n_w_bits`` signed weight quantizer and ``A_l``
+        the integers reaching layer ``l`` (the quantizer's range; only its non-negative half after a
+        non-negative activation such as ReLU), each product lies in ``P_l = W * A_l = [p_l, q_l]``
+        and ``k`` products in ``[k * p_l, k * q_l]``. That sum fits in ``n`` signed bits iff
+        ``k * |p_l| <= 2**(n-1)`` and ``k * q_l <= 2**(n-1) - 1`` (unsigned when ``p_l = 0``:
+        ``k * q_l <= 2**n - 1``). So
+
+            k = min_l min(floor(2**(n-1) / |p_l|), floor((2**(n-1) - 1) / q_l)).
+
+        The bound is reached (all weights and inputs at the same extreme), so it is exact, and it
+        holds for every single neuron, not on average over a layer. Example: 3-bit weights and
+        activations, signed, not narrow, 8-bit accumulators: inputs and weights in [-4, 3] give
+        products in [-12, 16], so k = min(128 // 12, 127 // 16) = 7 (10 with narrow range).
+
+        Returns:
+            int: The maximum number of active neurons.
+        """
+        bounds = [
+            max_terms_within(
+                self.weight_int_range() * self.layer_input_int_range(i), self.n_accum_bits
+            )
+            for i in range(self.n_layers)
+        ]
+        return min(bounds)
+
+    # ---------------------------------------------------------------- pruning
+    @property
+    def pruning_enabled(self) -> bool:
+        """Whether pruning masks are currently applied in ``forward``."""
+        return self._pruning_enabled
+
+    def enable_pruning(self) -> None:
+        """Enable pruning in the network. Pruning must be made permanent to recover pruned weights.
+
+        Installs a mask on each linear layer so that every neuron keeps at most
+        ``max_active_neurons()`` non-zero weights (the largest in magnitude), and removes
+        ``n_prune_neurons_percentage`` of each hidden layer's neurons (the smallest by weight
+        norm). Masks can be recomputed from the current weights with ``update_pruning_masks``.
+
+        Raises:
+            ValueError: If the quantization parameters are invalid.
+        """
+        if self.max_active_neurons() < 1:
+            raise InvalidParameterError(
+                f"n_accum_bits={self.n_accum_bits} leaves no active weight per neuron"
+            )
+        if self._pruning_enabled:
+            self.update_pruning_masks()
+            return
+        for layer in self.linear_layers():
+            layer.register_buffer("weight_mask", torch.ones_like(layer.weight, dtype=torch.bool))
+            # brevitas quantizes `weight_orig` when it exists and the quantizer is disabled, and
+            # `weight` otherwise: we keep the dense values in `weight_orig` and the masked ones
+            # in `weight`, recomputed before each forward.
+            layer.weight_orig = layer.weight
+            del layer._parameters["weight"]
+            layer.weight = layer.weight_orig.detach()
+            layer._fheqnn_hook = layer.register_forward_pre_hook(self._apply_mask_hook)
+        self._pruning_enabled = True
+        self.update_pruning_masks()
+
+    def set_straight_through_masks(self, enabled: bool) -> None:
+        """Let gradients reach masked weights (straight-through), so that they can grow back.
+
+        While enabled, ``forward`` still uses only the masked weights; the gradient of each dense
+        weight is the gradient of its masked copy, pruned or not.
+        """
+        self._ste_masks = bool(enabled)
+
+    def _refresh_masked_weights(self) -> None:
+        """Recompute each layer's masked ``weight`` now (the hook does it before each forward)."""
+        for layer in self.linear_layers():
+            self._apply_mask_hook(layer, ())
+
+    def _apply_mask_hook(self, layer: nn.Module, _inputs: Any) -> None:
+        mask = layer.weight_mask.to(layer.weight_orig.dtype)
+        dense = layer.weight_orig
+        if self._ste_masks:
+            layer.weight = dense + (dense * mask - dense).detach()
+        else:
+            layer.weight = dense * mask
+
+    @torch.no_grad()
+    def neuron_masks(self) -> list[torch.Tensor]:
+        """Which neurons of each hidden layer survive structured pruning (bool vectors).
+
+        The ``round(n_prune_neurons_percentage * width)`` neurons with the smallest L2 norm of
+        incoming (dense) weights are removed, never all of them.
+        """
+        masks = []
+        for layer in self.linear_layers()[:-1]:
+            dense = layer.weight_orig if self._pruning_enabled else layer.weight
+            width = dense.shape[0]
+            n_removed = min(width - 1, round(self.n_prune_neurons_percentage * width))
+            keep = torch.ones(width, dtype=torch.bool)
+            if n_removed > 0:
+                norms = dense.norm(dim=1)
+                keep[torch.topk(norms, n_removed, largest=False).indices] = False
+            masks.append(keep)
+        return masks
+
+    @torch.no_grad()
+    def update_pruning_masks(self) -> None:
+        """Recompute every mask from the current dense weights (largest magnitudes survive)."""
+        if not self._pruning_enabled:
+            raise InvalidParameterError("pruning is not enabled: call enable_pruning() first")
+        k = self.max_active_neurons()
+        neurons = self.neuron_masks()
+        layers = self.linear_layers()
+        for idx, layer in enumerate(layers):
+            rows = neurons[idx] if idx < len(layers) - 1 else None
+            cols = neurons[idx - 1] if idx > 0 else None
+            magnitude = layer.weight_orig.abs().clone()
+            if cols is not None:
+                # Inputs from pruned neurons are never selected.
+                magnitude[:, ~cols] = -1.0
+            n_cols = magnitude.shape[1] if cols is None else int(cols.sum())
+            keep = min(k, n_cols)
+            mask = torch.zeros_like(layer.weight_mask)
+            mask.scatter_(1, torch.topk(magnitude, keep, dim=1).indices, True)
+            if rows is not None:
+                mask[~rows] = False
+            layer.weight_mask.copy_(mask)
+        self._refresh_masked_weights()
+
+    @torch.no_grad()
+    def make_pruning_permanent(self) -> None:
+        """Make the learned pruning permanent in the network.
+
+        The masks are folded into the weights and the neurons removed by structured pruning are
+        physically deleted: their layer gets smaller and the next layer loses the matching inputs,
+        which leaves the network's outputs unchanged and saves their table lookups in FHE.
+        """
+        if not self._pruning_enabled:
+            return
+        neurons = self.neuron_masks()
+        layers = self.linear_layers()
+        for idx, layer in enumerate(layers):
+            layer._fheqnn_hook.remove()
+            del layer._fheqnn_hook
+            weight = layer.weight_orig.detach() * layer.weight_mask
+            bias = layer.bias.detach()
+            rows = (
+                neurons[idx]
+                if idx < len(layers) - 1
+                else torch.ones(weight.shape[0], dtype=torch.bool)
+            )
+            cols = neurons[idx - 1] if idx > 0 else torch.ones(weight.shape[1], dtype=torch.bool)
+            new = self._make_linear(int(cols.sum()), int(rows.sum()))
+            new.weight.copy_(weight[rows][:, cols])
+            new.bias.copy_(bias[rows])
+            new.train(layer.training)
+            setattr(self.features, f"fc{idx}", new)
+        self._pruning_enabled = False
+        self._ste_masks = False
+
+    # ---------------------------------------------------------------- inference
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward pass.
+
+        Args:
+            x (torch.Tensor): network input, shape ``(batch, input_dim)``.
+
+        Returns:
+            x (torch.Tensor): network prediction, shape ``(batch, n_outputs)`` (raw, float).
+        """
+        out = self.features(x)
+        # The last layer returns a plain tensor; unwrap defensively if brevitas returns more.
+        return out.value if hasattr(out, "value") else out
+
+    @torch.no_grad()
+    def integer_weights(self) -> list[torch.Tensor]:
+        """The integer weights of each linear layer as the quantizer produces them (int64)."""
+        if self._pruning_enabled:
+            self._refresh_masked_weights()
+        return [layer.quant_weight().int().to(torch.int64) for layer in self.linear_layers()]
