@@ -239,7 +239,8 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class labels, shape (n_rows,)."""
-        return self.classes_[np.argmax(self._raw_outputs(X), axis=1)]
+        logits = self._raw_outputs(X)
+        return self.classes_[np.argmax(logits, axis=1)]
 
 
 class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):

@@ -380,6 +380,20 @@ class SparseQuantNeuralNetwork(nn.Module):
         self._pruning_enabled = False
         self._ste_masks = False
 
+    def set_calibration_steps(self, steps: int) -> None:
+        """Number of training forward passes during which activation scales follow statistics.
+
+        brevitas' activation quantizers first collect running statistics of their inputs
+        (300 passes by default), then learn the scale as a parameter. On small data sets 300
+        passes can be most of the training, so the training loop shortens it.
+        """
+        if steps < 1:
+            raise InvalidParameterError(f"calibration steps must be >= 1, got {steps}")
+        for module in self.modules():
+            stats_based = hasattr(module, "collect_stats_steps") and hasattr(module, "counter")
+            if stats_based and module.counter <= module.collect_stats_steps:
+                module.collect_stats_steps = int(steps)
+
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Forward pass.

@@ -90,6 +90,9 @@ def train_module(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=max(total_steps, 2), pct_start=0.1
     )
+    if sparse:
+        # Activation scales: statistics for the first tenth of training at most, then learned.
+        module.set_calibration_steps(min(300, max(1, total_steps // 10)))
     freeze_epoch = math.ceil(config.mask_freeze_fraction * config.max_epochs)
     history: list[dict[str, float]] = []
     epochs = tqdm(

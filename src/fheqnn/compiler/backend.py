@@ -1,0 +1,95 @@
+"""Concrete back end: an IR program to a ``concrete.fhe`` circuit.
+
+Where a Gemm becomes a matmul plus a table lookup: :func:`circuit_function`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..intervals import IntRange
+from .ir import Program
+
+
+def _fhe():
+    # concrete declares its namespace with pkg_resources and warns about it on import.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from concrete import fhe
+    return fhe
+
+
+logger = logging.getLogger(__name__)
+
+
+def tag_of(name: str) -> str:
+    """Concrete tag of a layer: its name, with the characters tags reserve replaced."""
+    return re.sub(r"[^0-9A-Za-z_\-/]", "_", name)
+
+
+def circuit_function(program: Program) -> Callable[[Any], Any]:
+    """The function Concrete traces: input integers -> output-layer accumulators.
+
+    Per layer: a leveled integer matmul with clear weights, a hint that fixes the accumulator's
+    width to the proven worst case (so that no input can overflow it, whatever the calibration
+    rows were), optional rounding of low bits, then one table lookup per neuron.
+    """
+    fhe = _fhe()
+    layers = program.layers
+
+    def forward(q):
+        x = q
+        for layer in layers:
+            with fhe.tag(tag_of(layer.name)):
+                acc = np.matmul(x, layer.weight.T)
+                if not layer.is_hidden:
+                    return fhe.hint(acc, bit_width=layer.proven_range().bits)
+                acc = fhe.hint(acc, bit_width=layer.lookup_range().bits)
+                if layer.round_lsbs:
+                    # overflow_protection stays off: the hinted width already holds the rounded
+                    # extremes (lookup_range), and Concrete 2.11 mis-scales a hinted value when
+                    # overflow protection is on.
+                    acc = fhe.round_bit_pattern(
+                        acc,
+                        lsbs_to_remove=layer.round_lsbs,
+                        overflow_protection=False,
+                        exactness=fhe.Exactness.EXACT
+                        if layer.rounding_exact
+                        else fhe.Exactness.APPROXIMATE,
+                    )
+                x = fhe.univariate(layer.lookup)(acc)
+        raise AssertionError("a program ends with an output layer")  # pragma: no cover
+
+    return forward
+
+
+def compile_circuit(program: Program, inputset: list[np.ndarray], configuration: Any) -> Any:
+    """Compile ``program`` with Concrete on integer input rows of shape ``(1, n_features)``."""
+    fhe = _fhe()
+    compiler = fhe.Compiler(circuit_function(program), {"q": "encrypted"})
+    return compiler.compile(inputset, configuration)
+
+
+def measured_ranges(circuit: Any, program: Program) -> dict[str, IntRange]:
+    """Accumulator range Concrete measured on the calibration rows, per layer name."""
+    by_tag = {tag_of(layer.name): layer.name for layer in program.layers}
+    found: dict[str, IntRange] = {}
+    for node in circuit.graph.graph.nodes:
+        name = by_tag.get(node.tag)
+        if name is None or node.properties.get("name") != "matmul" or node.bounds is None:
+            continue
+        found[name] = IntRange(int(node.bounds[0]), int(node.bounds[1]))
+    return found
+
+
+def make_configuration(**options: Any) -> Any:
+    """A ``fhe.Configuration``; ``options`` are passed to it unchanged."""
+    fhe = _fhe()
+    return fhe.Configuration(**options)

@@ -1,0 +1,358 @@
+"""Our integer IR between ONNX and Concrete, and its exact interpreter.
+
+A :class:`Program` is a client-side input quantizer followed by linear layers. Each layer is an
+integer matrix product of the encrypted activations by clear integer weights (leveled, cheap)
+followed, for hidden layers, by one table lookup per neuron that applies the accumulator offset,
+rescale, bias, activation and the next quantizer at once. The last layer has no lookup: the
+circuit returns its integer accumulator and the client finishes in the clear.
+
+The interpreter here is the reference: Concrete simulation and encrypted execution must give the
+same integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..intervals import IntRange, bits_for_range
+
+# ----------------------------------------------------------------------------- quantizers
+
+
+def _as_array(value: Any, dtype: Any) -> np.ndarray:
+    arr = np.asarray(value, dtype=dtype)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Quantizer:
+    """Uniform affine quantizer ``q = clip(rint(x / scale) + zero_point, qmin, qmax)``.
+
+    ``rint`` rounds half to even, as ONNX QuantizeLinear does. ``scale`` and ``zero_point`` are
+    scalars or per-channel vectors over the last axis.
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: int
+    qmax: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _as_array(self.scale, np.float64))
+        object.__setattr__(self, "zero_point", _as_array(self.zero_point, np.int64))
+
+    @property
+    def range(self) -> IntRange:
+        """Integers this quantizer can emit."""
+        return IntRange(self.qmin, self.qmax)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float values to integers (int64)."""
+        q = np.rint(np.asarray(x, dtype=np.float64) / self.scale) + self.zero_point
+        return np.clip(q, self.qmin, self.qmax).astype(np.int64)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Integers back to float values."""
+        return (np.asarray(q, dtype=np.float64) - self.zero_point) * self.scale
+
+    def select(self, index: np.ndarray) -> Quantizer:
+        """The same quantizer restricted to some channels (per-channel parameters only)."""
+        if self.scale.ndim == 0 and self.zero_point.ndim == 0:
+            return self
+        scale = self.scale if self.scale.ndim == 0 else self.scale[index]
+        zp = self.zero_point if self.zero_point.ndim == 0 else self.zero_point[index]
+        return Quantizer(scale, zp, self.qmin, self.qmax)
+
+    def describe(self) -> str:
+        """One-line text form."""
+        scale = (
+            f"{float(self.scale):.6g}" if self.scale.ndim == 0 else f"per-channel{self.scale.shape}"
+        )
+        zp = f"{int(self.zero_point)}" if self.zero_point.ndim == 0 else "per-channel"
+        return f"scale={scale} zero_point={zp} range=[{self.qmin}, {self.qmax}]"
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+@dataclass(frozen=True)
+class ElementwiseNode:
+    """One float operation of an activation chain (an ONNX node, its constants resolved)."""
+
+    op_type: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    attributes: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Elementwise:
+    """A chain (DAG) of element-wise float operations, from ``input`` to ``output``.
+
+    Constants are scalars or per-channel vectors over the last axis. ``kernels`` maps each
+    op_type to its numpy implementation (the registry of the ONNX front end).
+    """
+
+    nodes: tuple[ElementwiseNode, ...]
+    input: str
+    output: str
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    kernels: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        values: dict[str, np.ndarray] = {self.input: np.asarray(x, dtype=np.float64)}
+        for node in self.nodes:
+            args = []
+            for name in node.inputs:
+                if name == "":
+                    args.append(None)
+                elif name in values:
+                    args.append(values[name])
+                else:
+                    args.append(self.constants[name])
+            values[node.output] = np.asarray(
+                self.kernels[node.op_type](*args, **dict(node.attributes)), dtype=np.float64
+            )
+        return values[self.output]
+
+    def select(self, index: np.ndarray, width: int) -> Elementwise:
+        """The same chain restricted to some channels (slices per-channel constants)."""
+        constants = {
+            name: (value[index] if value.ndim >= 1 and value.shape[-1] == width else value)
+            for name, value in self.constants.items()
+        }
+        return replace(self, constants=constants)
+
+    def describe(self) -> str:
+        """The op types, in order."""
+        return " -> ".join(node.op_type for node in self.nodes) or "identity"
+
+
+# ----------------------------------------------------------------------------- rounding
+
+
+def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
+    """Round integers to the nearest multiple of ``2**lsbs``, ties upward.
+
+    This is the arithmetic of Concrete's exact ``round_bit_pattern``: add half a step, clear the
+    low bits.
+    """
+    if lsbs <= 0:
+        return acc
+    acc = np.asarray(acc, dtype=np.int64)
+    return ((acc + (1 << (lsbs - 1))) >> lsbs) << lsbs
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """An integer linear layer, and for a hidden layer its per-neuron table lookup.
+
+    Attributes:
+        name: the layer's name, from its ONNX node; carried into tags, reports and errors.
+        weight: clear integer weights, int64, shape ``(n_out, n_in)``.
+        input_range: the integers that reach this layer (its input quantizer's range).
+        offset: int64 ``(n_out,)``, added to the accumulator inside the lookup (zero points and
+            folded constant neurons), so the encrypted accumulator never carries it.
+        acc_scale: float64 ``(n_out,)``, the real value of one accumulator unit.
+        bias: float64 ``(n_out,)``.
+        activation: the float chain after the bias (``None``: identity).
+        output_quantizer: the next layer's input quantizer; ``None`` for the output layer, whose
+            accumulator is returned to the client and dequantized there.
+        round_lsbs: low accumulator bits dropped (rounded) before the lookup.
+        rounding_exact: exact rounding (bit-exact, extra lookups) or Concrete's approximate one.
+    """
+
+    name: str
+    weight: np.ndarray
+    input_range: IntRange
+    offset: np.ndarray
+    acc_scale: np.ndarray
+    bias: np.ndarray
+    activation: Elementwise | None
+    output_quantizer: Quantizer | None
+    round_lsbs: int = 0
+    rounding_exact: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _as_array(self.weight, np.int64))
+        n_out = self.weight.shape[0]
+        for attr, dtype in (("offset", np.int64), ("acc_scale", np.float64), ("bias", np.float64)):
+            value = np.broadcast_to(np.asarray(getattr(self, attr), dtype=dtype), (n_out,))
+            object.__setattr__(self, attr, _as_array(value, dtype))
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of input neurons."""
+        return int(self.weight.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of neurons of this layer."""
+        return int(self.weight.shape[0])
+
+    @property
+    def is_hidden(self) -> bool:
+        """Whether this layer ends with a table lookup."""
+        return self.output_quantizer is not None
+
+    def max_nonzeros(self) -> int:
+        """Largest number of non-zero weights of one neuron."""
+        return int((self.weight != 0).sum(axis=1).max(initial=0))
+
+    def neuron_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Proven accumulator interval of each neuron, from its integer weights (int64 arrays)."""
+        lo_in, hi_in = self.input_range.lo, self.input_range.hi
+        pos, neg = np.clip(self.weight, 0, None), np.clip(self.weight, None, 0)
+        hi = pos.sum(axis=1) * hi_in + neg.sum(axis=1) * lo_in
+        lo = pos.sum(axis=1) * lo_in + neg.sum(axis=1) * hi_in
+        return lo, hi
+
+    def proven_range(self) -> IntRange:
+        """Worst-case accumulator interval of the whole layer."""
+        lo, hi = self.neuron_ranges()
+        return IntRange(int(lo.min(initial=0)), int(hi.max(initial=0)))
+
+    def lookup_range(self) -> IntRange:
+        """Proven interval of the lookup's input, after rounding."""
+        proven = self.proven_range()
+        rounded = round_lsbs(np.array([proven.lo, proven.hi]), self.round_lsbs)
+        return IntRange(min(proven.lo, int(rounded[0])), max(proven.hi, int(rounded[1])))
+
+    def lookup_bits(self) -> int:
+        """Precision (bits) of the table lookup's input after rounding."""
+        return max(1, self.lookup_range().bits - self.round_lsbs)
+
+    def accumulate(self, q: np.ndarray) -> np.ndarray:
+        """Integer matrix product, shape ``(..., n_in) -> (..., n_out)``."""
+        return np.asarray(q, dtype=np.int64) @ self.weight.T
+
+    def pre_activation(self, acc: np.ndarray) -> np.ndarray:
+        """Real value of accumulators (offset, rescale, bias)."""
+        return (np.asarray(acc, dtype=np.int64) + self.offset) * self.acc_scale + self.bias
+
+    def activate(self, pre: np.ndarray) -> np.ndarray:
+        """Apply the float activation chain."""
+        return pre if self.activation is None else self.activation(pre)
+
+    def lookup(self, acc: np.ndarray) -> np.ndarray:
+        """The table lookup of a hidden layer: accumulator (already rounded) -> next integers."""
+        if self.output_quantizer is None:
+            raise ValueError(f"layer {self.name!r} is the output layer: it has no table lookup")
+        return self.output_quantizer.quantize(self.activate(self.pre_activation(acc)))
+
+    def dequantize_output(self, acc: np.ndarray) -> np.ndarray:
+        """Client-side end of the output layer: accumulators to float outputs."""
+        return self.activate(self.pre_activation(acc))
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A whole network in our integer IR.
+
+    Attributes:
+        input_quantizer: client-side quantization of the float features.
+        layers: the linear layers, input to output (the last one has no lookup).
+        source: where the program came from (e.g. the ONNX file), for messages.
+    """
+
+    input_quantizer: Quantizer
+    layers: tuple[Layer, ...]
+    source: str = "<program>"
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features."""
+        return self.layers[0].n_inputs
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of outputs."""
+        return self.layers[-1].n_outputs
+
+    def hidden_neurons(self) -> int:
+        """Number of table lookups per row (one per hidden neuron)."""
+        return sum(layer.n_outputs for layer in self.layers if layer.is_hidden)
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Client side: float features (n_rows, n_features) to integers."""
+        return self.input_quantizer.quantize(x)
+
+    def run_integer(self, q: np.ndarray) -> np.ndarray:
+        """What the circuit computes: input integers to the output layer's accumulators."""
+        q = np.asarray(q, dtype=np.int64)
+        for layer in self.layers:
+            acc = layer.accumulate(q)
+            if not layer.is_hidden:
+                return acc
+            q = layer.lookup(round_lsbs(acc, layer.round_lsbs))
+        raise AssertionError("a program ends with an output layer")  # pragma: no cover
+
+    def trace(self, q: np.ndarray) -> list[np.ndarray]:
+        """The accumulators of every layer (before rounding) for integer inputs ``q``."""
+        q = np.asarray(q, dtype=np.int64)
+        out = []
+        for layer in self.layers:
+            acc = layer.accumulate(q)
+            out.append(acc)
+            if layer.is_hidden:
+                q = layer.lookup(round_lsbs(acc, layer.round_lsbs))
+        return out
+
+    def dequantize_output(self, acc: np.ndarray) -> np.ndarray:
+        """Client side: output accumulators to float outputs."""
+        return self.layers[-1].dequantize_output(acc)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The exact interpreter: float features to float outputs."""
+        return self.dequantize_output(self.run_integer(self.quantize_input(x)))
+
+    def with_rounding(self, lsbs: list[int], exact: bool = True) -> Program:
+        """A copy with ``lsbs[i]`` accumulator bits rounded before hidden layer ``i``'s lookup."""
+        hidden = [i for i, layer in enumerate(self.layers) if layer.is_hidden]
+        if len(lsbs) != len(hidden):
+            raise ValueError(f"expected {len(hidden)} rounding values, got {len(lsbs)}")
+        layers = list(self.layers)
+        for i, r in zip(hidden, lsbs, strict=True):
+            layers[i] = replace(layers[i], round_lsbs=int(r), rounding_exact=exact)
+        return replace(self, layers=tuple(layers))
+
+    def __str__(self) -> str:
+        lines = [f"program from {self.source}"]
+        lines.append(
+            f"  input: quantize {self.n_features} features on the client, "
+            f"{self.input_quantizer.describe()}"
+        )
+        for layer in self.layers:
+            proven = layer.proven_range()
+            w_bits = bits_for_range(
+                int(layer.weight.min(initial=0)), int(layer.weight.max(initial=0))
+            )
+            lines.append(
+                f"  {layer.name}: acc = x @ W.T, W int{w_bits} {layer.weight.shape[::-1]}, "
+                f"max {layer.max_nonzeros()} non-zeros/neuron, input {layer.input_range}, "
+                f"proven acc {proven} ({proven.bits} bits)"
+            )
+            activation = layer.activation.describe() if layer.activation else "identity"
+            if layer.output_quantizer is not None:
+                mode = "exact" if layer.rounding_exact else "approx"
+                rounding = f"round {layer.round_lsbs} lsbs ({mode}), " if layer.round_lsbs else ""
+                lines.append(
+                    f"    lookup x{layer.n_outputs}: {rounding}{layer.lookup_bits()}-bit input, "
+                    f"bias + rescale + {activation} + quantize "
+                    f"({layer.output_quantizer.describe()})"
+                )
+            else:
+                lines.append(
+                    "    output: accumulators returned; client adds bias, rescales"
+                    + (f", applies {activation}" if layer.activation else "")
+                )
+        return "\n".join(lines)

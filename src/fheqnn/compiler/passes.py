@@ -1,0 +1,154 @@
+"""Passes over the integer IR: remove neurons that cost lookups for nothing, choose rounding."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .ir import Layer, Program, round_lsbs
+
+logger = logging.getLogger(__name__)
+
+
+def _keep_neurons(layer: Layer, keep: np.ndarray) -> Layer:
+    """``layer`` restricted to the neurons (rows) in ``keep``."""
+    width = layer.n_outputs
+    return replace(
+        layer,
+        weight=layer.weight[keep],
+        offset=layer.offset[keep],
+        acc_scale=layer.acc_scale[keep],
+        bias=layer.bias[keep],
+        activation=None if layer.activation is None else layer.activation.select(keep, width),
+        output_quantizer=None
+        if layer.output_quantizer is None
+        else layer.output_quantizer.select(keep),
+    )
+
+
+def drop_dead_neurons(program: Program) -> tuple[Program, int]:
+    """Remove hidden neurons whose lookup would be wasted; the outputs stay bit-identical.
+
+    * A neuron with no non-zero incoming weight outputs a constant: its value is folded into the
+      next layer's offsets and the neuron is removed.
+    * A neuron that no next-layer weight reads is removed.
+
+    Repeats until nothing changes. Returns the new program and the number of neurons removed.
+    """
+    layers = list(program.layers)
+    removed = 0
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(layers) - 1):
+            layer, nxt = layers[i], layers[i + 1]
+            constant = ~(layer.weight != 0).any(axis=1)
+            unread = ~(nxt.weight != 0).any(axis=0)
+            drop = constant | unread
+            if not drop.any() or drop.all():
+                # Keep at least one neuron so the program keeps its shape.
+                continue
+            keep = ~drop
+            # Constant neurons: their lookup of a zero accumulator, times the next weights.
+            const_index = np.nonzero(constant & ~unread)[0]
+            offset = nxt.offset.copy()
+            if const_index.size:
+                zero_acc = np.zeros((1, layer.n_outputs), dtype=np.int64)
+                values = layer.lookup(round_lsbs(zero_acc, layer.round_lsbs))[0]
+                offset = offset + nxt.weight[:, const_index] @ values[const_index]
+            layers[i] = _keep_neurons(layer, keep)
+            layers[i + 1] = replace(nxt, weight=nxt.weight[:, keep], offset=offset)
+            removed += int(drop.sum())
+            changed = True
+    if removed:
+        logger.info("removed %d dead hidden neurons", removed)
+    return replace(program, layers=tuple(layers)), removed
+
+
+def lossless_round_lsbs(layer: Layer, max_lsbs: int | None = None) -> int:
+    """Largest number of low accumulator bits whose rounding never changes this layer's lookup.
+
+    Checked exhaustively over every accumulator value of each neuron's proven interval, so the
+    answer holds for every input, not only for calibration data (the exact power-of-two rescale
+    case is one instance).
+    """
+    if not layer.is_hidden:
+        return 0
+    lo, hi = layer.neuron_ranges()
+    span = int((hi - lo).max(initial=0))
+    if span > 2**20:
+        return 0
+    acc = lo[:, None] + np.arange(span + 1)[None, :]
+    acc = np.minimum(acc, hi[:, None])
+    # lookup works on (..., n_out): put the neurons on the last axis.
+    reference = layer.lookup(acc.T)
+    limit = layer.proven_range().bits - 1 if max_lsbs is None else max_lsbs
+    best = 0
+    for lsbs in range(1, max(limit, 0) + 1):
+        if np.array_equal(layer.lookup(round_lsbs(acc.T, lsbs)), reference):
+            best = lsbs
+        else:
+            break
+    return best
+
+
+@dataclass(frozen=True)
+class RoundingChoice:
+    """Result of :func:`choose_rounding`."""
+
+    lsbs: list[int]
+    lossless: list[int]
+    agreement: float
+
+
+def _agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of rows whose outputs match: same argmax for several outputs, else close values."""
+    if reference.shape[1] > 1:
+        return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+    spread = float(np.std(reference)) or 1.0
+    return float(np.mean(np.abs(reference - candidate)[:, 0] <= 0.05 * spread))
+
+
+def choose_rounding(
+    program: Program,
+    calibration_q: np.ndarray,
+    *,
+    target_bits: int | None = None,
+    min_agreement: float = 0.99,
+    exact: bool = True,
+) -> RoundingChoice:
+    """Choose how many accumulator bits each hidden layer rounds away before its lookup.
+
+    Without ``target_bits`` ("auto"): start from the lossless rounding of every layer, then lower
+    the lookup precision of all hidden layers together, one bit at a time, while the rounded
+    program's outputs on the calibration rows agree with the unrounded one's on at least
+    ``min_agreement`` of the rows (same class for several outputs). With ``target_bits``: every
+    lookup input gets that precision (or its full width when narrower).
+    """
+    hidden = [layer for layer in program.layers if layer.is_hidden]
+    lossless = [lossless_round_lsbs(layer) for layer in hidden]
+    widths = [layer.proven_range().bits for layer in hidden]
+    if not hidden:
+        return RoundingChoice([], [], 1.0)
+    if target_bits is not None:
+        lsbs = [max(0, w - target_bits) for w in widths]
+        candidate = program.with_rounding(lsbs, exact)
+        ref = program.dequantize_output(program.run_integer(calibration_q))
+        out = candidate.dequantize_output(candidate.run_integer(calibration_q))
+        return RoundingChoice(lsbs, lossless, _agreement(ref, out))
+    reference = program.dequantize_output(program.run_integer(calibration_q))
+    best = list(lossless)
+    best_agreement = 1.0
+    start = max(w - r for w, r in zip(widths, lossless, strict=True))
+    for target in range(start - 1, 0, -1):
+        lsbs = [max(r, w - target) for w, r in zip(widths, lossless, strict=True)]
+        candidate = program.with_rounding(lsbs, exact)
+        agreement = _agreement(
+            reference, candidate.dequantize_output(candidate.run_integer(calibration_q))
+        )
+        if agreement < min_agreement:
+            break
+        best, best_agreement = lsbs, agreement
+    return RoundingChoice(best, lossless, best_agreement)

@@ -1,0 +1,75 @@
+"""Export a trained network to a standard QCDQ ONNX file with brevitas.
+
+The file holds QuantizeLinear / Clip / DequantizeLinear around each Gemm and the activations
+(opset 14, a dynamic batch axis). It is the only thing the compiler reads: the ONNX front end
+never looks at the torch module.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from .errors import InvalidParameterError
+from .fileio import atomic_write_bytes
+from .model.qnn_module import SparseQuantNeuralNetwork
+
+logger = logging.getLogger(__name__)
+
+#: ONNX opset of our exports (the one brevitas' QCDQ export emits with the pinned torch).
+EXPORT_OPSET = 14
+INPUT_NAME = "x"
+OUTPUT_NAME = "y"
+
+
+def export_module_to_onnx(
+    module: SparseQuantNeuralNetwork, path: str | Path | None = None
+) -> onnx.ModelProto:
+    """Export ``module`` (pruning made permanent) to QCDQ ONNX; write it to ``path`` if given.
+
+    The export traces the module in eval mode with the legacy TorchScript exporter, which gives
+    opset 14 and a dynamic batch axis on input ``x`` and output ``y``. The model is checked with
+    ``onnx.checker`` before anything is written; the file is written atomically.
+
+    Returns:
+        The ONNX model.
+    """
+    if not isinstance(module, SparseQuantNeuralNetwork):
+        raise InvalidParameterError(
+            f"expected a SparseQuantNeuralNetwork, got {type(module).__name__}"
+        )
+    if module.pruning_enabled:
+        raise InvalidParameterError(
+            "pruning masks are still active: call make_pruning_permanent() before exporting"
+        )
+    from brevitas.export import export_onnx_qcdq
+
+    was_training = module.training
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            # The exporter warns about tracing details that do not affect a fixed MLP.
+            warnings.simplefilter("ignore")
+            export_onnx_qcdq(
+                module,
+                args=torch.zeros(1, module.input_dim),
+                export_path=buffer,
+                opset_version=EXPORT_OPSET,
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    finally:
+        module.train(was_training)
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    if path is not None:
+        atomic_write_bytes(Path(path), model.SerializeToString())
+        logger.info("exported ONNX model to %s", path)
+    return model

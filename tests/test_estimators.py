@@ -1,0 +1,202 @@
+"""NeuralNetClassifier / NeuralNetRegressor: the scikit-learn contract and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from torch import nn
+
+from fheqnn import (
+    InvalidInputError,
+    NeuralNetClassifier,
+    NeuralNetRegressor,
+    NotFittedError,
+    SparseQuantNeuralNetwork,
+)
+from fheqnn.datasets import load_split
+
+FAST = {"max_epochs": 4, "verbose": 0}
+
+
+@pytest.fixture(scope="module")
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centers = np.array([[2.0, 0.0, 0.0, 1.0], [-2.0, 0.0, 1.0, 0.0], [0.0, 2.0, -1.0, 0.0]])
+    y = rng.integers(0, 3, size=150)
+    x = centers[y] + rng.normal(scale=0.5, size=(150, 4))
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs: tuple[np.ndarray, np.ndarray]) -> NeuralNetClassifier:
+    x, y = blobs
+    return NeuralNetClassifier(max_epochs=30, verbose=0, random_state=0).fit(x, y)
+
+
+def test_module_parameters_are_estimator_parameters() -> None:
+    params = NeuralNetClassifier().get_params()
+    for name in (
+        "module__n_layers",
+        "module__n_hidden_neurons_multiplier",
+        "module__n_w_bits",
+        "module__n_a_bits",
+        "module__n_accum_bits",
+        "module__n_prune_neurons_percentage",
+        "module__activation_function",
+        "module__quant_narrow",
+        "module__quant_signed",
+        "max_epochs",
+        "lr",
+        "random_state",
+    ):
+        assert name in params
+    assert params["module__n_accum_bits"] == 8
+    assert params["module__activation_function"] is nn.ReLU
+
+
+def test_set_params_and_clone() -> None:
+    clf = NeuralNetClassifier().set_params(module__n_layers=2, lr=0.1, random_state=3)
+    assert clf.module__n_layers == 2 and clf.lr == 0.1
+    copy = clone(clf)
+    assert copy.get_params() == clf.get_params()
+    with pytest.raises(ValueError, match="invalid parameter 'module__n_layer'"):
+        clf.set_params(module__n_layer=2)
+
+
+def test_fit_returns_self_and_learns(fitted: NeuralNetClassifier, blobs) -> None:
+    x, y = blobs
+    assert isinstance(fitted.module_, SparseQuantNeuralNetwork)
+    assert fitted.n_features_in_ == 4
+    assert fitted.score(x, y) > 0.9
+    assert len(fitted.history_) == 30
+    assert fitted.history_[-1]["train_loss"] < fitted.history_[0]["train_loss"]
+
+
+def test_predict_proba_rows_sum_to_one(fitted: NeuralNetClassifier, blobs) -> None:
+    x, _ = blobs
+    proba = fitted.predict_proba(x)
+    assert proba.shape == (150, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9)
+    np.testing.assert_array_equal(fitted.classes_[proba.argmax(axis=1)], fitted.predict(x))
+
+
+def test_pruned_bound_holds_after_training(fitted: NeuralNetClassifier) -> None:
+    k = fitted.module_.max_active_neurons()
+    for weights in fitted.module_.integer_weights():
+        assert int((weights != 0).sum(dim=1).max()) <= k
+
+
+def test_arbitrary_labels(blobs) -> None:
+    x, y = blobs
+    labels = np.array(["cat", "dog", "eel"])[y]
+    clf = NeuralNetClassifier(max_epochs=20, verbose=0, random_state=0).fit(x, labels)
+    assert set(clf.predict(x)) <= {"cat", "dog", "eel"}
+    assert list(clf.classes_) == ["cat", "dog", "eel"]
+    assert clf.score(x, labels) > 0.9
+
+
+def test_same_seed_same_model_other_seed_other_model(blobs) -> None:
+    x, y = blobs
+    a = NeuralNetClassifier(random_state=7, **FAST).fit(x, y).predict_proba(x)
+    b = NeuralNetClassifier(random_state=7, **FAST).fit(x, y).predict_proba(x)
+    c = NeuralNetClassifier(random_state=8, **FAST).fit(x, y).predict_proba(x)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_fit_does_not_touch_the_global_torch_rng(blobs) -> None:
+    x, y = blobs
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    NeuralNetClassifier(random_state=1, **FAST).fit(x, y)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_grid_search(blobs) -> None:
+    x, y = blobs
+    search = GridSearchCV(
+        NeuralNetClassifier(random_state=0, **FAST),
+        {"module__n_w_bits": [2, 3], "module__n_layers": [1, 2]},
+        cv=2,
+    ).fit(x, y)
+    assert set(search.best_params_) == {"module__n_w_bits", "module__n_layers"}
+    assert search.best_estimator_.module_.n_layers == search.best_params_["module__n_layers"]
+
+
+def test_int_and_float64_inputs_are_accepted(blobs) -> None:
+    x, y = blobs
+    clf = NeuralNetClassifier(random_state=0, **FAST).fit(np.round(x).astype(np.int32), y)
+    assert clf.predict(x.astype(np.float32)).shape == (150,)
+
+
+def test_progress_display_can_be_silenced(blobs, capsys) -> None:
+    x, y = blobs
+    NeuralNetClassifier(random_state=0, max_epochs=2, verbose=1).fit(x, y)
+    assert "training" in capsys.readouterr().err
+    NeuralNetClassifier(random_state=0, max_epochs=2, verbose=0).fit(x, y)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_predict_before_fit() -> None:
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        NeuralNetClassifier().predict(np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize(
+    ("transform", "match"),
+    [
+        (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), "NaN"),
+        (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.inf, x), "infinity"),
+        (lambda x: x[:, :3], "3 features, but NeuralNetClassifier is expecting 4"),
+        (lambda x: x.astype(str).astype(object) + "a", "could not convert"),
+        (lambda x: x[:, :, None], "3"),
+    ],
+)
+def test_bad_x_at_predict(fitted: NeuralNetClassifier, blobs, transform, match: str) -> None:
+    x, _ = blobs
+    with pytest.raises(InvalidInputError, match=match):
+        fitted.predict(transform(x))
+
+
+def test_bad_fit_input(blobs) -> None:
+    x, y = blobs
+    with pytest.raises(InvalidInputError, match="class"):
+        NeuralNetClassifier(**FAST).fit(x, np.zeros(len(x)))
+    with pytest.raises(InvalidInputError, match="inconsistent numbers of samples"):
+        NeuralNetClassifier(**FAST).fit(x, y[:-1])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        NeuralNetClassifier(**FAST).fit(np.full_like(x, np.nan), y)
+    with pytest.raises(InvalidInputError, match="Unknown label type"):
+        NeuralNetClassifier(**FAST).fit(x, y + 0.5)
+    with pytest.raises(ValueError, match="max_epochs must be >= 1"):
+        NeuralNetClassifier(max_epochs=0).fit(x, y)
+    with pytest.raises(ValueError, match="mask_updates must be one of"):
+        NeuralNetClassifier(mask_updates="sometimes").fit(x, y)
+    with pytest.raises(ValueError, match="n_w_bits must be in"):
+        NeuralNetClassifier(module__n_w_bits=0, **FAST).fit(x, y)
+
+
+def test_regressor_fits_linear_targets() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    y = x @ np.array([1.5, -2.0, 0.5]) + 10.0
+    reg = NeuralNetRegressor(max_epochs=60, verbose=0, random_state=0).fit(x, y)
+    pred = reg.predict(x)
+    assert pred.shape == (300,)
+    assert reg.score(x, y) > 0.85
+    y2 = np.stack([y, -y], axis=1)
+    reg2 = NeuralNetRegressor(random_state=0, **FAST).fit(x, y2)
+    assert reg2.predict(x).shape == (300, 2)
+
+
+@pytest.mark.slow
+def test_accuracy_floor_on_breast_cancer() -> None:
+    """The default network must be a useful model (a constant classifier gets 63 %)."""
+    x_tr, x_te, y_tr, y_te = load_split("breast_cancer")
+    clf = NeuralNetClassifier(random_state=0, verbose=0).fit(x_tr, y_tr)
+    assert clf.score(x_te, y_te) >= 0.93
