@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .compiler.api import CompiledModel, OutputSpec, compile_onnx
+from .compiler.onnx_frontend import InvalidModelError, UnsupportedOperatorError
 from .errors import (
     AccumulatorOverflowError,
     FheqnnError,
@@ -18,13 +20,18 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
     "AccumulatorOverflowError",
+    "CompiledModel",
     "FheqnnError",
     "InternalError",
     "InvalidInputError",
+    "InvalidModelError",
     "InvalidParameterError",
     "NeuralNetClassifier",
     "NeuralNetRegressor",
     "NotFittedError",
+    "OutputSpec",
     "SparseQuantNeuralNetwork",
+    "UnsupportedOperatorError",
     "__version__",
+    "compile_onnx",
 ]

@@ -47,7 +47,12 @@ def export_module_to_onnx(
         raise InvalidParameterError(
             "pruning masks are still active: call make_pruning_permanent() before exporting"
         )
-    from brevitas.export import export_onnx_qcdq
+    with warnings.catch_warnings():
+        # brevitas.export imports its deprecated brevitas.fx module and warns that an optional
+        # GPU kernel package is missing; neither matters for exporting an MLP.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "fast_hadamard_transform", UserWarning)
+        from brevitas.export import export_onnx_qcdq
 
     was_training = module.training
     buffer = io.BytesIO()

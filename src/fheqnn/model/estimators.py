@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
+from ..validation import check_features
 from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
 from .training import TrainingConfig, train_module
 
@@ -183,13 +184,63 @@ class _SparseQuantNetEstimator(BaseEstimator):
             )
         self.module_ = module
         self.history_ = history
+        self.fhe_model_ = None
 
-    def _raw_outputs(self, X: Any) -> np.ndarray:
+    def _output_spec(self) -> Any:
+        raise NotImplementedError
+
+    def _raw_outputs(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Float network outputs: torch (``fhe=None``) or the compiled model in a FHE mode."""
         self._check_fitted()
+        if fhe is not None:
+            return self._compiled().predict_raw(check_features(X, self.n_features_in_), fhe)
         x = self._validate_x(X, reset=False)
         self.module_.eval()
         with torch.no_grad():
             return self.module_(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
+
+    def _compiled(self) -> Any:
+        if getattr(self, "fhe_model_", None) is None:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not compiled: call compile(X) before predicting "
+                "with fhe='disable', 'simulate' or 'execute'"
+            )
+        return self.fhe_model_
+
+    def export_onnx(self, path: Any = None) -> Any:
+        """Export the trained network to QCDQ ONNX (opset 14, dynamic batch).
+
+        Args:
+            path: file to write (atomically); ``None`` only returns the model.
+
+        Returns:
+            The ``onnx.ModelProto``.
+        """
+        from ..export import export_module_to_onnx
+
+        self._check_fitted()
+        return export_module_to_onnx(self.module_, path)
+
+    def compile(self, X: Any, **compile_options: Any) -> _SparseQuantNetEstimator:
+        """Compile the trained network to a Concrete circuit, calibrated on rows ``X``.
+
+        The network goes through its ONNX export and our compiler (``fheqnn.compile_onnx``),
+        with ``n_accum_bits`` taken from the module; ``compile_options`` are passed on
+        (``rounding``, ``rounding_exact``, ``p_error``, ...). The result is ``fhe_model_``;
+        its bit-width report is ``fhe_model_.report``.
+
+        Returns:
+            self.
+        """
+        from ..compiler.api import compile_onnx
+
+        self._check_fitted()
+        x = check_features(X, self.n_features_in_, what="calibration inputs")
+        compile_options.setdefault("n_accum_bits", self.module_.n_accum_bits)
+        self.fhe_model_ = compile_onnx(
+            self.export_onnx(), x, output_spec=self._output_spec(), **compile_options
+        )
+        return self
 
 
 class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
@@ -226,20 +277,29 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
         self._fit_module(x, targets, len(self.classes_), nn.CrossEntropyLoss())
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Raw network outputs (logits), shape (n_rows, n_classes)."""
-        return self._raw_outputs(X)
+    def _output_spec(self) -> Any:
+        from ..compiler.api import OutputSpec
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+        return OutputSpec(kind="classifier", classes=tuple(self.classes_.tolist()))
+
+    def decision_function(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Raw network outputs (logits), shape (n_rows, n_classes).
+
+        ``fhe``: ``None`` runs the torch module; ``"disable"`` (integer interpreter),
+        ``"simulate"`` or ``"execute"`` (real encryption) run the compiled model.
+        """
+        return self._raw_outputs(X, fhe)
+
+    def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Class probabilities (softmax of the logits), shape (n_rows, n_classes)."""
-        logits = self._raw_outputs(X)
+        logits = self._raw_outputs(X, fhe)
         logits = logits - logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted class labels, shape (n_rows,)."""
-        logits = self._raw_outputs(X)
+    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Predicted class labels, shape (n_rows,); ``fhe`` as in ``decision_function``."""
+        logits = self._raw_outputs(X, fhe)
         return self.classes_[np.argmax(logits, axis=1)]
 
 
@@ -269,7 +329,21 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
         self._fit_module(x, targets, y2.shape[1], nn.MSELoss())
         return self
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted values, shape (n_rows,) or (n_rows, n_targets) as ``y`` was in ``fit``."""
-        out = self._raw_outputs(X) * self.y_scale_ + self.y_mean_
+    def _output_spec(self) -> Any:
+        from ..compiler.api import OutputSpec
+
+        return OutputSpec(
+            kind="regressor",
+            y_mean=tuple(self.y_mean_.tolist()),
+            y_scale=tuple(self.y_scale_.tolist()),
+            squeeze=self.y_is_1d_,
+        )
+
+    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Predicted values, shape (n_rows,) or (n_rows, n_targets) as ``y`` was in ``fit``.
+
+        ``fhe``: ``None`` runs the torch module; ``"disable"``, ``"simulate"`` or ``"execute"``
+        run the compiled model (see ``compile``).
+        """
+        out = self._raw_outputs(X, fhe) * self.y_scale_ + self.y_mean_
         return out[:, 0] if self.y_is_1d_ else out

@@ -11,6 +11,7 @@ from typing import Any
 
 import brevitas.nn as qnn
 import torch
+from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat
 from torch import nn
 
 from ..errors import InvalidParameterError
@@ -31,6 +32,10 @@ _NON_NEGATIVE_ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Hardsigmoid,
     nn.Softplus,
 )
+
+#: Quantize weights with one scale per output neuron (True) or one per layer (False). Each neuron
+#: is its own table lookup in FHE, so a per-neuron scale costs nothing at inference.
+PER_CHANNEL_WEIGHTS = True
 
 _MAX_QUANT_BITS = 16
 _MAX_ACCUM_BITS = 32
@@ -177,11 +182,15 @@ class SparseQuantNeuralNetwork(nn.Module):
         )
 
     def _make_linear(self, in_features: int, out_features: int) -> qnn.QuantLinear:
-        # The default brevitas weight quantizer is symmetric (zero point 0) with a max-abs scale.
+        # brevitas' weight quantizers are symmetric (zero point 0) with a max-abs scale.
+        weight_quant = (
+            Int8WeightPerChannelFloat if PER_CHANNEL_WEIGHTS else Int8WeightPerTensorFloat
+        )
         return qnn.QuantLinear(
             in_features,
             out_features,
             bias=True,
+            weight_quant=weight_quant,
             weight_bit_width=self.n_w_bits,
             weight_narrow_range=self.quant_narrow,
             bias_quant=None,
