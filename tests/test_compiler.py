@@ -188,7 +188,7 @@ def test_report_facts(compiled) -> None:
 
 
 def test_compiled_predictions_follow_torch(compiled, small_data) -> None:
-    x, y = small_data
+    x, _ = small_data
     torch_pred = compiled.predict(x)
     fhe_pred = compiled.predict(x, fhe="disable")
     assert np.mean(torch_pred == fhe_pred) >= 0.97

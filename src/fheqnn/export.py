@@ -7,9 +7,15 @@ never looks at the torch module.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -25,6 +31,42 @@ logger = logging.getLogger(__name__)
 EXPORT_OPSET = 14
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
+
+
+def _flush_c_stdio() -> None:
+    """Flush the C library's stdout buffer (native printf output is buffered there)."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbols on this platform
+        pass
+
+
+@contextlib.contextmanager
+def _native_output_to_log() -> Iterator[None]:
+    """Send what native code writes on file descriptors 1 and 2 to the log, not the terminal.
+
+    brevitas runs onnxoptimizer, whose C++ side warns on stderr about the legacy exporter's IR
+    version; library code must not print.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _flush_c_stdio()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("exporter output: %s", text)
 
 
 def export_module_to_onnx(
@@ -57,7 +99,7 @@ def export_module_to_onnx(
     was_training = module.training
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _native_output_to_log():
             # The exporter warns about tracing details that do not affect a fixed MLP.
             warnings.simplefilter("ignore")
             export_onnx_qcdq(

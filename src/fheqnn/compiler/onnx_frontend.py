@@ -129,7 +129,16 @@ _KERNEL_ATTRIBUTES = {
 _LINEAR_OPS = ("Gemm", "MatMul")
 _QUANT_OPS = ("QuantizeLinear", "Clip", "DequantizeLinear")
 _PASS_THROUGH = ("Identity", "Flatten")
-_CONST_OPS = ("Constant", "Identity", "Cast", "Transpose", "Reshape", "QuantizeLinear", "Clip")
+_CONST_OPS = (
+    "Constant",
+    "Identity",
+    "Cast",
+    "Transpose",
+    "Reshape",
+    "QuantizeLinear",
+    "Clip",
+    "DequantizeLinear",
+)
 
 
 def supported_operators() -> list[str]:
@@ -236,6 +245,12 @@ class _Graph:
         if node.op_type == "QuantizeLinear":
             zp = args[2] if len(args) > 2 and args[2] is not None else np.uint8(0)
             return _quantize_linear(x, args[1], zp, attrs.get("axis", 1))
+        if node.op_type == "DequantizeLinear":
+            # Only for constants such as an int32 bias; weights are read by read_weight.
+            zp = args[2] if len(args) > 2 and args[2] is not None else np.int8(0)
+            axis = attrs.get("axis", 1) % max(x.ndim, 1)
+            scale = _per_axis(args[1], x.ndim, axis).astype(np.float64)
+            return (x.astype(np.float64) - _per_axis(zp, x.ndim, axis)) * scale
         if node.op_type == "Clip":
             lo = args[1] if len(args) > 1 and args[1] is not None else None
             hi = args[2] if len(args) > 2 and args[2] is not None else None
@@ -411,8 +426,8 @@ class _Reader:
         frontier = start
         end_node = None
         while True:
-            consumers = [c for c in self.g.consumers.get(frontier, [])]
-            if frontier in self.g.outputs and not consumers:
+            if frontier in self.g.outputs:
+                # The network ends here, whatever else reads this tensor.
                 break
             pending = [
                 n
