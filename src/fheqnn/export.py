@@ -35,10 +35,8 @@ OUTPUT_NAME = "y"
 
 def _flush_c_stdio() -> None:
     """Flush the C library's stdout buffer (native printf output is buffered there)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no libc symbols on this platform
         ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # pragma: no cover - no libc symbols on this platform
-        pass
 
 
 @contextlib.contextmanager
