@@ -14,13 +14,18 @@ from .errors import (
 )
 from .model.estimators import NeuralNetClassifier, NeuralNetRegressor
 from .model.qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
+from .runtime import ArtifactError, EnvelopeError, FheModelClient, FheModelServer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
     "AccumulatorOverflowError",
+    "ArtifactError",
     "CompiledModel",
+    "EnvelopeError",
+    "FheModelClient",
+    "FheModelServer",
     "FheqnnError",
     "InternalError",
     "InvalidInputError",

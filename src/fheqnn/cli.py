@@ -1,31 +1,141 @@
-"""The ``fheqnn`` command-line tool.
+"""The ``fheqnn`` command-line tool: the whole flow, one subcommand per step.
 
-Library code logs; this module is the one place that prints.
+    train -> export -> compile (bit-width check) -> report -> keygen -> encrypt -> run -> decrypt
+    predict = encrypt -> run -> decrypt locally;  demo = everything on a shipped data set
+
+Library code logs; this module is the one place that prints. Exit codes: 0 success, 1 an
+unexpected failure, 2 bad input or usage, 3 accumulator budget exceeded.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import pickle
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .datasets import DATASETS
 
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_ACCUMULATOR = 0, 1, 2, 3
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import NeuralNetClassifier
-    from .datasets import load_split
 
-    x_tr, x_te, y_tr, y_te = load_split(args.dataset)
-    print(
-        f"data set {args.dataset}: {len(x_tr)} training rows, {len(x_te)} test rows, "
-        f"{x_tr.shape[1]} features, {len(np.unique(y_tr))} classes"
+class CliError(Exception):
+    """A usage problem found by the CLI itself (exit code 2)."""
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+class _Step:
+    """Prints a long step's start and, at the end, how long it took."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+
+    def __enter__(self) -> _Step:
+        print(f"{self.title} ...", end="", flush=True)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+        print(f" {'done' if exc_type is None else 'failed'} ({self.seconds:.1f} s)", flush=True)
+
+
+# ----------------------------------------------------------------------------- data files
+
+
+def load_matrix(path: str | Path, *, what: str = "input") -> np.ndarray:
+    """Read a numeric matrix from a .npy or .csv file (a non-numeric first CSV line is a header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"{what} file {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise CliError(f"{path} is not a readable .npy file: {exc}") from exc
+    if path.suffix == ".csv":
+        lines = path.read_text().splitlines()
+        if not lines:
+            raise CliError(f"{path} is empty")
+        try:
+            [float(v) for v in lines[0].split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        try:
+            data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+        except ValueError as exc:
+            raise CliError(f"{path}: not a numeric CSV: {exc}") from exc
+        return data
+    raise CliError(f"{path}: unsupported file type {path.suffix!r} (use .npy or .csv)")
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    import io
+
+    from .fileio import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _write_bytes(path: str | Path, data: bytes) -> None:
+    from .fileio import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
+def _read_bytes(path: str | Path, what: str) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"{what} file {str(path)!r} does not exist")
+    return path.read_bytes()
+
+
+# ----------------------------------------------------------------------------- train / export
+
+
+def _add_network_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-layers", type=int, default=3, help="linear layers (default 3)")
+    p.add_argument(
+        "--multiplier", type=float, default=4, help="hidden width = features x this (default 4)"
     )
-    clf = NeuralNetClassifier(
+    p.add_argument("--n-w-bits", type=int, default=3, help="weight bits (default 3)")
+    p.add_argument("--n-a-bits", type=int, default=3, help="activation/input bits (default 3)")
+    p.add_argument("--n-accum-bits", type=int, default=8, help="accumulator budget (default 8)")
+    p.add_argument(
+        "--prune",
+        type=float,
+        default=0.0,
+        help="fraction of hidden neurons to prune, in [0, 1) (default 0)",
+    )
+    p.add_argument("--epochs", type=int, default=200, help="training epochs (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _estimator(args: argparse.Namespace, task: str) -> Any:
+    from . import NeuralNetClassifier, NeuralNetRegressor
+
+    cls = NeuralNetClassifier if task == "classifier" else NeuralNetRegressor
+    multiplier = int(args.multiplier) if float(args.multiplier).is_integer() else args.multiplier
+    return cls(
         module__n_layers=args.n_layers,
+        module__n_hidden_neurons_multiplier=multiplier,
         module__n_w_bits=args.n_w_bits,
         module__n_a_bits=args.n_a_bits,
         module__n_accum_bits=args.n_accum_bits,
@@ -34,17 +144,343 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         random_state=args.seed,
         verbose=0 if args.quiet else 1,
     )
+
+
+def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    from .datasets import load_split
+
+    if args.dataset:
+        return load_split(args.dataset)
+    if not args.data:
+        raise CliError("give --dataset NAME or --data FILE (.csv or .npy)")
+    data = load_matrix(args.data, what="data")
+    if args.labels:
+        x, y = data, load_matrix(args.labels, what="labels").reshape(-1)
+    else:
+        if data.ndim != 2 or data.shape[1] < 2:
+            raise CliError(
+                "--data without --labels must be a matrix whose last column is the target"
+            )
+        x, y = data[:, :-1], data[:, -1]
+    if len(x) != len(y):
+        raise CliError(f"{len(x)} rows of features but {len(y)} labels")
+    stratify = y if args.task == "classifier" else None
+    return tuple(train_test_split(x, y, test_size=0.25, stratify=stratify, random_state=0))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise CliError(f"{out} exists and is not empty (use --overwrite)")
+    x_tr, x_te, y_tr, y_te = _training_data(args)
+    est = _estimator(args, args.task)
+    _say(f"training a {args.task} on {len(x_tr)} rows x {x_tr.shape[1]} features")
     start = time.perf_counter()
-    clf.fit(x_tr, y_tr)
+    est.fit(x_tr, y_tr)
     fit_s = time.perf_counter() - start
-    module = clf.module_
-    print(
-        f"trained in {fit_s:.1f} s: {args.n_w_bits}-bit weights, {args.n_a_bits}-bit activations, "
-        f"accumulators <= {args.n_accum_bits} bits, at most {module.max_active_neurons()} "
-        f"active weights per neuron, hidden widths {module.hidden_widths()}"
+    score = float(est.score(x_te, y_te))
+    from .runtime.artifacts import write_folder_atomically
+
+    def write(folder: Path) -> None:
+        (folder / "estimator.pkl").write_bytes(pickle.dumps(est))
+        est.export_onnx(folder / "model.onnx")
+        for name, arr in (("calibration", x_tr), ("test_x", x_te), ("test_y", y_te)):
+            np.save(folder / f"{name}.npy", np.asarray(arr), allow_pickle=False)
+        (folder / "output_spec.json").write_text(json.dumps(est._output_spec().to_dict()))
+        (folder / "train.json").write_text(
+            json.dumps(
+                {
+                    "task": args.task,
+                    "fit_seconds": fit_s,
+                    "test_score": score,
+                    "max_active_neurons": est.module_.max_active_neurons(),
+                    "hidden_widths": est.module_.hidden_widths(),
+                },
+                indent=2,
+            )
+        )
+
+    write_folder_atomically(out, write, overwrite=args.overwrite)
+    metric = "accuracy" if args.task == "classifier" else "R^2"
+    _say(f"trained in {fit_s:.1f} s; test {metric} (clear, quantized): {score:.4f}")
+    _say(
+        f"wrote {out}/: estimator.pkl, model.onnx, calibration.npy, test_x.npy, test_y.npy, "
+        "output_spec.json"
     )
-    print(f"test accuracy (clear, quantized): {clf.score(x_te, y_te) * 100:.1f} %")
-    return 0
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if not path.is_file():
+        raise CliError(f"estimator file {str(path)!r} does not exist")
+    est = pickle.loads(path.read_bytes())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    model = est.export_onnx(args.out)
+    _say(
+        f"exported {args.out}: opset {model.opset_import[0].version}, {len(model.graph.node)} nodes"
+    )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- compile / report
+
+
+def _rounding(value: str) -> Any:
+    if value in ("auto", "off"):
+        return value
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("rounding is 'auto', 'off' or a number of bits") from exc
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler.api import OutputSpec, compile_onnx, output_spec_from_dict
+
+    onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
+    if args.from_dir:
+        base = Path(args.from_dir)
+        onnx_path = onnx_path or base / "model.onnx"
+        calibration = calibration or base / "calibration.npy"
+        spec_path = spec_path or base / "output_spec.json"
+    if not onnx_path or not calibration:
+        raise CliError("give --onnx and --calibration, or --from a training folder")
+    spec = OutputSpec()
+    if spec_path and Path(spec_path).is_file():
+        spec = output_spec_from_dict(json.loads(Path(spec_path).read_text()))
+    x_cal = load_matrix(calibration, what="calibration")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise CliError(f"{out} exists and is not empty (use --overwrite)")
+    with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
+        model = compile_onnx(
+            onnx_path,
+            x_cal,
+            n_accum_bits=args.n_accum_bits,
+            rounding=args.rounding,
+            rounding_exact=not args.approximate,
+            p_error=args.p_error,
+            output_spec=spec,
+        )
+    _say(model.report.to_text())
+    model.save(out, overwrite=args.overwrite)
+    _say(
+        f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons; "
+        f"saved to {out}/"
+    )
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .compiler.report import BitWidthReport, LayerWidths
+    from .runtime.artifacts import REPORT_FILE, open_model_folder
+
+    folder = open_model_folder(args.model, need=(REPORT_FILE,))
+    data = folder.read_json(REPORT_FILE)
+    if args.json:
+        _say(json.dumps(data, indent=2))
+        return EXIT_OK
+    fields = set(LayerWidths.__dataclass_fields__)
+    rows = tuple(LayerWidths(**{k: v for k, v in d.items() if k in fields}) for d in data["layers"])
+    _say(f"compiled model {folder.model_id} from {data['source']}")
+    _say(BitWidthReport(rows, data["n_accum_bits"]).to_text())
+    _say(
+        f"PBS per row: {data['pbs_count']} ({data['hidden_neurons']} hidden neurons, "
+        f"{data['removed_neurons']} dead neurons removed); max bit-width {data['max_bit_width']}; "
+        f"compile {data['compile_seconds']:.1f} s"
+    )
+    _say(
+        f"evaluation keys ~{data['evaluation_keys_bytes_estimate'] / 1e6:.1f} MB; ciphertext per "
+        f"row: {data['input_ciphertext_bytes']} B in, {data['output_ciphertext_bytes']} B out"
+    )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- keys and data
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .runtime import FheModelClient
+
+    client = FheModelClient(args.model)
+    with _Step(f"generating keys for {args.model} into {args.keys}"):
+        info = client.keygen(args.keys, overwrite=args.overwrite)
+    _say(
+        f"key id {info.key_id}; evaluation keys {info.evaluation_keys_bytes / 1e6:.1f} MB "
+        f"({Path(args.keys) / 'evaluation.keys'}); the secret key stays in {args.keys}/"
+    )
+    return EXIT_OK
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    from .runtime import FheModelClient
+
+    client = FheModelClient(args.model, args.keys)
+    x = load_matrix(args.input)
+    if args.rows:
+        x = x[: args.rows]
+    with _Step(f"encrypting {len(x)} rows"):
+        blob = client.encrypt(x)
+    _write_bytes(args.out, blob)
+    _say(f"wrote {args.out} ({len(blob)} bytes)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import FheModelServer
+
+    server = FheModelServer(args.model)
+    keys = _read_bytes(args.evaluation_keys, "evaluation keys")
+    inputs = _read_bytes(args.input, "encrypted input")
+    with _Step("running on ciphertexts"):
+        out = server.run(inputs, keys)
+    _write_bytes(args.out, out)
+    _say(f"wrote {args.out} ({len(out)} bytes)")
+    return EXIT_OK
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from .runtime import FheModelClient
+
+    client = FheModelClient(args.model, args.keys)
+    blob = _read_bytes(args.input, "encrypted result")
+    pred = client.decrypt_proba(blob) if args.proba else client.decrypt(blob)
+    if args.out:
+        _save_array(Path(args.out), np.asarray(pred))
+        _say(f"wrote {args.out}")
+    else:
+        _say(np.array2string(np.asarray(pred), threshold=200))
+    return EXIT_OK
+
+
+def _encrypted_predict(
+    client: Any, server: Any, x: np.ndarray, quiet: bool
+) -> tuple[np.ndarray, float]:
+    """Encrypt -> run -> decrypt in chunks of the server's worker count, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    preds, run_s = [], 0.0
+    chunk = max(1, server.workers)
+    bar = tqdm(total=len(x), desc="encrypted rows", unit="row", disable=quiet, leave=False)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        blob = client.encrypt(part)
+        t0 = time.perf_counter()
+        out = server.run(blob, client.evaluation_keys())
+        run_s += time.perf_counter() - t0
+        preds.append(client.decrypt_raw(out))
+        bar.update(len(part))
+    bar.close()
+    return np.concatenate(preds), run_s
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .runtime import FheModelClient, FheModelServer
+
+    client = FheModelClient(args.model, args.keys)
+    server = FheModelServer(args.model)
+    x = load_matrix(args.input)
+    if args.rows:
+        x = x[: args.rows]
+    raw, run_s = _encrypted_predict(client, server, x, args.quiet)
+    pred = client.part.output_spec.apply(raw)
+    _say(np.array2string(np.asarray(pred), threshold=200))
+    _say(f"{len(x)} rows, server time {run_s:.2f} s ({run_s / len(x):.3f} s per row)")
+    if args.labels:
+        y = load_matrix(args.labels, what="labels").reshape(-1)[: len(x)]
+        _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .compiler.api import compile_onnx
+    from .datasets import load_split
+    from .runtime import FheModelClient, FheModelServer
+
+    x_tr, x_te, y_tr, y_te = load_split(args.dataset)
+    _say(
+        f"data set {args.dataset}: {len(x_tr)} training rows, {len(x_te)} test rows, "
+        f"{x_tr.shape[1]} features, {len(np.unique(y_tr))} classes"
+    )
+    est = _estimator(args, "classifier")
+    with _Step("training (quantization-aware, with pruning)"):
+        est.fit(x_tr, y_tr)
+    module = est.module_
+    _say(
+        f"  at most {module.max_active_neurons()} active weights per neuron "
+        f"(accumulators <= {args.n_accum_bits} bits), hidden widths {module.hidden_widths()}"
+    )
+    with _Step("exporting to ONNX and compiling with the bit-width check"):
+        model = compile_onnx(
+            est.export_onnx(),
+            x_tr,
+            n_accum_bits=args.n_accum_bits,
+            rounding=args.rounding,
+            rounding_exact=not args.approximate,
+            p_error=args.p_error,
+            output_spec=est._output_spec(),
+        )
+    _say(model.report.to_text())
+    circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
+    key_dir = Path(args.keys) / f"demo_{args.dataset}"
+    _say(
+        f"saving the compiled model to {circuit_dir}/ and keys to {key_dir}/ "
+        "(the demo replaces its own previous folders)"
+    )
+    model.save(circuit_dir, overwrite=True)
+    client = FheModelClient(circuit_dir)
+    with _Step("generating keys"):
+        info = client.keygen(key_dir, overwrite=True)
+    server = FheModelServer(circuit_dir)
+
+    acc_clear = float(np.mean(est.predict(x_te) == y_te))
+    acc_int = float(np.mean(model.predict(x_te, fhe="disable") == y_te))
+    with _Step("simulating the circuit on every test row"):
+        acc_sim = float(np.mean(model.predict(x_te, fhe="simulate") == y_te))
+    rows = min(args.rows, len(x_te))
+    raw, run_s = _encrypted_predict(client, server, x_te[:rows], args.quiet)
+    pred_enc = client.part.output_spec.apply(raw)
+    acc_enc = float(np.mean(pred_enc == y_te[:rows]))
+    sim_rows = model.predict(x_te[:rows], fhe="simulate")
+    single = client.encrypt(x_te[:1])
+    t0 = time.perf_counter()
+    server.run(single)
+    single_s = time.perf_counter() - t0
+    summary = model.summary()
+    _say("")
+    _say(
+        f"accuracy: clear (torch) {acc_clear:.4f} | integer program {acc_int:.4f} | "
+        f"simulated {acc_sim:.4f} | encrypted {acc_enc:.4f} on {rows} rows "
+        f"(agrees with simulation on {np.mean(pred_enc == sim_rows) * 100:.0f} % of them)"
+    )
+    _say(
+        f"latency: {single_s:.3f} s for one row alone; {run_s / rows:.3f} s per row in batches "
+        f"of {server.workers}"
+    )
+    _say(
+        f"PBS per row: {model.pbs_count} for {model.program.hidden_neurons()} hidden neurons "
+        f"({summary['removed_neurons']} dead neurons removed at compile time)"
+    )
+    bits = ", ".join(
+        f"{r['layer']}: acc {r['proven_bits']}b proven / {r['measured_bits']}b "
+        f"measured, lookup {r['lookup_bits']}b"
+        for r in summary["layers"]
+    )
+    _say(f"bit-widths: {bits}")
+    _say(
+        f"keys: generated in {info.keygen_seconds:.1f} s, evaluation keys "
+        f"{info.evaluation_keys_bytes / 1e6:.1f} MB; ciphertext {len(single)} B per input row"
+    )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,25 +489,96 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fheqnn",
         description="Sparse quantized neural networks, from training to encrypted inference.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo",
-        help="train the default network on a data set shipped with scikit-learn",
-        description="Train the default sparse quantized network on a scikit-learn data set "
-        "(75/25 stratified split, standardized features) and print its test accuracy.",
+
+    def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("train", "train a sparse quantized network and save it with its ONNX export", cmd_train)
+    p.add_argument("--dataset", choices=DATASETS, help="a data set shipped with scikit-learn")
+    p.add_argument("--data", help=".csv or .npy features (last column = target without --labels)")
+    p.add_argument("--labels", help=".csv or .npy targets")
+    p.add_argument("--task", choices=("classifier", "regressor"), default="classifier")
+    p.add_argument("--out", required=True, help="folder to create (estimator, ONNX, splits)")
+    p.add_argument("--overwrite", action="store_true")
+    _add_network_options(p)
+
+    p = add("export", "export a trained estimator (estimator.pkl) to QCDQ ONNX", cmd_export)
+    p.add_argument("--model", required=True, help="estimator.pkl written by 'train'")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+
+    p = add(
+        "compile", "compile an ONNX model to a circuit, with the accumulator check", cmd_compile
     )
-    demo.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
-    demo.add_argument("--n-layers", type=int, default=3)
-    demo.add_argument("--n-w-bits", type=int, default=3)
-    demo.add_argument("--n-a-bits", type=int, default=3)
-    demo.add_argument("--n-accum-bits", type=int, default=8)
-    demo.add_argument(
-        "--prune", type=float, default=0.0, help="fraction of hidden neurons to prune"
+    p.add_argument("--from", dest="from_dir", help="a 'train' folder (model.onnx, calibration.npy)")
+    p.add_argument("--onnx", help="ONNX file")
+    p.add_argument("--calibration", help=".npy / .csv calibration rows")
+    p.add_argument("--output-spec", help="output_spec.json (class labels, target scaling)")
+    p.add_argument("--n-accum-bits", type=int, default=None, help="accumulator budget (bits)")
+    p.add_argument(
+        "--rounding",
+        type=_rounding,
+        default="auto",
+        help="'auto' (default), 'off', or the lookup input precision in bits",
     )
-    demo.add_argument("--epochs", type=int, default=200)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="hide the progress bar")
-    demo.set_defaults(func=_cmd_demo)
+    p.add_argument(
+        "--approximate",
+        action="store_true",
+        help="approximate rounding: one PBS per neuron, rare off-by-one errors",
+    )
+    p.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
+    p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("report", "print a compiled model's bit-width table and circuit statistics", cmd_report)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--json", action="store_true", help="print report.json")
+
+    p = add("keygen", "generate keys for a compiled model (client side)", cmd_keygen)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder to create (e.g. keys/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing key folder")
+
+    p = add("encrypt", "quantize and encrypt rows (client side)", cmd_encrypt)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder")
+    p.add_argument("--input", required=True, help=".npy / .csv rows")
+    p.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    p.add_argument("--out", required=True, help="ciphertext file to write")
+
+    p = add("run", "run the circuit on encrypted rows (server side)", cmd_run)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--evaluation-keys", required=True, help="the client's evaluation.keys")
+    p.add_argument("--input", required=True, help="ciphertext file from 'encrypt'")
+    p.add_argument("--out", required=True, help="result file to write")
+
+    p = add("decrypt", "decrypt and post-process results (client side)", cmd_decrypt)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder")
+    p.add_argument("--input", required=True, help="result file from 'run'")
+    p.add_argument("--proba", action="store_true", help="class probabilities")
+    p.add_argument("--out", help=".npy file to write (default: print)")
+
+    p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder")
+    p.add_argument("--input", required=True, help=".npy / .csv rows")
+    p.add_argument("--labels", help="true labels, to print the accuracy")
+    p.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("demo", "the whole flow on a shipped data set, encrypted inference included", cmd_demo)
+    p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
+    p.add_argument("--rows", type=int, default=10, help="test rows to run encrypted (default 10)")
+    p.add_argument("--rounding", type=_rounding, default="auto")
+    p.add_argument("--approximate", action="store_true", help="approximate rounding")
+    p.add_argument("--p-error", type=float, default=None)
+    p.add_argument("--circuits", default="circuits", help="where compiled models go")
+    p.add_argument("--keys", default="keys", help="where key folders go")
+    _add_network_options(p)
     return parser
 
 
@@ -79,13 +586,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fheqnn`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .errors import FheqnnError
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from .errors import AccumulatorOverflowError, FheqnnError
 
     try:
         return int(args.func(args))
-    except FheqnnError as exc:
+    except AccumulatorOverflowError as exc:
+        print(f"fheqnn: accumulator budget exceeded: {exc}", file=sys.stderr)
+        return EXIT_ACCUMULATOR
+    except (FheqnnError, CliError) as exc:
         print(f"fheqnn: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

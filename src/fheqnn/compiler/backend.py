@@ -89,7 +89,12 @@ def measured_ranges(circuit: Any, program: Program) -> dict[str, IntRange]:
     return found
 
 
+#: Defaults of our Concrete configuration: compressed evaluation keys and input ciphertexts
+#: (what the client uploads shrinks; the server decompresses them once).
+DEFAULT_CONFIGURATION = {"compress_evaluation_keys": True, "compress_input_ciphertexts": True}
+
+
 def make_configuration(**options: Any) -> Any:
-    """A ``fhe.Configuration``; ``options`` are passed to it unchanged."""
+    """A ``fhe.Configuration`` from our defaults updated with ``options``."""
     fhe = _fhe()
-    return fhe.Configuration(**options)
+    return fhe.Configuration(**{**DEFAULT_CONFIGURATION, **options})

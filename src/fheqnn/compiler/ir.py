@@ -152,6 +152,13 @@ def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- layers
 
 
+def accumulator_value(
+    acc: np.ndarray, offset: np.ndarray, acc_scale: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    """Real value of integer accumulators: ``(acc + offset) * acc_scale + bias``."""
+    return (np.asarray(acc, dtype=np.int64) + offset) * acc_scale + bias
+
+
 @dataclass(frozen=True, eq=False)
 class Layer:
     """An integer linear layer, and for a hidden layer its per-neuron table lookup.
@@ -237,7 +244,7 @@ class Layer:
 
     def pre_activation(self, acc: np.ndarray) -> np.ndarray:
         """Real value of accumulators (offset, rescale, bias)."""
-        return (np.asarray(acc, dtype=np.int64) + self.offset) * self.acc_scale + self.bias
+        return accumulator_value(acc, self.offset, self.acc_scale, self.bias)
 
     def activate(self, pre: np.ndarray) -> np.ndarray:
         """Apply the float activation chain."""

@@ -116,39 +116,52 @@ def choose_rounding(
     calibration_q: np.ndarray,
     *,
     target_bits: int | None = None,
-    min_agreement: float = 0.99,
+    min_agreement: float = 0.97,
     exact: bool = True,
 ) -> RoundingChoice:
     """Choose how many accumulator bits each hidden layer rounds away before its lookup.
 
-    Without ``target_bits`` ("auto"): start from the lossless rounding of every layer, then lower
-    the lookup precision of all hidden layers together, one bit at a time, while the rounded
-    program's outputs on the calibration rows agree with the unrounded one's on at least
-    ``min_agreement`` of the rows (same class for several outputs). With ``target_bits``: every
-    lookup input gets that precision (or its full width when narrower).
+    Without ``target_bits`` ("auto"): every layer starts at its lossless rounding; then all
+    hidden lookups get the lowest common precision whose outputs on the calibration rows agree
+    with the unrounded program's on at least ``min_agreement`` of the rows (same class when there
+    are several outputs; agreement is not monotonic in the precision, so every precision is
+    tried); then each layer alone is lowered further, one bit at a time, while the guard holds.
+    With ``target_bits``: every lookup input gets that precision (or its full width when
+    narrower).
     """
     hidden = [layer for layer in program.layers if layer.is_hidden]
-    lossless = [lossless_round_lsbs(layer) for layer in hidden]
-    widths = [layer.proven_range().bits for layer in hidden]
     if not hidden:
         return RoundingChoice([], [], 1.0)
-    if target_bits is not None:
-        lsbs = [max(0, w - target_bits) for w in widths]
-        candidate = program.with_rounding(lsbs, exact)
-        ref = program.dequantize_output(program.run_integer(calibration_q))
-        out = candidate.dequantize_output(candidate.run_integer(calibration_q))
-        return RoundingChoice(lsbs, lossless, _agreement(ref, out))
+    lossless = [lossless_round_lsbs(layer) for layer in hidden]
+    widths = [layer.proven_range().bits for layer in hidden]
     reference = program.dequantize_output(program.run_integer(calibration_q))
-    best = list(lossless)
-    best_agreement = 1.0
-    start = max(w - r for w, r in zip(widths, lossless, strict=True))
-    for target in range(start - 1, 0, -1):
-        lsbs = [max(r, w - target) for w, r in zip(widths, lossless, strict=True)]
+
+    def agreement_of(lsbs: list[int]) -> float:
         candidate = program.with_rounding(lsbs, exact)
-        agreement = _agreement(
+        return _agreement(
             reference, candidate.dequantize_output(candidate.run_integer(calibration_q))
         )
-        if agreement < min_agreement:
-            break
-        best, best_agreement = lsbs, agreement
+
+    def at_precision(target: int) -> list[int]:
+        return [max(r, w - target) for w, r in zip(widths, lossless, strict=True)]
+
+    if target_bits is not None:
+        lsbs = [max(0, w - target_bits) for w in widths]
+        return RoundingChoice(lsbs, lossless, agreement_of(lsbs))
+
+    best, best_agreement = list(lossless), agreement_of(lossless)
+    for target in range(max(widths) - 1, 0, -1):
+        lsbs = at_precision(target)
+        agreement = agreement_of(lsbs)
+        if agreement >= min_agreement:
+            best, best_agreement = lsbs, agreement
+    # Per layer: some layers tolerate coarser lookups than others.
+    for i in range(len(hidden)):
+        while best[i] < widths[i] - 1:
+            trial = list(best)
+            trial[i] += 1
+            agreement = agreement_of(trial)
+            if agreement < min_agreement:
+                break
+            best, best_agreement = trial, agreement
     return RoundingChoice(best, lossless, best_agreement)

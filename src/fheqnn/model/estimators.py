@@ -45,7 +45,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         max_epochs: int = 200,
         lr: float = 0.01,
         batch_size: int = 64,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0.1,
         mask_updates: str = "dynamic",
         mask_freeze_fraction: float = 0.7,
         straight_through_masks: bool = True,
@@ -292,10 +292,9 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
 
     def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Class probabilities (softmax of the logits), shape (n_rows, n_classes)."""
-        logits = self._raw_outputs(X, fhe)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        from ..compiler.api import softmax
+
+        return softmax(self._raw_outputs(X, fhe))
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Predicted class labels, shape (n_rows,); ``fhe`` as in ``decision_function``."""

@@ -43,7 +43,7 @@ class TrainingConfig:
     max_epochs: int = 200
     lr: float = 0.01
     batch_size: int = 64
-    weight_decay: float = 0.0
+    weight_decay: float = 0.1
     mask_updates: str = "dynamic"
     mask_freeze_fraction: float = 0.7
     straight_through_masks: bool = True

@@ -1,0 +1,122 @@
+"""Plain-data (JSON) form of an IR program, so that a compiled model can be saved and reloaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..intervals import IntRange
+from .ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
+from .onnx_frontend import ELEMENTWISE_KERNELS
+
+FORMAT = 1
+
+
+def _arr(value: np.ndarray) -> Any:
+    return np.asarray(value).tolist()
+
+
+def _quantizer_to_dict(q: Quantizer | None) -> dict | None:
+    if q is None:
+        return None
+    return {
+        "scale": _arr(q.scale),
+        "zero_point": _arr(q.zero_point),
+        "qmin": q.qmin,
+        "qmax": q.qmax,
+    }
+
+
+def _quantizer_from_dict(d: dict | None) -> Quantizer | None:
+    if d is None:
+        return None
+    return Quantizer(np.asarray(d["scale"]), np.asarray(d["zero_point"]), d["qmin"], d["qmax"])
+
+
+def _chain_to_dict(chain: Elementwise | None) -> dict | None:
+    if chain is None:
+        return None
+    return {
+        "input": chain.input,
+        "output": chain.output,
+        "nodes": [
+            {
+                "op_type": n.op_type,
+                "name": n.name,
+                "inputs": list(n.inputs),
+                "output": n.output,
+                "attributes": [[k, v] for k, v in n.attributes],
+            }
+            for n in chain.nodes
+        ],
+        "constants": {k: _arr(v) for k, v in chain.constants.items()},
+    }
+
+
+def _chain_from_dict(d: dict | None) -> Elementwise | None:
+    if d is None:
+        return None
+    nodes = []
+    for n in d["nodes"]:
+        if n["op_type"] not in ELEMENTWISE_KERNELS:
+            raise ValueError(f"unknown element-wise op {n['op_type']!r} in saved program")
+        nodes.append(
+            ElementwiseNode(
+                n["op_type"],
+                n["name"],
+                tuple(n["inputs"]),
+                n["output"],
+                tuple((k, v) for k, v in n["attributes"]),
+            )
+        )
+    constants = {k: np.asarray(v, dtype=np.float64) for k, v in d["constants"].items()}
+    return Elementwise(tuple(nodes), d["input"], d["output"], constants, ELEMENTWISE_KERNELS)
+
+
+def program_to_dict(program: Program) -> dict[str, Any]:
+    """JSON-ready description of ``program`` (exact: integers stay integers)."""
+    return {
+        "format": FORMAT,
+        "source": program.source,
+        "input_quantizer": _quantizer_to_dict(program.input_quantizer),
+        "layers": [
+            {
+                "name": layer.name,
+                "weight": _arr(layer.weight),
+                "input_range": [layer.input_range.lo, layer.input_range.hi],
+                "offset": _arr(layer.offset),
+                "acc_scale": _arr(layer.acc_scale),
+                "bias": _arr(layer.bias),
+                "activation": _chain_to_dict(layer.activation),
+                "output_quantizer": _quantizer_to_dict(layer.output_quantizer),
+                "round_lsbs": layer.round_lsbs,
+                "rounding_exact": layer.rounding_exact,
+            }
+            for layer in program.layers
+        ],
+    }
+
+
+def program_from_dict(d: dict[str, Any]) -> Program:
+    """Inverse of :func:`program_to_dict`."""
+    if d.get("format") != FORMAT:
+        raise ValueError(f"unsupported program format {d.get('format')!r} (expected {FORMAT})")
+    layers = tuple(
+        Layer(
+            name=layer["name"],
+            weight=np.asarray(layer["weight"], dtype=np.int64),
+            input_range=IntRange(*layer["input_range"]),
+            offset=np.asarray(layer["offset"], dtype=np.int64),
+            acc_scale=np.asarray(layer["acc_scale"], dtype=np.float64),
+            bias=np.asarray(layer["bias"], dtype=np.float64),
+            activation=_chain_from_dict(layer["activation"]),
+            output_quantizer=_quantizer_from_dict(layer["output_quantizer"]),
+            round_lsbs=int(layer["round_lsbs"]),
+            rounding_exact=bool(layer["rounding_exact"]),
+        )
+        for layer in d["layers"]
+    )
+    quantizer = _quantizer_from_dict(d["input_quantizer"])
+    assert quantizer is not None
+    return Program(quantizer, layers, source=d["source"])

@@ -1,0 +1,117 @@
+"""The server side: runs a compiled circuit on ciphertexts with a client's evaluation keys.
+
+Stateless apart from a cache of deserialized evaluation keys by key id, so that repeated requests
+from one client do not pay for deserializing them again. Never sees a clear value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..compiler.backend import _fhe
+from .artifacts import SERVER_FILE, ModelFolder, open_model_folder
+from .envelope import Envelope, EnvelopeError
+
+logger = logging.getLogger(__name__)
+
+
+class FheModelServer:
+    """Server of a compiled model folder.
+
+    Args:
+        model_folder: the compiled model (verified against its manifest on load).
+        max_cached_keys: how many clients' evaluation keys stay deserialized in memory.
+        workers: rows of a batch run in parallel on this many threads (default: all cores).
+    """
+
+    def __init__(
+        self, model_folder: str | Path, *, max_cached_keys: int = 4, workers: int | None = None
+    ) -> None:
+        self.folder: ModelFolder = open_model_folder(model_folder, need=(SERVER_FILE,))
+        fhe = _fhe()
+        self._server = fhe.Server.load(self.folder.file(SERVER_FILE))
+        self._keys: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_cached_keys = max(1, int(max_cached_keys))
+        self.workers = workers or os.cpu_count() or 1
+        self.last_run_seconds = 0.0
+
+    @property
+    def model_id(self) -> str:
+        """The compiled model's identity."""
+        return self.folder.model_id
+
+    def register_evaluation_keys(self, evaluation_keys: bytes) -> str:
+        """Deserialize and cache a client's evaluation keys; returns their key id."""
+        env = Envelope.from_bytes(
+            evaluation_keys, kind="evaluation_keys", model_id=self.model_id, what="evaluation keys"
+        )
+        with self._lock:
+            if env.key_id in self._keys:
+                self._keys.move_to_end(env.key_id)
+                return env.key_id
+        fhe = _fhe()
+        try:
+            keys = fhe.EvaluationKeys.deserialize(env.payloads[0])
+        except Exception as exc:
+            raise EnvelopeError(
+                f"evaluation keys {env.key_id} cannot be deserialized: {exc}"
+            ) from exc
+        with self._lock:
+            self._keys[env.key_id] = keys
+            while len(self._keys) > self.max_cached_keys:
+                self._keys.popitem(last=False)
+        logger.info("cached evaluation keys %s", env.key_id)
+        return env.key_id
+
+    def has_keys(self, key_id: str) -> bool:
+        """Whether the evaluation keys of ``key_id`` are cached."""
+        with self._lock:
+            return key_id in self._keys
+
+    def run(self, inputs: bytes, evaluation_keys: bytes | None = None) -> bytes:
+        """Run the circuit on serialized encrypted rows; return the serialized encrypted results.
+
+        Args:
+            inputs: an inputs envelope made by the client.
+            evaluation_keys: the client's evaluation keys, needed only when they are not cached
+                yet (the inputs name their key id).
+        """
+        env = Envelope.from_bytes(inputs, kind="inputs", model_id=self.model_id, what="inputs")
+        if evaluation_keys is not None:
+            key_id = self.register_evaluation_keys(evaluation_keys)
+            if key_id != env.key_id:
+                raise EnvelopeError(
+                    f"inputs were encrypted with key {env.key_id}, but the evaluation keys given "
+                    f"are of key {key_id}"
+                )
+        with self._lock:
+            keys = self._keys.get(env.key_id)
+        if keys is None:
+            raise EnvelopeError(
+                f"no evaluation keys for key {env.key_id}: send them with the request first"
+            )
+        fhe = _fhe()
+        try:
+            values = [fhe.Value.deserialize(p) for p in env.payloads]
+        except Exception as exc:
+            raise EnvelopeError(f"inputs cannot be deserialized: {exc}") from exc
+        start = time.perf_counter()
+
+        def run_one(value: Any) -> bytes:
+            return self._server.run(value, evaluation_keys=keys).serialize()
+
+        if len(values) > 1 and self.workers > 1:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(values))) as pool:
+                outputs = list(pool.map(run_one, values))
+        else:
+            outputs = [run_one(v) for v in values]
+        self.last_run_seconds = time.perf_counter() - start
+        return Envelope("outputs", self.model_id, env.key_id, tuple(outputs), env.meta).to_bytes()
