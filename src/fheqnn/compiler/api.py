@@ -204,7 +204,8 @@ class CompiledModel:
 
         with tempfile.TemporaryDirectory() as tmp:
             server_path = Path(tmp) / art.SERVER_FILE
-            self.circuit.server.save(server_path, via_mlir=True)
+            with backend.quiet_concrete_io():
+                self.circuit.server.save(server_path, via_mlir=True)
             server_bytes = server_path.read_bytes()
         files = {
             art.SERVER_FILE: server_bytes,

@@ -5,10 +5,11 @@ Where a Gemm becomes a matmul plus a table lookup: :func:`circuit_function`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,14 @@ def _fhe():
 
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_concrete_io() -> Iterator[None]:
+    """Silence the jsonpickle deprecation that Concrete's server save/load emits (harmless)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "keys will default to True", DeprecationWarning)
+        yield
 
 
 def tag_of(name: str) -> str:

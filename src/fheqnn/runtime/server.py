@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..compiler.backend import _fhe
+from ..compiler.backend import _fhe, quiet_concrete_io
 from .artifacts import SERVER_FILE, ModelFolder, open_model_folder
 from .envelope import Envelope, EnvelopeError
 
@@ -36,7 +36,8 @@ class FheModelServer:
     ) -> None:
         self.folder: ModelFolder = open_model_folder(model_folder, need=(SERVER_FILE,))
         fhe = _fhe()
-        self._server = fhe.Server.load(self.folder.file(SERVER_FILE))
+        with quiet_concrete_io():
+            self._server = fhe.Server.load(self.folder.file(SERVER_FILE))
         self._keys: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.max_cached_keys = max(1, int(max_cached_keys))

@@ -1,0 +1,264 @@
+"""Client / server runtime: artifacts, keys, ciphertexts, and every bad input of the spec."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fheqnn import (
+    ArtifactError,
+    EnvelopeError,
+    FheModelClient,
+    FheModelServer,
+    InvalidInputError,
+    NeuralNetClassifier,
+)
+from fheqnn.runtime.envelope import Envelope
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes (to prove nothing changed)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=2.0, size=(3, 4))
+    y = rng.integers(0, 3, size=90)
+    return centers[y] + rng.normal(scale=0.6, size=(90, 4)), np.array(["a", "b", "c"])[y]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, data):
+    """Two compiled models of one tiny network and a key folder for each."""
+    x, y = data
+    root = tmp_path_factory.mktemp("runtime")
+    clf = NeuralNetClassifier(
+        module__n_layers=2,
+        module__n_hidden_neurons_multiplier=1,
+        module__n_w_bits=2,
+        module__n_a_bits=2,
+        module__n_accum_bits=5,
+        max_epochs=20,
+        verbose=0,
+        random_state=0,
+    ).fit(x, y)
+    clf.compile(x, rounding="off")
+    model_a = root / "circuits" / "a"
+    clf.fhe_model_.save(model_a)
+    clf.compile(x, rounding=2)
+    model_b = root / "circuits" / "b"
+    clf.fhe_model_.save(model_b)
+    keys_a, keys_b = root / "keys" / "a", root / "keys" / "b"
+    FheModelClient(model_a).keygen(keys_a)
+    FheModelClient(model_b).keygen(keys_b)
+    return {
+        "clf": clf,
+        "a": model_a,
+        "b": model_b,
+        "keys_a": keys_a,
+        "keys_b": keys_b,
+        "root": root,
+    }
+
+
+def test_folder_contents_and_manifest(workspace) -> None:
+    folder = workspace["a"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "client.json",
+        "client.specs",
+        "manifest.json",
+        "program.json",
+        "report.json",
+        "server.zip",
+    ]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["versions"]["concrete-python"] == "2.11.0"
+    assert set(manifest["files"]) == set(names) - {"manifest.json"}
+    # The client part holds no weights.
+    assert "weight" not in (folder / "client.json").read_text()
+
+
+def test_key_folder_permissions_and_contents(workspace) -> None:
+    keys = workspace["keys_a"]
+    assert sorted(p.name for p in keys.iterdir()) == ["evaluation.keys", "key.json", "secret.keys"]
+    assert (keys / "secret.keys").stat().st_mode & 0o777 == 0o600
+    assert keys.stat().st_mode & 0o777 == 0o700
+    info = json.loads((keys / "key.json").read_text())
+    assert info["model_id"] == FheModelClient(workspace["a"]).model_id
+
+
+def test_encrypted_round_trip_equals_simulation(workspace, data) -> None:
+    x, _ = data
+    client = FheModelClient(workspace["a"], workspace["keys_a"])
+    server = FheModelServer(workspace["a"])
+    ciphertext = client.encrypt(x[:3])
+    results = server.run(ciphertext, client.evaluation_keys())
+    model = workspace["clf"]
+    # The model object compiled last is "b"; compare with a's saved program through the client.
+    decrypted = client.decrypt_integers(results)
+    from fheqnn.compiler.serialize import program_from_dict
+    from fheqnn.runtime.artifacts import open_model_folder
+
+    program = program_from_dict(open_model_folder(workspace["a"]).read_json("program.json"))
+    np.testing.assert_array_equal(decrypted, program.run_integer(program.quantize_input(x[:3])))
+    labels = client.decrypt(results)
+    assert set(labels) <= {"a", "b", "c"}
+    assert model.classes_.tolist() == ["a", "b", "c"]
+    proba = client.decrypt_proba(results)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_server_caches_evaluation_keys(workspace, data) -> None:
+    x, _ = data
+    client = FheModelClient(workspace["a"], workspace["keys_a"])
+    server = FheModelServer(workspace["a"])
+    ciphertext = client.encrypt(x[:1])
+    with pytest.raises(EnvelopeError, match="no evaluation keys"):
+        server.run(ciphertext)
+    key_id = server.register_evaluation_keys(client.evaluation_keys())
+    assert key_id == client.key_info.key_id and server.has_keys(key_id)
+    # Second request without keys: served from the cache.
+    client.decrypt(server.run(ciphertext))
+
+
+def test_existing_keys_are_never_overwritten(workspace) -> None:
+    keys = workspace["keys_a"]
+    before = snapshot(keys)
+    with pytest.raises(ArtifactError, match="never overwritten silently"):
+        FheModelClient(workspace["a"]).keygen(keys)
+    assert snapshot(keys) == before
+
+
+def test_keys_of_another_model_are_rejected(workspace) -> None:
+    before = snapshot(workspace["root"])
+    with pytest.raises(ArtifactError, match="belong to compiled model"):
+        FheModelClient(workspace["a"], workspace["keys_b"])
+    server = FheModelServer(workspace["a"])
+    other = FheModelClient(workspace["b"], workspace["keys_b"])
+    with pytest.raises(EnvelopeError, match="belongs to compiled model"):
+        server.register_evaluation_keys(other.evaluation_keys())
+    assert snapshot(workspace["root"]) == before
+
+
+def test_ciphertext_of_another_model_or_key_is_rejected(workspace, data) -> None:
+    x, _ = data
+    client_a = FheModelClient(workspace["a"], workspace["keys_a"])
+    client_b = FheModelClient(workspace["b"], workspace["keys_b"])
+    server_a = FheModelServer(workspace["a"])
+    server_a.register_evaluation_keys(client_a.evaluation_keys())
+    with pytest.raises(EnvelopeError, match="belongs to compiled model"):
+        server_a.run(client_b.encrypt(x[:1]))
+    # Same model, another key: a ciphertext relabelled for key a is caught at decryption time
+    # by the key id, and results of another key are refused by the client.
+    results = server_a.run(client_a.encrypt(x[:1]))
+    env = Envelope.from_bytes(results, kind="outputs")
+    forged = Envelope("outputs", env.model_id, "0" * 32, env.payloads).to_bytes()
+    with pytest.raises(EnvelopeError, match="made with key"):
+        client_a.decrypt(forged)
+    with pytest.raises(EnvelopeError, match="holds outputs, expected inputs"):
+        server_a.run(results)
+
+
+def test_truncated_or_foreign_ciphertext(workspace, data) -> None:
+    x, _ = data
+    client = FheModelClient(workspace["a"], workspace["keys_a"])
+    server = FheModelServer(workspace["a"])
+    blob = client.encrypt(x[:2])
+    with pytest.raises(EnvelopeError, match="truncated"):
+        server.run(blob[:-10], client.evaluation_keys())
+    with pytest.raises(EnvelopeError, match="not an fheqnn envelope"):
+        server.run(b"hello" + blob, client.evaluation_keys())
+
+
+def test_bad_rows_are_rejected_before_encryption(workspace, data) -> None:
+    x, _ = data
+    client = FheModelClient(workspace["a"], workspace["keys_a"])
+    with pytest.raises(InvalidInputError, match="3 features per row, expected 4"):
+        client.encrypt(x[:2, :3])
+    bad = x[:2].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        client.encrypt(bad)
+    with pytest.raises(InvalidInputError, match="infinity"):
+        client.encrypt(np.full((1, 4), np.inf))
+
+
+def _copy(workspace, name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copytree(workspace[name], target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (
+            lambda f: (f / "server.zip").write_bytes((f / "server.zip").read_bytes()[:-100]),
+            "server.zip.*truncated",
+        ),
+        (lambda f: (f / "server.zip").unlink(), "server.zip is missing"),
+        (lambda f: (f / "manifest.json").unlink(), "manifest.json is missing"),
+        (lambda f: (f / "manifest.json").write_text("{"), "not valid JSON"),
+    ],
+)
+def test_damaged_model_folder_for_the_server(workspace, tmp_path, damage, match) -> None:
+    folder = _copy(workspace, "a", tmp_path)
+    damage(folder)
+    before = snapshot(folder)
+    with pytest.raises(ArtifactError, match=match):
+        FheModelServer(folder)
+    assert snapshot(folder) == before
+
+
+def test_tampered_client_part_is_detected(workspace, tmp_path) -> None:
+    folder = _copy(workspace, "a", tmp_path)
+    raw = bytearray((folder / "client.json").read_bytes())
+    raw[10] = ord("X") if raw[10] != ord("X") else ord("Y")
+    (folder / "client.json").write_bytes(bytes(raw))
+    before = snapshot(folder)
+    with pytest.raises(ArtifactError, match="client.json: checksum mismatch"):
+        FheModelClient(folder)
+    assert snapshot(folder) == before
+
+
+def test_version_mismatch_is_rejected(workspace, tmp_path) -> None:
+    folder = _copy(workspace, "a", tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["versions"]["concrete-python"] = "2.0.0"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="compiled with concrete-python 2.0.0"):
+        FheModelServer(folder)
+
+
+def test_missing_or_truncated_keys(workspace, tmp_path) -> None:
+    keys = _copy(workspace, "keys_a", tmp_path)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        FheModelClient(workspace["a"], tmp_path / "nowhere")
+    secret = keys / "secret.keys"
+    os.chmod(secret, 0o600)
+    secret.write_bytes(secret.read_bytes()[:1000])
+    before = snapshot(keys)
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        FheModelClient(workspace["a"], keys)
+    assert snapshot(keys) == before
+
+
+def test_failed_save_leaves_nothing_behind(workspace, tmp_path) -> None:
+    model = workspace["clf"].fhe_model_
+    target = tmp_path / "circuits" / "x"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(ArtifactError, match="not empty"):
+        model.save(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x"]
+    assert snapshot(target) == {"keep.txt": b"user data"}
