@@ -17,43 +17,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from fheqnn import NeuralNetClassifier
+from fheqnn.bench import float_mlp_accuracy
 from fheqnn.datasets import DATASETS, load_split
-from fheqnn.model.training import train_module
 
 CONFIGS = {
     "defaults (3/3/8)": {},
     "4/4/12": {"module__n_w_bits": 4, "module__n_a_bits": 4, "module__n_accum_bits": 12},
 }
-
-
-def float_mlp_accuracy(clf: NeuralNetClassifier, x_tr, y_tr, x_te, y_te, seed: int) -> float:
-    """Accuracy of a float MLP with the classifier's shape, trained with the same loop."""
-    width = max(1, round(x_tr.shape[1] * clf.module__n_hidden_neurons_multiplier))
-    widths = [x_tr.shape[1]] + [width] * (clf.module__n_layers - 1) + [len(np.unique(y_tr))]
-    config = clf._training_config()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layers: list[nn.Module] = []
-        for i in range(clf.module__n_layers):
-            layers.append(nn.Linear(widths[i], widths[i + 1]))
-            if i < clf.module__n_layers - 1:
-                layers.append(clf.module__activation_function())
-        model = nn.Sequential(*layers)
-        train_module(
-            model,
-            torch.as_tensor(x_tr, dtype=torch.float32),
-            torch.as_tensor(y_tr, dtype=torch.int64),
-            nn.CrossEntropyLoss(),
-            config,
-            torch.Generator().manual_seed(seed),
-        )
-    with torch.no_grad():
-        pred = model(torch.as_tensor(x_te, dtype=torch.float32)).argmax(1).numpy()
-    return float((pred == y_te).mean())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -480,6 +480,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    out = Path(args.out)
+    if not args.report_only:
+        preset = dict(bench.PROFILES[args.profile])
+        opts = bench.BenchOptions(
+            datasets=args.datasets or preset["datasets"],
+            prune=args.prune if args.prune is not None else preset["prune"],
+            epochs=args.epochs or preset["epochs"],
+            encrypt_rows=preset["encrypt_rows"] if args.rows is None else args.rows,
+            repeats=preset["repeats"] if args.repeats is None else args.repeats,
+            float_baseline=preset["float_baseline"],
+            seed=args.seed,
+            rounding=args.rounding,
+            approximate=args.approximate,
+            p_error=args.p_error,
+        )
+        for p in opts.prune:
+            if not 0.0 <= p < 1.0:
+                raise CliError(f"--prune values must be in [0, 1), got {p}")
+        _say(
+            f"benchmark profile {args.profile}: {opts.datasets} x prune {opts.prune}, "
+            f"{opts.encrypt_rows} encrypted rows each; rows appended to {out}"
+        )
+        bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
+    if not out.is_file():
+        raise CliError(f"no benchmark rows in {out}")
+    md, png = bench.write_report(bench.read_rows(out), Path(args.report_dir), stem=out.stem)
+    _say(md.read_text())
+    _say(f"wrote {md} and {png}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -579,6 +616,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--circuits", default="circuits", help="where compiled models go")
     p.add_argument("--keys", default="keys", help="where key folders go")
     _add_network_options(p)
+
+    p = add("bench", "accuracy and encrypted latency across pruning percentages", cmd_bench)
+    p.add_argument(
+        "--profile",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick: simulation only, small (CI); full: real encryption (by hand)",
+    )
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, help="override the profile's")
+    p.add_argument("--prune", nargs="+", type=float, help="pruning fractions, override")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs, override")
+    p.add_argument("--rows", type=int, default=None, help="encrypted test rows (0: none)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per latency (median)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounding", type=_rounding, default="auto")
+    p.add_argument("--approximate", action="store_true", help="approximate rounding")
+    p.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
+    p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
+    p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
+    p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
     return parser
 
 
