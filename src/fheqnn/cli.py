@@ -657,6 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FheqnnError, CliError) as exc:
         print(f"fheqnn: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -403,6 +403,42 @@ class SparseQuantNeuralNetwork(nn.Module):
             if stats_based and module.counter <= module.collect_stats_steps:
                 module.collect_stats_steps = int(steps)
 
+    # ---------------------------------------------------------------- pickling
+    # brevitas' quantizer injectors cannot be pickled, so a network pickles as its constructor
+    # arguments, its layer widths and its state dict, and is rebuilt from them.
+    def __getstate__(self) -> dict[str, Any]:
+        if self._pruning_enabled:
+            raise InvalidParameterError(
+                "cannot pickle a network while pruning masks are active: call "
+                "make_pruning_permanent() first"
+            )
+        return {
+            "init_args": {
+                "input_dim": self.input_dim,
+                "n_layers": self.n_layers,
+                "n_outputs": self.n_outputs,
+                "n_hidden_neurons_multiplier": self.n_hidden_neurons_multiplier,
+                "n_w_bits": self.n_w_bits,
+                "n_a_bits": self.n_a_bits,
+                "n_accum_bits": self.n_accum_bits,
+                "n_prune_neurons_percentage": self.n_prune_neurons_percentage,
+                "activation_function": self.activation_function,
+                "quant_narrow": self.quant_narrow,
+                "quant_signed": self.quant_signed,
+            },
+            "hidden_widths": self.hidden_widths(),
+            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "training": self.training,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["init_args"])  # type: ignore[misc]
+        widths = [self.input_dim, *state["hidden_widths"], self.n_outputs]
+        for idx in range(self.n_layers):
+            setattr(self.features, f"fc{idx}", self._make_linear(widths[idx], widths[idx + 1]))
+        self.load_state_dict(state["state_dict"])
+        self.train(state["training"])
+
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Forward pass.

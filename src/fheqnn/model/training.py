@@ -27,7 +27,8 @@ class TrainingConfig:
 
     Attributes:
         max_epochs: passes over the training data.
-        lr: peak learning rate of AdamW (one-cycle schedule: warm-up then cosine decay).
+        lr: peak learning rate of AdamW (linear warm-up over 10 % of the steps, then cosine
+            decay).
         batch_size: rows per optimizer step.
         weight_decay: AdamW decoupled weight decay.
         mask_updates: ``"dynamic"`` recomputes the pruning masks from the dense weights after every
@@ -48,6 +49,20 @@ class TrainingConfig:
     mask_freeze_fraction: float = 0.7
     straight_through_masks: bool = True
     verbose: bool = False
+
+
+def _warmup_cosine(total_steps: int, warmup_fraction: float = 0.1) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over the first steps, then cosine decay to ~0."""
+    warmup = max(1, math.ceil(warmup_fraction * total_steps))
+    decay = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / decay)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def train_module(
@@ -87,9 +102,7 @@ def train_module(
     n_rows = x.shape[0]
     steps_per_epoch = max(1, math.ceil(n_rows / config.batch_size))
     total_steps = config.max_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=max(total_steps, 2), pct_start=0.1
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps))
     if sparse:
         # Activation scales: statistics for the first tenth of training at most, then learned.
         module.set_calibration_steps(min(300, max(1, total_steps // 10)))
