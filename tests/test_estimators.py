@@ -200,3 +200,22 @@ def test_accuracy_floor_on_breast_cancer() -> None:
     x_tr, x_te, y_tr, y_te = load_split("breast_cancer")
     clf = NeuralNetClassifier(random_state=0, verbose=0).fit(x_tr, y_tr)
     assert clf.score(x_te, y_te) >= 0.93
+
+
+def test_fitted_estimator_pickles(blobs) -> None:
+    import pickle
+
+    x, y = blobs
+    clf = NeuralNetClassifier(module__n_prune_neurons_percentage=0.5, random_state=0, **FAST)
+    clf.fit(x, y)
+    copy = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(copy.predict_proba(x), clf.predict_proba(x))
+    assert copy.module_.hidden_widths() == clf.module_.hidden_widths() == [8, 8]
+
+
+def test_tiny_training_schedules_work() -> None:
+    """Any number of optimizer steps, 10 included (a one-cycle schedule divides by zero there)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), np.arange(20) % 2
+    for epochs in (1, 5, 10):
+        NeuralNetClassifier(max_epochs=epochs, batch_size=10, verbose=0, random_state=0).fit(x, y)

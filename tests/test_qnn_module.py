@@ -222,3 +222,17 @@ def test_masks_follow_the_weights() -> None:
     net.update_pruning_masks()
     assert bool(fc0.weight_mask[0, masked_out])
     assert int(fc0.weight_mask[0].sum()) == net.max_active_neurons()
+
+
+def test_pickling_needs_permanent_pruning() -> None:
+    import pickle
+
+    net = SparseQuantNeuralNetwork(4, 2, 2)
+    net.enable_pruning()
+    with pytest.raises(ValueError, match="make_pruning_permanent"):
+        pickle.dumps(net)
+    net.make_pruning_permanent()
+    net.eval()
+    copy = pickle.loads(pickle.dumps(net))
+    x = torch.randn(5, 4)
+    assert torch.equal(copy(x), net(x))
