@@ -436,7 +436,15 @@ class SparseQuantNeuralNetwork(nn.Module):
         widths = [self.input_dim, *state["hidden_widths"], self.n_outputs]
         for idx in range(self.n_layers):
             setattr(self.features, f"fc{idx}", self._make_linear(widths[idx], widths[idx + 1]))
-        self.load_state_dict(state["state_dict"])
+        # brevitas leaves an activation scale out of the state dict until it has seen data; the
+        # rebuilt quantizer is then in the same not-yet-calibrated state.
+        result = self.load_state_dict(state["state_dict"], strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("scaling_impl.value")]
+        if missing or result.unexpected_keys:
+            raise InvalidParameterError(
+                f"pickled network does not match its architecture: missing {missing}, "
+                f"unexpected {result.unexpected_keys}"
+            )
         self.train(state["training"])
 
     # ---------------------------------------------------------------- inference
