@@ -39,7 +39,7 @@ def test_quick_profile_writes_rows_table_and_plot(tmp_path, capsys) -> None:
     # Structured pruning removes lookups.
     assert rows[1]["hidden_neurons"] < rows[0]["hidden_neurons"]
     table = (tmp_path / "quick.md").read_text()
-    assert "| iris | 0.50 |" in table
+    assert "| iris | 0.50 | exact | default |" in table
     assert (tmp_path / "quick.png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in capsys.readouterr().out
 
