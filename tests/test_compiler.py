@@ -272,3 +272,34 @@ def test_regressor_compiles(small_data) -> None:
 def test_public_names() -> None:
     for name in ("compile_onnx", "CompiledModel", "UnsupportedOperatorError", "InvalidModelError"):
         assert hasattr(fheqnn, name)
+
+
+def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
+    """Regression: a calibration set that never makes an accumulator negative must not make the
+    circuit read a negative accumulator as a large positive one (hidden or output layer)."""
+    from fheqnn.compiler import backend
+    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
+    from fheqnn.compiler.ir import Elementwise, ElementwiseNode
+
+    identity = Elementwise(
+        (ElementwiseNode("Identity", "id", ("a",), "b"),), "a", "b", {}, ELEMENTWISE_KERNELS
+    )
+    hidden = Layer(
+        "h",
+        np.array([[1, -1], [-1, 1]]),
+        IntRange(0, 3),
+        0,
+        1.0,
+        0.0,
+        identity,
+        Quantizer(1.0, 0, -4, 3),
+    )
+    out = Layer("o", np.array([[1, -1]]), IntRange(-4, 3), 0, 1.0, 0.0, None, None)
+    program = Program(Quantizer(1.0, 0, 0, 3), (hidden, out))
+    # Row [3, 0] is the only calibration row: hidden accumulators 3 and -3 -> ... both signs
+    # appear there, but the output accumulator is always >= 0 on it; row [0, 3] flips both.
+    circuit = backend.compile_circuit(program, [np.array([[3, 0]])], backend.make_configuration())
+    for row in ([0, 3], [3, 0], [1, 2], [0, 0]):
+        q = np.array([row])
+        simulated = backend.unshift_outputs(program, circuit.simulate(q))
+        np.testing.assert_array_equal(simulated, program.run_integer(q))

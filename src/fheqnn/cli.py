@@ -660,8 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        print(f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the "
-              "traceback)", file=sys.stderr)
+        print(
+            f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

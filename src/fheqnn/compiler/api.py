@@ -150,7 +150,8 @@ class CompiledModel:
         else:
             self.keygen()
             rows = [self.circuit.encrypt_run_decrypt(row[None, :]) for row in q]
-        return np.concatenate([np.asarray(r, dtype=np.int64).reshape(1, -1) for r in rows])
+        raw = np.concatenate([np.asarray(r, dtype=np.int64).reshape(1, -1) for r in rows])
+        return backend.unshift_outputs(self.program, raw)
 
     def keygen(self, force: bool = False) -> float:
         """Generate keys in memory (once); returns the seconds it took (0 when already done)."""
@@ -183,6 +184,7 @@ class CompiledModel:
             "n_outputs": self.program.n_outputs,
             "input_quantizer": program_to_dict(self.program)["input_quantizer"],
             "output_layer": {
+                "shift": out.shift,
                 "offset": out.offset.tolist(),
                 "acc_scale": out.acc_scale.tolist(),
                 "bias": out.bias.tolist(),

@@ -43,12 +43,23 @@ def tag_of(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-/]", "_", name)
 
 
+def _shifted_lookup(layer: Any) -> Callable[[np.ndarray], np.ndarray]:
+    shift = layer.shift
+
+    def lookup(acc: np.ndarray) -> np.ndarray:
+        return layer.lookup(np.asarray(acc, dtype=np.int64) - shift)
+
+    return lookup
+
+
 def circuit_function(program: Program) -> Callable[[Any], Any]:
     """The function Concrete traces: input integers -> output-layer accumulators.
 
-    Per layer: a leveled integer matmul with clear weights, a hint that fixes the accumulator's
-    width to the proven worst case (so that no input can overflow it, whatever the calibration
-    rows were), optional rounding of low bits, then one table lookup per neuron.
+    Per layer: a leveled integer matmul with clear weights, a clear shift that makes it
+    non-negative, a hint that fixes its width to the proven worst case (so that no input can
+    overflow it, whatever the calibration rows were), optional rounding of low bits, then one
+    table lookup per neuron. The output layer returns its shifted accumulator; see
+    :func:`unshift_outputs`.
     """
     fhe = _fhe()
     layers = program.layers
@@ -58,13 +69,16 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
         for layer in layers:
             with fhe.tag(tag_of(layer.name)):
                 acc = np.matmul(x, layer.weight.T)
+                # Shifted to be non-negative by construction (see Layer.shift), and hinted to
+                # the width that holds every possible value, whatever the calibration rows were.
+                if layer.shift:
+                    acc = acc + layer.shift
+                acc = fhe.hint(acc, bit_width=layer.circuit_bits())
                 if not layer.is_hidden:
-                    return fhe.hint(acc, bit_width=layer.proven_range().bits)
-                acc = fhe.hint(acc, bit_width=layer.lookup_range().bits)
+                    return acc
                 if layer.round_lsbs:
-                    # overflow_protection stays off: the hinted width already holds the rounded
-                    # extremes (lookup_range), and Concrete 2.11 mis-scales a hinted value when
-                    # overflow protection is on.
+                    # overflow_protection stays off: circuit_bits already holds the rounded
+                    # extremes, and Concrete 2.11 mis-scales a hinted value when it is on.
                     acc = fhe.round_bit_pattern(
                         acc,
                         lsbs_to_remove=layer.round_lsbs,
@@ -73,10 +87,15 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
                         if layer.rounding_exact
                         else fhe.Exactness.APPROXIMATE,
                     )
-                x = fhe.univariate(layer.lookup)(acc)
+                x = fhe.univariate(_shifted_lookup(layer))(acc)
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
     return forward
+
+
+def unshift_outputs(program: Program, raw: np.ndarray) -> np.ndarray:
+    """Circuit outputs back to the output layer's accumulators (removes the clear shift)."""
+    return np.asarray(raw, dtype=np.int64) - program.layers[-1].shift
 
 
 def compile_circuit(program: Program, inputset: list[np.ndarray], configuration: Any) -> Any:

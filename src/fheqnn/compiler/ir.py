@@ -228,15 +228,42 @@ class Layer:
         lo, hi = self.neuron_ranges()
         return IntRange(int(lo.min(initial=0)), int(hi.max(initial=0)))
 
-    def lookup_range(self) -> IntRange:
-        """Proven interval of the lookup's input, after rounding."""
+    @property
+    def shift(self) -> int:
+        """Clear constant the circuit adds to the accumulator so that it is never negative.
+
+        Concrete decides whether an encrypted integer is signed from the values it sees on the
+        calibration rows; a value of the other sign at run time would then be misread. Adding
+        ``shift`` (at least ``-proven lo``, a multiple of ``2**round_lsbs`` so that rounding
+        commutes with it) makes every possible accumulator non-negative by construction, whatever
+        the calibration rows were. The lookup (or the client, for the output layer) subtracts it.
+        """
+        lo = self.proven_range().lo
+        if lo >= 0:
+            return 0
+        step = 1 << self.round_lsbs
+        return -(lo // step) * step
+
+    def circuit_range(self) -> IntRange:
+        """Values the circuit's (shifted, rounded) lookup input can take, over every input.
+
+        Approximate rounding may land one step above exact rounding, so it gets one more step.
+        """
         proven = self.proven_range()
-        rounded = round_lsbs(np.array([proven.lo, proven.hi]), self.round_lsbs)
-        return IntRange(min(proven.lo, int(rounded[0])), max(proven.hi, int(rounded[1])))
+        top = proven.hi + self.shift
+        if self.round_lsbs:
+            top = int(round_lsbs(np.array([top]), self.round_lsbs)[0])
+            if not self.rounding_exact:
+                top += 1 << self.round_lsbs
+        return IntRange(0, max(top, 0))
+
+    def circuit_bits(self) -> int:
+        """Width (bits) of the lookup input in the circuit, before rounding removes low bits."""
+        return self.circuit_range().bits
 
     def lookup_bits(self) -> int:
         """Precision (bits) of the table lookup's input after rounding."""
-        return max(1, self.lookup_range().bits - self.round_lsbs)
+        return max(1, self.circuit_bits() - self.round_lsbs)
 
     def accumulate(self, q: np.ndarray) -> np.ndarray:
         """Integer matrix product, shape ``(..., n_in) -> (..., n_out)``."""

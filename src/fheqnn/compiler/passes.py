@@ -94,6 +94,20 @@ def lossless_round_lsbs(layer: Layer, max_lsbs: int | None = None) -> int:
     return best
 
 
+def capped_lsbs(layer: Layer, lsbs: int, exact: bool = True) -> int:
+    """``lsbs``, lowered until rounding does not widen the circuit beyond the proven width.
+
+    Rounding the largest accumulator up can need one more bit than the accumulator itself; the
+    circuit must stay within what was proven (and so within ``n_accum_bits``).
+    """
+    proven_bits = layer.proven_range().bits
+    while lsbs > 0:
+        if replace(layer, round_lsbs=lsbs, rounding_exact=exact).circuit_bits() <= proven_bits:
+            return lsbs
+        lsbs -= 1
+    return 0
+
+
 @dataclass(frozen=True)
 class RoundingChoice:
     """Result of :func:`choose_rounding`."""
@@ -132,8 +146,8 @@ def choose_rounding(
     hidden = [layer for layer in program.layers if layer.is_hidden]
     if not hidden:
         return RoundingChoice([], [], 1.0)
-    lossless = [lossless_round_lsbs(layer) for layer in hidden]
     widths = [layer.proven_range().bits for layer in hidden]
+    lossless = [capped_lsbs(layer, lossless_round_lsbs(layer), exact) for layer in hidden]
     reference = program.dequantize_output(program.run_integer(calibration_q))
 
     def agreement_of(lsbs: list[int]) -> float:
@@ -143,10 +157,16 @@ def choose_rounding(
         )
 
     def at_precision(target: int) -> list[int]:
-        return [max(r, w - target) for w, r in zip(widths, lossless, strict=True)]
+        return [
+            capped_lsbs(layer, max(r, w - target), exact)
+            for layer, w, r in zip(hidden, widths, lossless, strict=True)
+        ]
 
     if target_bits is not None:
-        lsbs = [max(0, w - target_bits) for w in widths]
+        lsbs = [
+            capped_lsbs(layer, max(0, w - target_bits), exact)
+            for layer, w in zip(hidden, widths, strict=True)
+        ]
         return RoundingChoice(lsbs, lossless, agreement_of(lsbs))
 
     best, best_agreement = list(lossless), agreement_of(lossless)
@@ -159,7 +179,9 @@ def choose_rounding(
     for i in range(len(hidden)):
         while best[i] < widths[i] - 1:
             trial = list(best)
-            trial[i] += 1
+            trial[i] = capped_lsbs(hidden[i], best[i] + 1, exact)
+            if trial[i] <= best[i]:
+                break
             agreement = agreement_of(trial)
             if agreement < min_agreement:
                 break

@@ -24,6 +24,8 @@ class LayerWidths:
         proven_lo, proven_hi, proven_bits: worst-case accumulator over every possible input.
         measured_lo, measured_hi, measured_bits: accumulator seen on the calibration rows
             (``None`` before measurement).
+        circuit_bits: width of the accumulator in the circuit (shifted to be non-negative,
+            rounded), which bounds what Concrete can ever see; never above ``proven_bits``.
         round_lsbs: accumulator bits rounded away before the lookup.
         lookup_bits: precision of the lookup input after rounding (``None``: output layer).
         allowed_bits: ``n_accum_bits`` (``None``: no budget).
@@ -38,6 +40,7 @@ class LayerWidths:
     measured_lo: int | None
     measured_hi: int | None
     measured_bits: int | None
+    circuit_bits: int
     round_lsbs: int
     lookup_bits: int | None
     allowed_bits: int | None
@@ -81,18 +84,19 @@ class BitWidthReport:
             "proven bits",
             "measured range",
             "measured bits",
-            "lookup bits",
+            "lookup bits (before -> after rounding)",
             "allowed",
             "ok",
         )
         rows = []
         for w in self.layers:
             measured = "-" if w.measured_lo is None else f"[{w.measured_lo}, {w.measured_hi}]"
-            lookup = (
-                "-"
-                if w.lookup_bits is None
-                else (f"{w.lookup_bits}" + (f" (-{w.round_lsbs})" if w.round_lsbs else ""))
-            )
+            if w.lookup_bits is None:
+                lookup = "-"
+            elif w.round_lsbs:
+                lookup = f"{w.circuit_bits} -> {w.lookup_bits}"
+            else:
+                lookup = str(w.lookup_bits)
             rows.append(
                 (
                     w.layer,
@@ -138,6 +142,7 @@ def analyse(
                 measured_lo=None if seen is None else seen.lo,
                 measured_hi=None if seen is None else seen.hi,
                 measured_bits=None if seen is None else bits_for_range(seen.lo, seen.hi),
+                circuit_bits=layer.circuit_bits(),
                 round_lsbs=layer.round_lsbs,
                 lookup_bits=layer.lookup_bits() if layer.is_hidden else None,
                 allowed_bits=n_accum_bits,
@@ -149,6 +154,11 @@ def analyse(
 def check(report: BitWidthReport) -> None:
     """Raise if a layer is over budget (the user's error) or measured above proof (our bug)."""
     for w in report.layers:
+        if w.circuit_bits > max(w.proven_bits, 1):
+            raise InternalError(
+                f"layer {w.layer!r}: the circuit holds the accumulator on {w.circuit_bits} bits, "
+                f"more than the proven {w.proven_bits}. This is a bug in fheqnn; please report it."
+            )
         if w.measured_lo is not None and (
             w.measured_lo < w.proven_lo or w.measured_hi > w.proven_hi
         ):

@@ -65,6 +65,7 @@ class ClientPart:
     n_features: int
     n_outputs: int
     input_quantizer: Quantizer
+    output_shift: int
     output_offset: np.ndarray
     output_acc_scale: np.ndarray
     output_bias: np.ndarray
@@ -86,6 +87,7 @@ class ClientPart:
             n_features=int(d["n_features"]),
             n_outputs=int(d["n_outputs"]),
             input_quantizer=quantizer,
+            output_shift=int(out["shift"]),
             output_offset=np.asarray(out["offset"], dtype=np.int64),
             output_acc_scale=np.asarray(out["acc_scale"], dtype=np.float64),
             output_bias=np.asarray(out["bias"], dtype=np.float64),
@@ -267,7 +269,8 @@ class FheModelClient:
             np.asarray(self._client.decrypt(fhe.Value.deserialize(p))).reshape(1, -1)
             for p in env.payloads
         ]
-        return np.concatenate(rows).astype(np.int64)
+        # The circuit returns the output accumulators shifted to be non-negative.
+        return np.concatenate(rows).astype(np.int64) - self.part.output_shift
 
     def decrypt_raw(self, results: bytes) -> np.ndarray:
         """Decrypted and dequantized float outputs (n_rows, n_outputs)."""
