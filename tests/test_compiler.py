@@ -278,8 +278,8 @@ def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
     """Regression: a calibration set that never makes an accumulator negative must not make the
     circuit read a negative accumulator as a large positive one (hidden or output layer)."""
     from fheqnn.compiler import backend
-    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
     from fheqnn.compiler.ir import Elementwise, ElementwiseNode
+    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
 
     identity = Elementwise(
         (ElementwiseNode("Identity", "id", ("a",), "b"),), "a", "b", {}, ELEMENTWISE_KERNELS

@@ -236,3 +236,23 @@ def test_pickling_needs_permanent_pruning() -> None:
     copy = pickle.loads(pickle.dumps(net))
     x = torch.randn(5, 4)
     assert torch.equal(copy(x), net(x))
+
+
+def test_permanent_pruning_keeps_the_neurons_in_force() -> None:
+    """Regression: weights that move after the last mask update (frozen masks) must not change
+    which neurons make_pruning_permanent keeps."""
+    torch.manual_seed(0)
+    net = SparseQuantNeuralNetwork(
+        6, 2, 2, n_hidden_neurons_multiplier=2, n_prune_neurons_percentage=0.5
+    )
+    net.enable_pruning()
+    kept = net.neuron_masks()[0]
+    fc0 = net.features.fc0
+    with torch.no_grad():
+        # Shrink every kept neuron below the pruned ones: a fresh choice would swap them.
+        fc0.weight_orig[kept] *= 1e-3
+    net.eval()
+    x = torch.randn(16, 6)
+    before = net(x).detach()
+    net.make_pruning_permanent()
+    assert torch.equal(net(x).detach(), before)

@@ -262,3 +262,59 @@ def test_failed_save_leaves_nothing_behind(workspace, tmp_path) -> None:
         model.save(target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["x"]
     assert snapshot(target) == {"keep.txt": b"user data"}
+
+
+def test_evaluation_keys_under_a_stolen_key_id_are_refused(workspace) -> None:
+    """Key ids are hashes of the keys: another client's keys cannot take a victim's id."""
+    victim = FheModelClient(workspace["a"], workspace["keys_a"])
+    env = Envelope.from_bytes(victim.evaluation_keys(), kind="evaluation_keys")
+    forged = Envelope(
+        "evaluation_keys", env.model_id, env.key_id, (env.payloads[0][:-1] + b"\x00",)
+    ).to_bytes()
+    server = FheModelServer(workspace["a"])
+    with pytest.raises(EnvelopeError, match="do not hash to that id"):
+        server.register_evaluation_keys(forged)
+    assert not server.has_keys(env.key_id)
+
+
+def test_malformed_envelope_headers(workspace) -> None:
+    import struct
+
+    from fheqnn.runtime.envelope import MAGIC
+
+    server = FheModelServer(workspace["a"])
+    for header in (
+        b"[]",
+        b'{"kind": "inputs"}',
+        b'{"kind": "inputs", "model_id": "m", "key_id": "k", "count": "2"}',
+    ):
+        blob = MAGIC + struct.pack(">I", len(header)) + header
+        with pytest.raises(EnvelopeError, match="malformed header"):
+            server.run(blob)
+
+
+def test_corrupt_key_files_are_detected(workspace, tmp_path) -> None:
+    keys = _copy(workspace, "keys_a", tmp_path)
+    ev = keys / "evaluation.keys"
+    data = bytearray(ev.read_bytes())
+    data[-5] ^= 0xFF
+    ev.write_bytes(bytes(data))
+    client = FheModelClient(workspace["a"], keys)
+    with pytest.raises(ArtifactError, match="corrupt"):
+        client.evaluation_keys()
+
+
+def test_a_folder_appearing_during_a_write_is_not_replaced(tmp_path) -> None:
+    from fheqnn.runtime.artifacts import write_folder_atomically
+
+    target = tmp_path / "keys" / "k"
+
+    def write(folder: Path) -> None:
+        (folder / "new.bin").write_bytes(b"new")
+        target.mkdir(parents=True)  # another process got there first
+        (target / "secret.keys").write_bytes(b"theirs")
+
+    with pytest.raises(ArtifactError, match="nothing was replaced"):
+        write_folder_atomically(target, write)
+    assert snapshot(target) == {"secret.keys": b"theirs"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["k"]

@@ -319,9 +319,17 @@ class SparseQuantNeuralNetwork(nn.Module):
     def neuron_masks(self) -> list[torch.Tensor]:
         """Which neurons of each hidden layer survive structured pruning (bool vectors).
 
-        The ``round(n_prune_neurons_percentage * width)`` neurons with the smallest L2 norm of
-        incoming (dense) weights are removed, never all of them.
+        While pruning is enabled: the masks in force (chosen at the last mask update). Otherwise:
+        the masks the current weights would give (see ``_choose_neuron_masks``).
         """
+        if self._pruning_enabled:
+            return [mask.clone() for mask in self._neuron_masks]
+        return self._choose_neuron_masks()
+
+    @torch.no_grad()
+    def _choose_neuron_masks(self) -> list[torch.Tensor]:
+        """The ``round(n_prune_neurons_percentage * width)`` neurons of each hidden layer with
+        the smallest L2 norm of incoming (dense) weights are removed, never all of them."""
         masks = []
         for layer in self.linear_layers()[:-1]:
             dense = layer.weight_orig if self._pruning_enabled else layer.weight
@@ -340,7 +348,8 @@ class SparseQuantNeuralNetwork(nn.Module):
         if not self._pruning_enabled:
             raise InvalidParameterError("pruning is not enabled: call enable_pruning() first")
         k = self.max_active_neurons()
-        neurons = self.neuron_masks()
+        neurons = self._choose_neuron_masks()
+        self._neuron_masks = neurons
         layers = self.linear_layers()
         for idx, layer in enumerate(layers):
             rows = neurons[idx] if idx < len(layers) - 1 else None

@@ -72,6 +72,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def key_id_of(evaluation_keys: bytes) -> str:
+    """Identity of a key set: a hash of its serialized evaluation keys."""
+    return sha256_bytes(evaluation_keys)[:32]
+
+
 def model_id_of(files: dict[str, dict[str, Any]]) -> str:
     """Identity of a compiled model: a hash of its files' checksums."""
     joined = "\n".join(f"{name}:{files[name]['sha256']}" for name in sorted(files))
@@ -99,13 +104,21 @@ def write_folder_atomically(
         if mode is not None:
             os.chmod(tmp, mode)
         write(tmp)
-        if target.exists():
+        if overwrite and target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
+            os.rename(target, old)
+            os.rename(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            try:
+                # rename() onto a folder succeeds only if it is empty: something that appeared
+                # there meanwhile (another keygen, say) is never replaced.
+                os.rename(tmp, target)
+            except OSError as exc:
+                raise ArtifactError(
+                    f"{target} appeared while it was being written and is not empty; "
+                    "nothing was replaced"
+                ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -188,7 +201,10 @@ def open_model_folder(folder: str | Path, *, need: tuple[str, ...] = REQUIRED_FI
             f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
             f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
         )
-    versions = manifest.get("versions", {})
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{manifest_path} does not describe a compiled model (no file list)")
+    versions = manifest.get("versions")
+    versions = versions if isinstance(versions, dict) else {}
     installed = package_versions()
     for name in MUST_MATCH:
         if versions.get(name) != installed[name]:
@@ -196,7 +212,12 @@ def open_model_folder(folder: str | Path, *, need: tuple[str, ...] = REQUIRED_FI
                 f"{path} was compiled with {name} {versions.get(name)}, but {installed[name]} is "
                 "installed: recompile the model with the installed version"
             )
-    files = manifest.get("files", {})
+    files = manifest["files"]
+    if not all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
+        for e in files.values()
+    ):
+        raise ArtifactError(f"{manifest_path}: malformed file entries")
     if model_id_of(files) != manifest.get("model_id"):
         raise ArtifactError(f"{manifest_path}: the model id does not match the file checksums")
     for name in need:

@@ -26,6 +26,7 @@ from .artifacts import (
     CLIENT_SPECS_FILE,
     ArtifactError,
     ModelFolder,
+    key_id_of,
     open_model_folder,
     sha256_bytes,
     write_folder_atomically,
@@ -157,13 +158,17 @@ class FheModelClient:
         seconds = time.perf_counter() - start
         secret = client.keys.serialize()
         evaluation = client.evaluation_keys.serialize()
-        key_id = sha256_bytes(evaluation)[:32]
+        key_id = key_id_of(evaluation)
         evaluation_blob = Envelope(
             "evaluation_keys", self.model_id, key_id, (evaluation,)
         ).to_bytes()
         info = {
             "key_id": key_id,
             "model_id": self.model_id,
+            "sha256": {
+                SECRET_KEYS_FILE: sha256_bytes(secret),
+                EVALUATION_KEYS_FILE: sha256_bytes(evaluation_blob),
+            },
             "keygen_seconds": seconds,
             "evaluation_keys_bytes": len(evaluation_blob),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -201,9 +206,18 @@ class FheModelClient:
         secret_path = key_dir / SECRET_KEYS_FILE
         if not secret_path.is_file():
             raise ArtifactError(f"{key_dir}: {SECRET_KEYS_FILE} is missing")
+        secret = secret_path.read_bytes()
+        checksums = info.get("sha256")
+        if not isinstance(checksums, dict) or not isinstance(info.get("key_id"), str):
+            raise ArtifactError(f"{key_dir / KEY_INFO_FILE} is malformed")
+        if sha256_bytes(secret) != checksums.get(SECRET_KEYS_FILE):
+            raise ArtifactError(
+                f"{secret_path} does not match the checksum in {KEY_INFO_FILE} "
+                "(truncated or corrupt)"
+            )
         fhe = _fhe()
         try:
-            keys = fhe.Keys.deserialize(secret_path.read_bytes())
+            keys = fhe.Keys.deserialize(secret)
         except Exception as exc:
             raise ArtifactError(
                 f"{secret_path} cannot be read (truncated or corrupt): {exc}"
@@ -234,13 +248,15 @@ class FheModelClient:
             if not path.is_file():
                 raise ArtifactError(f"{info.folder}: {EVALUATION_KEYS_FILE} is missing")
             blob = path.read_bytes()
-            Envelope.from_bytes(
+            env = Envelope.from_bytes(
                 blob,
                 kind="evaluation_keys",
                 model_id=self.model_id,
                 key_id=info.key_id,
                 what=str(path),
             )
+            if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != info.key_id:
+                raise ArtifactError(f"{path} does not hold the keys of key {info.key_id} (corrupt)")
             self._evaluation_keys = blob
         return self._evaluation_keys
 

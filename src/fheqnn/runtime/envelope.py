@@ -80,8 +80,16 @@ class Envelope:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EnvelopeError(f"{what}: corrupt header: {exc}") from exc
         pos += header_len
+        fields_ok = isinstance(header, dict) and all(
+            isinstance(header.get(k), str) for k in ("kind", "model_id", "key_id")
+        )
+        count = header.get("count") if isinstance(header, dict) else None
+        if not fields_ok or not isinstance(count, int) or count < 0:
+            raise EnvelopeError(f"{what}: malformed header")
+        if not isinstance(header.get("meta", {}), dict):
+            raise EnvelopeError(f"{what}: malformed header")
         payloads = []
-        for i in range(int(header.get("count", 0))):
+        for i in range(count):
             if len(data) < pos + 8:
                 raise EnvelopeError(f"{what} is truncated (payload {i} length missing)")
             (size,) = struct.unpack_from(">Q", data, pos)

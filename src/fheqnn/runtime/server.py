@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compiler.backend import _fhe, quiet_concrete_io
-from .artifacts import SERVER_FILE, ModelFolder, open_model_folder
+from .artifacts import SERVER_FILE, ModelFolder, key_id_of, open_model_folder
 from .envelope import Envelope, EnvelopeError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,12 @@ class FheModelServer:
         env = Envelope.from_bytes(
             evaluation_keys, kind="evaluation_keys", model_id=self.model_id, what="evaluation keys"
         )
+        # The key id is the hash of the keys: a label that does not match is refused, so that
+        # nobody can register other keys under a client's id.
+        if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
+            raise EnvelopeError(
+                f"evaluation keys labelled {env.key_id} do not hash to that id (tampered?)"
+            )
         with self._lock:
             if env.key_id in self._keys:
                 self._keys.move_to_end(env.key_id)
