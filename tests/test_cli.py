@@ -356,6 +356,26 @@ def test_compile_over_the_accumulator_budget_exits_3(
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
+def test_compile_with_a_missing_output_spec_is_refused(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "circuits" / "z"
+    code = main(
+        [
+            "compile",
+            "--from",
+            str(ws.train),
+            "--output-spec",
+            str(tmp_path / "no.json"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    assert "output spec file" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- bad input: exit 2
 
 

@@ -303,3 +303,29 @@ def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
         q = np.array([row])
         simulated = backend.unshift_outputs(program, circuit.simulate(q))
         np.testing.assert_array_equal(simulated, program.run_integer(q))
+
+
+def test_activation_with_nan_on_reachable_values_is_refused() -> None:
+    from fheqnn import InvalidModelError
+    from fheqnn.compiler.ir import Elementwise, ElementwiseNode
+    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
+    from fheqnn.compiler.passes import check_lookup_domains
+
+    log = Elementwise(
+        (ElementwiseNode("Log", "log", ("a",), "b"),), "a", "b", {}, ELEMENTWISE_KERNELS
+    )
+    hidden = Layer(
+        "h", np.array([[1, -1]]), IntRange(-4, 3), 0, 1.0, 0.0, log, Quantizer(1.0, 0, -4, 3)
+    )
+    out = Layer("o", np.array([[1]]), IntRange(-4, 3), 0, 1.0, 0.0, None, None)
+    with pytest.raises(InvalidModelError, match=r"'h'.*Log.*NaN"):
+        check_lookup_domains(Program(Quantizer(1.0, 0, -4, 3), (hidden, out)))
+
+
+def test_compiled_estimator_pickles_uncompiled(compiled, small_data) -> None:
+    import pickle
+
+    x, _ = small_data
+    copy = pickle.loads(pickle.dumps(compiled))
+    assert copy.fhe_model_ is None and compiled.fhe_model_ is not None
+    np.testing.assert_array_equal(copy.predict(x), compiled.predict(x))

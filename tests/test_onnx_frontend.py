@@ -661,6 +661,23 @@ def test_int32_quantized_bias_is_folded() -> None:
     assert_outputs_match(program.run(x_float.astype(np.float64)), ref)
 
 
+def test_quantizer_output_dtype_without_zero_point() -> None:
+    """Opset 21: QuantizeLinear(output_dtype=INT8) without a zero point gives int8, not uint8."""
+    rng = np.random.default_rng(19)
+    b = GraphBuilder()
+    s = b.const(np.float32(0.25), "in_scale")
+    q = b.node("QuantizeLinear", ["x", s], name="in_quant", output_dtype=TensorProto.INT8)
+    xd = b.node("DequantizeLinear", [q, s], name="in_dequant")
+    w = b.int_weight(rng.integers(-4, 4, (2, N_IN)), 0.5, clip=None)
+    y = b.gemm(xd, w, None, "fc0", transB=1)
+    model = b.build(y, opset=21)
+    program = program_from_onnx(model)
+    assert (program.input_quantizer.qmin, program.input_quantizer.qmax) == (-128, 127)
+    x_float = random_rows(rng)
+    (ref,) = ort_run(model, x_float)
+    assert_outputs_match(program.run(x_float.astype(np.float64)), ref)
+
+
 # ----------------------------------------------------------------------------- 4. linear forms
 
 

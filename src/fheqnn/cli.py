@@ -249,6 +249,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if not onnx_path or not calibration:
         raise CliError("give --onnx and --calibration, or --from a training folder")
     spec = OutputSpec()
+    if args.output_spec and not Path(args.output_spec).is_file():
+        raise CliError(f"output spec file {args.output_spec!r} does not exist")
     if spec_path and Path(spec_path).is_file():
         spec = output_spec_from_dict(json.loads(Path(spec_path).read_text()))
     x_cal = load_matrix(calibration, what="calibration")

@@ -16,7 +16,7 @@ from ..validation import check_features
 from . import backend
 from .ir import Program
 from .onnx_frontend import program_from_onnx
-from .passes import RoundingChoice, choose_rounding, drop_dead_neurons
+from .passes import RoundingChoice, check_lookup_domains, choose_rounding, drop_dead_neurons
 from .report import BitWidthReport, analyse, check
 from .serialize import program_to_dict
 
@@ -303,6 +303,7 @@ def compile_onnx(
     program = program_from_onnx(model)
     calibration = check_features(calibration_inputs, program.n_features, what="calibration inputs")
     program, removed = drop_dead_neurons(program)
+    check_lookup_domains(program)
 
     # The accumulator check comes before any rounding choice, compilation or key.
     check(analyse(program, n_accum_bits))

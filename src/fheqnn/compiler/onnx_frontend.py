@@ -243,7 +243,7 @@ class _Graph:
         if node.op_type == "Reshape":
             return None if args[1] is None else np.reshape(x, [int(d) for d in args[1]])
         if node.op_type == "QuantizeLinear":
-            zp = args[2] if len(args) > 2 and args[2] is not None else np.uint8(0)
+            zp = _quantize_zero_point(node, args[2] if len(args) > 2 else None, attrs)
             return _quantize_linear(x, args[1], zp, attrs.get("axis", 1))
         if node.op_type == "DequantizeLinear":
             # Only for constants such as an int32 bias; weights are read by read_weight.
@@ -252,10 +252,30 @@ class _Graph:
             scale = _per_axis(args[1], x.ndim, axis).astype(np.float64)
             return (x.astype(np.float64) - _per_axis(zp, x.ndim, axis)) * scale
         if node.op_type == "Clip":
-            lo = args[1] if len(args) > 1 and args[1] is not None else None
-            hi = args[2] if len(args) > 2 and args[2] is not None else None
+            lo, hi = _clip_bounds(node, args, attrs)
             return np.clip(x, lo, hi).astype(x.dtype)
         return None  # pragma: no cover
+
+
+def _quantize_zero_point(node: onnx.NodeProto, zp: np.ndarray | None, attrs: dict) -> np.ndarray:
+    """Zero point of a QuantizeLinear, typed as its output (uint8 unless ``output_dtype`` says)."""
+    for name in ("block_size", "precision"):
+        if attrs.get(name, 0) not in (0, None):
+            raise _unsupported(node, f"the {name} attribute is not supported")
+    if zp is not None:
+        return np.asarray(zp)
+    if attrs.get("output_dtype"):
+        return np.zeros((), dtype=onnx.helper.tensor_dtype_to_np_dtype(attrs["output_dtype"]))
+    return np.uint8(0)
+
+
+def _clip_bounds(node: onnx.NodeProto, args: list, attrs: dict) -> tuple[Any, Any]:
+    """Clip bounds from inputs (opset >= 11) or attributes (older opsets)."""
+    if len(node.input) == 1:
+        return attrs.get("min"), attrs.get("max")
+    lo = args[1] if len(args) > 1 and args[1] is not None else None
+    hi = args[2] if len(args) > 2 and args[2] is not None else None
+    return lo, hi
 
 
 def _per_axis(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
@@ -311,8 +331,12 @@ class _Reader:
         if node.op_type != "QuantizeLinear":
             raise _unsupported(node, "expected a QuantizeLinear (the quantizer of this tensor)")
         scale = self.g.const(node.input[1])
-        zp = self.g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.uint8(0)
-        if scale is None or zp is None:
+        has_zp = len(node.input) > 2 and bool(node.input[2])
+        zp_value = self.g.const(node.input[2]) if has_zp else None
+        if has_zp and zp_value is None:
+            raise _unsupported(node, "quantizer scale and zero point must be constants")
+        zp = _quantize_zero_point(node, zp_value, self.g.attrs(node))
+        if scale is None:
             raise _unsupported(node, "quantizer scale and zero point must be constants")
         if np.asarray(scale).size != 1 or np.asarray(zp).size != 1:
             raise _unsupported(node, "activation quantizers must be per-tensor (one scale)")
@@ -322,12 +346,10 @@ class _Reader:
         qmin, qmax = _INT_TYPE_RANGES[zp.dtype]
         nxt = self.only_consumer(node.output[0], "quantized tensor")
         if nxt.op_type == "Clip":
-            lo = self.g.const(nxt.input[1]) if len(nxt.input) > 1 and nxt.input[1] else None
-            hi = self.g.const(nxt.input[2]) if len(nxt.input) > 2 and nxt.input[2] else None
-            if (len(nxt.input) > 1 and nxt.input[1] and lo is None) or (
-                len(nxt.input) > 2 and nxt.input[2] and hi is None
-            ):
+            args = [None] + [self.g.const(i) if i else None for i in nxt.input[1:]]
+            if any(i and a is None for i, a in zip(nxt.input[1:], args[1:], strict=True)):
                 raise _unsupported(nxt, "Clip bounds of a quantizer must be constants")
+            lo, hi = _clip_bounds(nxt, args, self.g.attrs(nxt))
             qmin = max(qmin, int(lo)) if lo is not None else qmin
             qmax = min(qmax, int(hi)) if hi is not None else qmax
             nxt = self.only_consumer(nxt.output[0], "quantized tensor")

@@ -67,6 +67,37 @@ def drop_dead_neurons(program: Program) -> tuple[Program, int]:
     return replace(program, layers=tuple(layers)), removed
 
 
+def _every_accumulator(layer: Layer) -> np.ndarray | None:
+    """All accumulator values of each neuron's proven interval, shape (values, n_out), or None
+    when that is too many to enumerate (more than 2**20 per neuron)."""
+    lo, hi = layer.neuron_ranges()
+    span = int((hi - lo).max(initial=0))
+    if span > 2**20:
+        return None
+    acc = lo[:, None] + np.arange(span + 1)[None, :]
+    return np.minimum(acc, hi[:, None]).T
+
+
+def check_lookup_domains(program: Program) -> None:
+    """Refuse activation chains that give NaN on a reachable accumulator (e.g. Log, Sqrt of a
+    negative value): their table would hold garbage."""
+    from .onnx_frontend import InvalidModelError
+
+    for layer in program.layers:
+        if not layer.is_hidden or layer.activation is None:
+            continue
+        acc = _every_accumulator(layer)
+        if acc is None:
+            continue
+        with np.errstate(all="ignore"):
+            values = layer.activate(layer.pre_activation(acc))
+        if np.isnan(values).any():
+            raise InvalidModelError(
+                f"layer {layer.name!r}: its activation ({layer.activation.describe()}) gives NaN "
+                "for some reachable accumulator values, so it cannot become a table lookup"
+            )
+
+
 def lossless_round_lsbs(layer: Layer, max_lsbs: int | None = None) -> int:
     """Largest number of low accumulator bits whose rounding never changes this layer's lookup.
 
@@ -76,18 +107,14 @@ def lossless_round_lsbs(layer: Layer, max_lsbs: int | None = None) -> int:
     """
     if not layer.is_hidden:
         return 0
-    lo, hi = layer.neuron_ranges()
-    span = int((hi - lo).max(initial=0))
-    if span > 2**20:
+    acc = _every_accumulator(layer)
+    if acc is None:
         return 0
-    acc = lo[:, None] + np.arange(span + 1)[None, :]
-    acc = np.minimum(acc, hi[:, None])
-    # lookup works on (..., n_out): put the neurons on the last axis.
-    reference = layer.lookup(acc.T)
+    reference = layer.lookup(acc)
     limit = layer.proven_range().bits - 1 if max_lsbs is None else max_lsbs
     best = 0
     for lsbs in range(1, max(limit, 0) + 1):
-        if np.array_equal(layer.lookup(round_lsbs(acc.T, lsbs)), reference):
+        if np.array_equal(layer.lookup(round_lsbs(acc, lsbs)), reference):
             best = lsbs
         else:
             break

@@ -84,6 +84,14 @@ class _SparseQuantNetEstimator(BaseEstimator):
             setattr(self, key, value)
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A compiled circuit lives in Concrete's runtime and does not pickle: save it with
+        # fhe_model_.save(folder) instead; a pickled estimator comes back uncompiled.
+        state = dict(self.__dict__)
+        if state.get("fhe_model_") is not None:
+            state["fhe_model_"] = None
+        return state
+
     # ------------------------------------------------------------------ helpers
     def module_params(self) -> dict[str, Any]:
         """The ``module__*`` parameters without their prefix."""
