@@ -217,6 +217,7 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
                 for r in summary["layers"]
             ],
             "rounding": "approximate" if opts.approximate else "exact",
+        "p_error": opts.p_error,
         }
     )
     lookup_bits = [r["lookup_bits"] for r in summary["layers"] if r["lookup_bits"]]
@@ -304,6 +305,8 @@ def markdown_table(rows: list[dict]) -> str:
     head = [
         "data set",
         "prune",
+        "rounding",
+        "p_error",
         "acc float MLP",
         "acc clear",
         "acc sim",
@@ -341,6 +344,8 @@ def markdown_table(rows: list[dict]) -> str:
                 [
                     r["dataset"],
                     f"{r['prune']:.2f}",
+                    r.get("rounding", "exact"),
+                    "default" if r.get("p_error") is None else f"{r['p_error']:g}",
                     _fmt(r.get("acc_float_mlp")),
                     _fmt(r["acc_clear"]),
                     _fmt(r["acc_simulated"]),
