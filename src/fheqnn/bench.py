@@ -217,7 +217,7 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
                 for r in summary["layers"]
             ],
             "rounding": "approximate" if opts.approximate else "exact",
-        "p_error": opts.p_error,
+            "p_error": opts.p_error,
         }
     )
     lookup_bits = [r["lookup_bits"] for r in summary["layers"] if r["lookup_bits"]]
