@@ -257,7 +257,7 @@ def compile_onnx(
     n_accum_bits: int | None = None,
     rounding: str | int | None = "auto",
     rounding_exact: bool = True,
-    min_agreement: float = 0.97,
+    min_agreement: float = 0.99,
     p_error: float | None = None,
     global_p_error: float | None = None,
     configuration: Any = None,

@@ -157,7 +157,7 @@ def choose_rounding(
     calibration_q: np.ndarray,
     *,
     target_bits: int | None = None,
-    min_agreement: float = 0.97,
+    min_agreement: float = 0.99,
     exact: bool = True,
 ) -> RoundingChoice:
     """Choose how many accumulator bits each hidden layer rounds away before its lookup.
