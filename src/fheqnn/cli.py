@@ -470,8 +470,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"({summary['removed_neurons']} dead neurons removed at compile time)"
     )
     bits = ", ".join(
-        f"{r['layer']}: acc {r['proven_bits']}b proven / {r['measured_bits']}b "
-        f"measured, lookup {r['lookup_bits']}b"
+        f"{r['layer']}: acc {r['proven_bits']}b proven / {r['measured_bits']}b measured"
+        + (f", lookup {r['lookup_bits']}b" if r["lookup_bits"] else ", no lookup (client side)")
         for r in summary["layers"]
     )
     _say(f"bit-widths: {bits}")
