@@ -155,7 +155,6 @@ def lookup_floor(bits: int, repeats: int = 3, batch: int = 64) -> dict[str, floa
 def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, dict]) -> dict:
     """Train, compile and measure one configuration; returns its JSON row."""
     from . import FheModelClient, FheModelServer, NeuralNetClassifier
-    from .compiler.api import compile_onnx
 
     x_tr, x_te, y_tr, y_te = _load(dataset)
     row: dict[str, Any] = {
@@ -181,15 +180,11 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
     if opts.float_baseline:
         row["acc_float_mlp"] = float_mlp_accuracy(clf, x_tr, y_tr, x_te, y_te, opts.seed)
     start = time.perf_counter()
-    model = compile_onnx(
-        clf.export_onnx(),
-        x_tr,
-        n_accum_bits=row["n_accum_bits"],
-        rounding=opts.rounding,
-        rounding_exact=not opts.approximate,
-        p_error=opts.p_error,
-        output_spec=clf._output_spec(),
+    # Public path: the estimator exports to ONNX and compiles with its own n_accum_bits.
+    clf.compile(
+        x_tr, rounding=opts.rounding, rounding_exact=not opts.approximate, p_error=opts.p_error
     )
+    model = clf.fhe_model_
     row["compile_total_s"] = time.perf_counter() - start
     summary = model.summary()
     row.update(
