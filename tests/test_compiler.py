@@ -22,6 +22,7 @@ from fheqnn.compiler.ir import Layer, Program, Quantizer, round_lsbs
 from fheqnn.compiler.passes import choose_rounding, drop_dead_neurons, lossless_round_lsbs
 from fheqnn.compiler.report import analyse, check
 from fheqnn.intervals import IntRange
+from helpers import tiny_classifier as make_tiny_classifier
 
 # ----------------------------------------------------------------------------- IR level
 
@@ -143,16 +144,7 @@ def small_data() -> tuple[np.ndarray, np.ndarray]:
 def tiny_classifier(small_data) -> NeuralNetClassifier:
     """A tiny, low-precision network: cheap keys and lookups for the encrypted tests."""
     x, y = small_data
-    return NeuralNetClassifier(
-        module__n_layers=2,
-        module__n_hidden_neurons_multiplier=1,
-        module__n_w_bits=2,
-        module__n_a_bits=2,
-        module__n_accum_bits=5,
-        max_epochs=30,
-        verbose=0,
-        random_state=0,
-    ).fit(x, y)
+    return make_tiny_classifier(x, y, max_epochs=30)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from fheqnn import (
     FheModelClient,
     FheModelServer,
     InvalidInputError,
-    NeuralNetClassifier,
 )
 from fheqnn.runtime.envelope import Envelope
+from helpers import tiny_classifier
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -41,16 +41,7 @@ def workspace(tmp_path_factory, data):
     """Two compiled models of one tiny network and a key folder for each."""
     x, y = data
     root = tmp_path_factory.mktemp("runtime")
-    clf = NeuralNetClassifier(
-        module__n_layers=2,
-        module__n_hidden_neurons_multiplier=1,
-        module__n_w_bits=2,
-        module__n_a_bits=2,
-        module__n_accum_bits=5,
-        max_epochs=20,
-        verbose=0,
-        random_state=0,
-    ).fit(x, y)
+    clf = tiny_classifier(x, y, max_epochs=20)
     clf.compile(x, rounding="off")
     model_a = root / "circuits" / "a"
     clf.fhe_model_.save(model_a)

@@ -330,17 +330,6 @@ class Program:
             q = layer.lookup(round_lsbs(acc, layer.round_lsbs))
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
-    def trace(self, q: np.ndarray) -> list[np.ndarray]:
-        """The accumulators of every layer (before rounding) for integer inputs ``q``."""
-        q = np.asarray(q, dtype=np.int64)
-        out = []
-        for layer in self.layers:
-            acc = layer.accumulate(q)
-            out.append(acc)
-            if layer.is_hidden:
-                q = layer.lookup(round_lsbs(acc, layer.round_lsbs))
-        return out
-
     def dequantize_output(self, acc: np.ndarray) -> np.ndarray:
         """Client side: output accumulators to float outputs."""
         return self.layers[-1].dequantize_output(acc)

@@ -28,7 +28,6 @@ from onnx import numpy_helper
 from scipy import special
 
 from ..errors import FheqnnError
-from ..intervals import IntRange
 from .ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
 
 
@@ -596,8 +595,3 @@ def program_from_onnx(model: str | Path | onnx.ModelProto) -> Program:
     """Read a QCDQ MLP ONNX model (file or ModelProto) into our integer IR."""
     proto, source = load_onnx(model)
     return _Reader(proto, source).read()
-
-
-def lowering_ranges(program: Program) -> list[IntRange]:
-    """Input integer range of each layer (for tests and reports)."""
-    return [layer.input_range for layer in program.layers]
