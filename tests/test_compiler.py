@@ -29,11 +29,8 @@ from helpers import tiny_classifier as make_tiny_classifier
 
 def _relu_program(rng: np.random.Generator, w0: np.ndarray, w1: np.ndarray) -> Program:
     from fheqnn.compiler.ir import Elementwise, ElementwiseNode
-    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
 
-    relu = Elementwise(
-        (ElementwiseNode("Relu", "relu", ("a",), "b"),), "a", "b", {}, ELEMENTWISE_KERNELS
-    )
+    relu = Elementwise((ElementwiseNode("Relu", "relu", ("a",), "b"),), "a", "b", {})
     q = Quantizer(0.3, 0, -4, 3)
     hidden = Layer(
         "fc0",
@@ -271,11 +268,8 @@ def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
     circuit read a negative accumulator as a large positive one (hidden or output layer)."""
     from fheqnn.compiler import backend
     from fheqnn.compiler.ir import Elementwise, ElementwiseNode
-    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
 
-    identity = Elementwise(
-        (ElementwiseNode("Identity", "id", ("a",), "b"),), "a", "b", {}, ELEMENTWISE_KERNELS
-    )
+    identity = Elementwise((ElementwiseNode("Identity", "id", ("a",), "b"),), "a", "b", {})
     hidden = Layer(
         "h",
         np.array([[1, -1], [-1, 1]]),
@@ -300,12 +294,9 @@ def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
 def test_activation_with_nan_on_reachable_values_is_refused() -> None:
     from fheqnn import InvalidModelError
     from fheqnn.compiler.ir import Elementwise, ElementwiseNode
-    from fheqnn.compiler.onnx_frontend import ELEMENTWISE_KERNELS
     from fheqnn.compiler.passes import check_lookup_domains
 
-    log = Elementwise(
-        (ElementwiseNode("Log", "log", ("a",), "b"),), "a", "b", {}, ELEMENTWISE_KERNELS
-    )
+    log = Elementwise((ElementwiseNode("Log", "log", ("a",), "b"),), "a", "b", {})
     hidden = Layer(
         "h", np.array([[1, -1]]), IntRange(-4, 3), 0, 1.0, 0.0, log, Quantizer(1.0, 0, -4, 3)
     )

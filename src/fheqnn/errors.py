@@ -7,8 +7,6 @@ builtin exception a caller would expect (an invalid parameter is a ``ValueError`
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
-
 
 class FheqnnError(Exception):
     """Root of every exception raised on purpose by fheqnn."""
@@ -22,12 +20,24 @@ class InvalidInputError(FheqnnError, ValueError):
     """Data given to fit / predict has the wrong shape, dtype, or non-finite values."""
 
 
-class NotFittedError(FheqnnError, _SklearnNotFittedError):
-    """A method that needs a trained model was called before ``fit``."""
+class NotFittedError(FheqnnError, ValueError, AttributeError):
+    """A method that needs a trained model was called before ``fit``.
+
+    Same builtin bases as scikit-learn's ``NotFittedError`` (``ValueError`` and
+    ``AttributeError``), without importing scikit-learn into every process that reports errors.
+    """
 
 
 class AccumulatorOverflowError(FheqnnError, ValueError):
     """An integer accumulator is wider than the allowed ``n_accum_bits``."""
+
+
+class InvalidModelError(FheqnnError, ValueError):
+    """The ONNX model cannot be read or is not a quantized MLP that fheqnn can compile."""
+
+
+class UnsupportedOperatorError(InvalidModelError):
+    """The ONNX graph uses an operator, or an operator form, that the compiler does not lower."""
 
 
 class InternalError(FheqnnError, RuntimeError):

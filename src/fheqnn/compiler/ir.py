@@ -12,13 +12,13 @@ same integers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..intervals import IntRange, bits_for_range
+from .kernels import ELEMENTWISE_KERNELS, kernel
 
 # ----------------------------------------------------------------------------- quantizers
 
@@ -95,15 +95,19 @@ class ElementwiseNode:
 class Elementwise:
     """A chain (DAG) of element-wise float operations, from ``input`` to ``output``.
 
-    Constants are scalars or per-channel vectors over the last axis. ``kernels`` maps each
-    op_type to its numpy implementation (the registry of the ONNX front end).
+    Constants are scalars or per-channel vectors over the last axis. Each node's op type names
+    its numpy kernel in :mod:`fheqnn.compiler.kernels`.
     """
 
     nodes: tuple[ElementwiseNode, ...]
     input: str
     output: str
     constants: dict[str, np.ndarray] = field(default_factory=dict)
-    kernels: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted({n.op_type for n in self.nodes} - set(ELEMENTWISE_KERNELS))
+        if unknown:
+            raise ValueError(f"no element-wise kernel for op type(s) {unknown}")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         values: dict[str, np.ndarray] = {self.input: np.asarray(x, dtype=np.float64)}
@@ -117,7 +121,7 @@ class Elementwise:
                 else:
                     args.append(self.constants[name])
             values[node.output] = np.asarray(
-                self.kernels[node.op_type](*args, **dict(node.attributes)), dtype=np.float64
+                kernel(node.op_type)(*args, **dict(node.attributes)), dtype=np.float64
             )
         return values[self.output]
 

@@ -17,102 +17,25 @@ tensor come from the integer type of the zero point and the Clip bounds.
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from scipy import special
 
-from ..errors import FheqnnError
+from ..errors import InvalidModelError, UnsupportedOperatorError
 from .ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
+from .kernels import ELEMENTWISE_KERNELS
 
+__all__ = [
+    "ELEMENTWISE_KERNELS",
+    "InvalidModelError",
+    "UnsupportedOperatorError",
+    "program_from_onnx",
+    "supported_operators",
+]
 
-class InvalidModelError(FheqnnError, ValueError):
-    """The ONNX model cannot be read or is not a quantized MLP that fheqnn can compile."""
-
-
-class UnsupportedOperatorError(InvalidModelError):
-    """The ONNX graph uses an operator, or an operator form, that the compiler does not lower."""
-
-
-# ----------------------------------------------------------------------------- kernels
-# Element-wise float kernels of activation chains, keyed by ONNX op type. They run on the client
-# side of the compiler only: each chain becomes part of a table lookup.
-
-
-def _clip(x, lo=None, hi=None, **_):
-    lo = -np.inf if lo is None else lo
-    hi = np.inf if hi is None else hi
-    return np.clip(x, lo, hi)
-
-
-def _selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
-    return gamma * np.where(x > 0, x, alpha * (np.exp(np.minimum(x, 0)) - 1))
-
-
-def _elu(x, alpha=1.0):
-    return np.where(x > 0, x, alpha * (np.exp(np.minimum(x, 0)) - 1))
-
-
-def _celu(x, alpha=1.0):
-    return np.maximum(0, x) + np.minimum(0, alpha * (np.exp(np.minimum(x, 0) / alpha) - 1))
-
-
-def _gelu(x, approximate="none"):
-    if approximate == "tanh":
-        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1 + special.erf(x / math.sqrt(2)))
-
-
-def _hard_sigmoid(x, alpha=0.2, beta=0.5):
-    return np.clip(alpha * x + beta, 0, 1)
-
-
-def _softplus(x):
-    return np.logaddexp(0, x)
-
-
-ELEMENTWISE_KERNELS: dict[str, Callable[..., np.ndarray]] = {
-    "Relu": lambda x: np.maximum(x, 0),
-    "LeakyRelu": lambda x, alpha=0.01: np.where(x >= 0, x, alpha * x),
-    "PRelu": lambda x, slope: np.where(x >= 0, x, slope * x),
-    "ThresholdedRelu": lambda x, alpha=1.0: np.where(x > alpha, x, 0.0),
-    "Sigmoid": lambda x: special.expit(x),
-    "HardSigmoid": _hard_sigmoid,
-    "HardSwish": lambda x: x * _hard_sigmoid(x, 1 / 6, 0.5),
-    "Tanh": np.tanh,
-    "Selu": _selu,
-    "Elu": _elu,
-    "Celu": _celu,
-    "Gelu": _gelu,
-    "Softplus": _softplus,
-    "Softsign": lambda x: x / (1 + np.abs(x)),
-    "Mish": lambda x: x * np.tanh(_softplus(x)),
-    "Erf": special.erf,
-    "Exp": np.exp,
-    "Log": np.log,
-    "Sqrt": np.sqrt,
-    "Abs": np.abs,
-    "Neg": np.negative,
-    "Sign": np.sign,
-    "Floor": np.floor,
-    "Ceil": np.ceil,
-    "Round": np.rint,
-    "Reciprocal": lambda x: 1.0 / x,
-    "Identity": lambda x: x,
-    "Clip": _clip,
-    "Add": np.add,
-    "Sub": np.subtract,
-    "Mul": np.multiply,
-    "Div": np.divide,
-    "Pow": np.power,
-    "Max": lambda *xs: np.maximum.reduce(np.broadcast_arrays(*xs)),
-    "Min": lambda *xs: np.minimum.reduce(np.broadcast_arrays(*xs)),
-}
 
 # Attributes of element-wise ops that we forward to the kernels, with their ONNX names.
 _KERNEL_ATTRIBUTES = {
@@ -499,7 +422,7 @@ class _Reader:
             frontier = node.output[0]
         if not nodes:
             return None, end_node
-        chain = Elementwise(tuple(nodes), start, frontier, constants, ELEMENTWISE_KERNELS)
+        chain = Elementwise(tuple(nodes), start, frontier, constants)
         return chain, end_node
 
     def read(self) -> Program:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..errors import InvalidModelError
 from .ir import Layer, Program, round_lsbs
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,6 @@ def _every_accumulator(layer: Layer) -> np.ndarray | None:
 def check_lookup_domains(program: Program) -> None:
     """Refuse activation chains that give NaN on a reachable accumulator (e.g. Log, Sqrt of a
     negative value): their table would hold garbage."""
-    from .onnx_frontend import InvalidModelError
-
     for layer in program.layers:
         if not layer.is_hidden or layer.activation is None:
             continue

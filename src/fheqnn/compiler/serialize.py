@@ -8,7 +8,7 @@ import numpy as np
 
 from ..intervals import IntRange
 from .ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
-from .onnx_frontend import ELEMENTWISE_KERNELS
+from .kernels import ELEMENTWISE_KERNELS
 
 FORMAT = 1
 
@@ -71,7 +71,7 @@ def _chain_from_dict(d: dict | None) -> Elementwise | None:
             )
         )
     constants = {k: np.asarray(v, dtype=np.float64) for k, v in d["constants"].items()}
-    return Elementwise(tuple(nodes), d["input"], d["output"], constants, ELEMENTWISE_KERNELS)
+    return Elementwise(tuple(nodes), d["input"], d["output"], constants)
 
 
 def program_to_dict(program: Program) -> dict[str, Any]:
