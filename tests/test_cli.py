@@ -34,9 +34,9 @@ SUBCOMMANDS = (
     "demo",
 )
 
-# Small and cheap to encrypt. (``--epochs 5`` would be the natural choice, but on iris it makes
-# exactly 10 optimizer steps, which trips a ZeroDivisionError in OneCycleLR: see
-# test_train_with_ten_optimizer_steps.)
+# Small and cheap to encrypt. (``--epochs 5`` on iris makes exactly 10 optimizer steps, the
+# schedule length that once divided by zero in the learning-rate warm-up: kept as a regression
+# test in test_train_with_ten_optimizer_steps.)
 NETWORK = {
     "n_layers": 2,
     "multiplier": 1,

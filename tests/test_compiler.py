@@ -268,6 +268,7 @@ def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
     circuit read a negative accumulator as a large positive one (hidden or output layer)."""
     from fheqnn.compiler import backend
     from fheqnn.compiler.ir import Elementwise, ElementwiseNode
+    from fheqnn.contract import ClientContract
 
     identity = Elementwise((ElementwiseNode("Identity", "id", ("a",), "b"),), "a", "b", {})
     hidden = Layer(
@@ -287,7 +288,7 @@ def test_sign_of_accumulators_does_not_depend_on_calibration_rows() -> None:
     circuit = backend.compile_circuit(program, [np.array([[3, 0]])], backend.make_configuration())
     for row in ([0, 3], [3, 0], [1, 2], [0, 0]):
         q = np.array([row])
-        simulated = backend.unshift_outputs(program, circuit.simulate(q))
+        simulated = ClientContract.from_program(program).unshift(circuit.simulate(q))
         np.testing.assert_array_equal(simulated, program.run_integer(q))
 
 

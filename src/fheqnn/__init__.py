@@ -1,27 +1,49 @@
-"""fheqnn: sparse quantized neural networks from training to encrypted inference on Concrete."""
+"""fheqnn: sparse quantized neural networks from training to encrypted inference on Concrete.
+
+The package is lazy (PEP 562): ``import fheqnn`` loads nothing heavy, and each public name
+imports its own module on first use. So an encryption client (``fheqnn.FheModelClient``) or an
+inference server never loads torch's training side, brevitas, ONNX or scikit-learn by accident.
+"""
 
 from __future__ import annotations
 
-from .compiler.api import CompiledModel, OutputSpec, compile_onnx
-from .compiler.onnx_frontend import InvalidModelError, UnsupportedOperatorError
-from .errors import (
-    AccumulatorOverflowError,
-    FheqnnError,
-    InternalError,
-    InvalidInputError,
-    InvalidParameterError,
-    NotFittedError,
-)
-from .model.estimators import NeuralNetClassifier, NeuralNetRegressor
-from .model.qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
-from .runtime import ArtifactError, EnvelopeError, FheModelClient, FheModelServer
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name -> module that defines it (relative to this package).
+_EXPORTS = {
+    "MAX_BITWIDTH_BACKWARD_COMPATIBLE": ".model.qnn_module",
+    "SparseQuantNeuralNetwork": ".model.qnn_module",
+    "NeuralNetClassifier": ".model.estimators",
+    "NeuralNetRegressor": ".model.estimators",
+    "CompileOptions": ".compiler.options",
+    "CompiledModel": ".compiler.api",
+    "compile_onnx": ".compiler.api",
+    "OutputSpec": ".contract",
+    "ClientContract": ".contract",
+    "Standardizer": ".contract",
+    "FheModelClient": ".runtime.client",
+    "FheModelServer": ".runtime.server",
+    "ArtifactError": ".runtime.artifacts",
+    "EnvelopeError": ".runtime.envelope",
+    "AccumulatorOverflowError": ".errors",
+    "FheqnnError": ".errors",
+    "InternalError": ".errors",
+    "InvalidInputError": ".errors",
+    "InvalidModelError": ".errors",
+    "InvalidParameterError": ".errors",
+    "NotFittedError": ".errors",
+    "UnsupportedOperatorError": ".errors",
+}
 
 __all__ = [
     "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
     "AccumulatorOverflowError",
     "ArtifactError",
+    "ClientContract",
+    "CompileOptions",
     "CompiledModel",
     "EnvelopeError",
     "FheModelClient",
@@ -36,7 +58,21 @@ __all__ = [
     "NotFittedError",
     "OutputSpec",
     "SparseQuantNeuralNetwork",
+    "Standardizer",
     "UnsupportedOperatorError",
     "__version__",
     "compile_onnx",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -171,9 +171,10 @@ def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .runtime.artifacts import check_destination
+
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CliError(f"{out} exists and is not empty (use --overwrite)")
+    check_destination(out, overwrite=args.overwrite, what="training folder")
     x_tr, x_te, y_tr, y_te = _training_data(args)
     est = _estimator(args, args.task)
     _say(f"training a {args.task} on {len(x_tr)} rows x {x_tr.shape[1]} features")
@@ -237,8 +238,22 @@ def _rounding(value: str) -> Any:
         raise argparse.ArgumentTypeError("rounding is 'auto', 'off' or a number of bits") from exc
 
 
+def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
+    """The validated compile options of the command line (one check, shared with the API)."""
+    from .compiler.options import CompileOptions
+
+    return CompileOptions(
+        rounding=args.rounding,
+        rounding_exact=not args.approximate,
+        p_error=args.p_error,
+        **values,
+    )
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .compiler.api import OutputSpec, compile_onnx, output_spec_from_dict
+    from .compiler.api import compile_onnx
+    from .contract import OutputSpec
+    from .runtime.artifacts import check_destination
 
     onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
     if args.from_dir:
@@ -252,21 +267,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.output_spec and not Path(args.output_spec).is_file():
         raise CliError(f"output spec file {args.output_spec!r} does not exist")
     if spec_path and Path(spec_path).is_file():
-        spec = output_spec_from_dict(json.loads(Path(spec_path).read_text()))
+        spec = OutputSpec.from_dict(json.loads(Path(spec_path).read_text()))
+    options = _compile_options(args, n_accum_bits=args.n_accum_bits)
     x_cal = load_matrix(calibration, what="calibration")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CliError(f"{out} exists and is not empty (use --overwrite)")
+    check_destination(out, overwrite=args.overwrite, what="compiled model folder")
     with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
-        model = compile_onnx(
-            onnx_path,
-            x_cal,
-            n_accum_bits=args.n_accum_bits,
-            rounding=args.rounding,
-            rounding_exact=not args.approximate,
-            p_error=args.p_error,
-            output_spec=spec,
-        )
+        model = compile_onnx(onnx_path, x_cal, options=options, output_spec=spec)
     _say(model.report.to_text())
     model.save(out, overwrite=args.overwrite)
     _say(
@@ -358,25 +365,14 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _encrypted_predict(
-    client: Any, server: Any, x: np.ndarray, quiet: bool
-) -> tuple[np.ndarray, float]:
-    """Encrypt -> run -> decrypt in chunks of the server's worker count, with a progress bar."""
+def _encrypted_predict(client: Any, server: Any, x: np.ndarray, quiet: bool) -> Any:
+    """The runtime's encrypted round trip, with a progress bar."""
     from tqdm.auto import tqdm
 
-    preds, run_s = [], 0.0
-    chunk = max(1, server.workers)
-    bar = tqdm(total=len(x), desc="encrypted rows", unit="row", disable=quiet, leave=False)
-    for start in range(0, len(x), chunk):
-        part = x[start : start + chunk]
-        blob = client.encrypt(part)
-        t0 = time.perf_counter()
-        out = server.run(blob, client.evaluation_keys())
-        run_s += time.perf_counter() - t0
-        preds.append(client.decrypt_raw(out))
-        bar.update(len(part))
-    bar.close()
-    return np.concatenate(preds), run_s
+    from .runtime import encrypted_predict
+
+    with tqdm(total=len(x), desc="encrypted rows", unit="row", disable=quiet, leave=False) as bar:
+        return encrypted_predict(client, server, x, progress=bar.update)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -387,10 +383,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     x = load_matrix(args.input)
     if args.rows:
         x = x[: args.rows]
-    raw, run_s = _encrypted_predict(client, server, x, args.quiet)
-    pred = client.part.output_spec.apply(raw)
+    trip = _encrypted_predict(client, server, x, args.quiet)
+    pred = trip.predictions
     _say(np.array2string(np.asarray(pred), threshold=200))
-    _say(f"{len(x)} rows, server time {run_s:.2f} s ({run_s / len(x):.3f} s per row)")
+    _say(
+        f"{len(x)} rows, server time {trip.server_seconds:.2f} s "
+        f"({trip.seconds_per_row:.3f} s per row)"
+    )
     if args.labels:
         y = load_matrix(args.labels, what="labels").reshape(-1)[: len(x)]
         _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
@@ -418,15 +417,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  at most {module.max_active_neurons()} active weights per neuron "
         f"(accumulators <= {args.n_accum_bits} bits), hidden widths {module.hidden_widths()}"
     )
+    options = _compile_options(args, n_accum_bits=args.n_accum_bits)
     with _Step("exporting to ONNX and compiling with the bit-width check"):
         model = compile_onnx(
-            est.export_onnx(),
-            x_tr,
-            n_accum_bits=args.n_accum_bits,
-            rounding=args.rounding,
-            rounding_exact=not args.approximate,
-            p_error=args.p_error,
-            output_spec=est._output_spec(),
+            est.export_onnx(), x_tr, options=options, output_spec=est._output_spec()
         )
     _say(model.report.to_text())
     circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
@@ -446,8 +440,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with _Step("simulating the circuit on every test row"):
         acc_sim = float(np.mean(model.predict(x_te, fhe="simulate") == y_te))
     rows = min(args.rows, len(x_te))
-    raw, run_s = _encrypted_predict(client, server, x_te[:rows], args.quiet)
-    pred_enc = client.part.output_spec.apply(raw)
+    trip = _encrypted_predict(client, server, x_te[:rows], args.quiet)
+    pred_enc = trip.predictions
     acc_enc = float(np.mean(pred_enc == y_te[:rows]))
     sim_rows = model.predict(x_te[:rows], fhe="simulate")
     single = client.encrypt(x_te[:1])
@@ -462,8 +456,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(agrees with simulation on {np.mean(pred_enc == sim_rows) * 100:.0f} % of them)"
     )
     _say(
-        f"latency: {single_s:.3f} s for one row alone; {run_s / rows:.3f} s per row in batches "
-        f"of {server.workers}"
+        f"latency: {single_s:.3f} s for one row alone; {trip.seconds_per_row:.3f} s per row in "
+        f"batches of {server.workers}"
     )
     _say(
         f"PBS per row: {model.pbs_count} for {model.program.hidden_neurons()} hidden neurons "

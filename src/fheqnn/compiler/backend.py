@@ -5,37 +5,18 @@ Where a Gemm becomes a matmul plus a table lookup: :func:`circuit_function`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..concrete_seam import fhe as _fhe
 from ..intervals import IntRange
 from .ir import Program
 
-
-def _fhe():
-    # concrete declares its namespace with pkg_resources and warns about it on import.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        from concrete import fhe
-    return fhe
-
-
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def quiet_concrete_io() -> Iterator[None]:
-    """Silence the jsonpickle deprecation that Concrete's server save/load emits (harmless)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "keys will default to True", DeprecationWarning)
-        yield
 
 
 def tag_of(name: str) -> str:
@@ -58,8 +39,8 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
     Per layer: a leveled integer matmul with clear weights, a clear shift that makes it
     non-negative, a hint that fixes its width to the proven worst case (so that no input can
     overflow it, whatever the calibration rows were), optional rounding of low bits, then one
-    table lookup per neuron. The output layer returns its shifted accumulator; see
-    :func:`unshift_outputs`.
+    table lookup per neuron. The output layer returns its shifted accumulator; the client
+    contract (:meth:`fheqnn.contract.ClientContract.unshift`) removes the shift.
     """
     fhe = _fhe()
     layers = program.layers
@@ -91,11 +72,6 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
     return forward
-
-
-def unshift_outputs(program: Program, raw: np.ndarray) -> np.ndarray:
-    """Circuit outputs back to the output layer's accumulators (removes the clear shift)."""
-    return np.asarray(raw, dtype=np.int64) - program.layers[-1].shift
 
 
 def compile_circuit(program: Program, inputset: list[np.ndarray], configuration: Any) -> Any:

@@ -17,7 +17,7 @@ def _arr(value: np.ndarray) -> Any:
     return np.asarray(value).tolist()
 
 
-def _quantizer_to_dict(q: Quantizer | None) -> dict | None:
+def quantizer_to_dict(q: Quantizer | None) -> dict | None:
     if q is None:
         return None
     return {
@@ -28,13 +28,13 @@ def _quantizer_to_dict(q: Quantizer | None) -> dict | None:
     }
 
 
-def _quantizer_from_dict(d: dict | None) -> Quantizer | None:
+def quantizer_from_dict(d: dict | None) -> Quantizer | None:
     if d is None:
         return None
     return Quantizer(np.asarray(d["scale"]), np.asarray(d["zero_point"]), d["qmin"], d["qmax"])
 
 
-def _chain_to_dict(chain: Elementwise | None) -> dict | None:
+def chain_to_dict(chain: Elementwise | None) -> dict | None:
     if chain is None:
         return None
     return {
@@ -54,7 +54,7 @@ def _chain_to_dict(chain: Elementwise | None) -> dict | None:
     }
 
 
-def _chain_from_dict(d: dict | None) -> Elementwise | None:
+def chain_from_dict(d: dict | None) -> Elementwise | None:
     if d is None:
         return None
     nodes = []
@@ -79,7 +79,7 @@ def program_to_dict(program: Program) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "source": program.source,
-        "input_quantizer": _quantizer_to_dict(program.input_quantizer),
+        "input_quantizer": quantizer_to_dict(program.input_quantizer),
         "layers": [
             {
                 "name": layer.name,
@@ -88,8 +88,8 @@ def program_to_dict(program: Program) -> dict[str, Any]:
                 "offset": _arr(layer.offset),
                 "acc_scale": _arr(layer.acc_scale),
                 "bias": _arr(layer.bias),
-                "activation": _chain_to_dict(layer.activation),
-                "output_quantizer": _quantizer_to_dict(layer.output_quantizer),
+                "activation": chain_to_dict(layer.activation),
+                "output_quantizer": quantizer_to_dict(layer.output_quantizer),
                 "round_lsbs": layer.round_lsbs,
                 "rounding_exact": layer.rounding_exact,
             }
@@ -110,13 +110,13 @@ def program_from_dict(d: dict[str, Any]) -> Program:
             offset=np.asarray(layer["offset"], dtype=np.int64),
             acc_scale=np.asarray(layer["acc_scale"], dtype=np.float64),
             bias=np.asarray(layer["bias"], dtype=np.float64),
-            activation=_chain_from_dict(layer["activation"]),
-            output_quantizer=_quantizer_from_dict(layer["output_quantizer"]),
+            activation=chain_from_dict(layer["activation"]),
+            output_quantizer=quantizer_from_dict(layer["output_quantizer"]),
             round_lsbs=int(layer["round_lsbs"]),
             rounding_exact=bool(layer["rounding_exact"]),
         )
         for layer in d["layers"]
     )
-    quantizer = _quantizer_from_dict(d["input_quantizer"])
+    quantizer = quantizer_from_dict(d["input_quantizer"])
     assert quantizer is not None
     return Program(quantizer, layers, source=d["source"])

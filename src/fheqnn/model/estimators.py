@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
-from ..validation import check_features
+from ..validation import check_choice, check_features, check_int, check_number
 from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
 from .training import TrainingConfig, train_module
 
@@ -102,39 +102,15 @@ class _SparseQuantNetEstimator(BaseEstimator):
         }
 
     def _training_config(self) -> TrainingConfig:
-        checks = {
-            "max_epochs": (self.max_epochs, int, lambda v: v >= 1, ">= 1"),
-            "batch_size": (self.batch_size, int, lambda v: v >= 1, ">= 1"),
-            "lr": (self.lr, float, lambda v: np.isfinite(v) and v > 0, "a finite number > 0"),
-            "weight_decay": (self.weight_decay, float, lambda v: np.isfinite(v) and v >= 0, ">= 0"),
-            "mask_freeze_fraction": (
-                self.mask_freeze_fraction,
-                float,
-                lambda v: 0.0 <= v <= 1.0,
-                "in [0, 1]",
-            ),
-        }
-        for name, (value, kind, ok, allowed) in checks.items():
-            numeric = isinstance(value, int | float | np.integer | np.floating)
-            if (
-                isinstance(value, bool)
-                or not numeric
-                or (kind is int and not float(value).is_integer())
-            ):
-                raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
-            if not ok(value):
-                raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
-        if self.mask_updates not in _MASK_UPDATES:
-            raise InvalidParameterError(
-                f"mask_updates must be one of {_MASK_UPDATES}, got {self.mask_updates!r}"
-            )
         return TrainingConfig(
-            max_epochs=int(self.max_epochs),
-            lr=float(self.lr),
-            batch_size=int(self.batch_size),
-            weight_decay=float(self.weight_decay),
-            mask_updates=self.mask_updates,
-            mask_freeze_fraction=float(self.mask_freeze_fraction),
+            max_epochs=check_int("max_epochs", self.max_epochs, 1),
+            lr=check_number("lr", self.lr, 0.0, low_open=True),
+            batch_size=check_int("batch_size", self.batch_size, 1),
+            weight_decay=check_number("weight_decay", self.weight_decay, 0.0),
+            mask_updates=check_choice("mask_updates", self.mask_updates, _MASK_UPDATES),
+            mask_freeze_fraction=check_number(
+                "mask_freeze_fraction", self.mask_freeze_fraction, 0.0, 1.0
+            ),
             straight_through_masks=bool(self.straight_through_masks),
             verbose=bool(self.verbose),
         )
@@ -142,13 +118,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
     def _seed(self) -> int:
         if self.random_state is None:
             return int(np.random.default_rng().integers(0, 2**31 - 1))
-        if isinstance(self.random_state, bool) or not isinstance(
-            self.random_state, int | np.integer
-        ):
-            raise InvalidParameterError(
-                f"random_state must be an int or None, got {self.random_state!r}"
-            )
-        return int(self.random_state)
+        return check_int("random_state", self.random_state)
 
     def _validate_x(self, X: Any, *, reset: bool) -> np.ndarray:
         try:
@@ -241,12 +211,15 @@ class _SparseQuantNetEstimator(BaseEstimator):
             self.
         """
         from ..compiler.api import compile_onnx
+        from ..compiler.options import CompileOptions
 
         self._check_fitted()
+        options = CompileOptions.from_kwargs(
+            **{"n_accum_bits": self.module_.n_accum_bits, **compile_options}
+        )
         x = check_features(X, self.n_features_in_, what="calibration inputs")
-        compile_options.setdefault("n_accum_bits", self.module_.n_accum_bits)
         self.fhe_model_ = compile_onnx(
-            self.export_onnx(), x, output_spec=self._output_spec(), **compile_options
+            self.export_onnx(), x, options=options, output_spec=self._output_spec()
         )
         return self
 
@@ -286,7 +259,7 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
         return self
 
     def _output_spec(self) -> Any:
-        from ..compiler.api import OutputSpec
+        from ..contract import OutputSpec
 
         return OutputSpec(kind="classifier", classes=tuple(self.classes_.tolist()))
 
@@ -300,7 +273,7 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
 
     def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Class probabilities (softmax of the logits), shape (n_rows, n_classes)."""
-        from ..compiler.api import softmax
+        from ..contract import softmax
 
         return softmax(self._raw_outputs(X, fhe))
 
@@ -337,7 +310,7 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
         return self
 
     def _output_spec(self) -> Any:
-        from ..compiler.api import OutputSpec
+        from ..contract import OutputSpec
 
         return OutputSpec(
             kind="regressor",

@@ -6,7 +6,6 @@ number of bits, which is what lets each hidden neuron become one table lookup in
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import brevitas.nn as qnn
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 from ..intervals import IntRange, max_terms_within, quantizer_range
+from ..validation import check_bool, check_int, check_number
 
 __all__ = ["MAX_BITWIDTH_BACKWARD_COMPATIBLE", "SparseQuantNeuralNetwork"]
 
@@ -39,17 +39,6 @@ PER_CHANNEL_WEIGHTS = True
 
 _MAX_QUANT_BITS = 16
 _MAX_ACCUM_BITS = 32
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameterError(
-            f"{name} must be an int, got {value!r} ({type(value).__name__})"
-        )
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InvalidParameterError(f"{name} must be {allowed}, got {value}")
-    return value
 
 
 class SparseQuantNeuralNetwork(nn.Module):
@@ -104,32 +93,17 @@ class SparseQuantNeuralNetwork(nn.Module):
                 bit-width is zero.
         """
         super().__init__()
-        _check_int("input_dim", input_dim, 1)
-        _check_int("n_layers", n_layers, 1)
-        _check_int("n_outputs", n_outputs, 1)
-        if (
-            isinstance(n_hidden_neurons_multiplier, bool)
-            or not isinstance(n_hidden_neurons_multiplier, int | float)
-            or not math.isfinite(n_hidden_neurons_multiplier)
-            or n_hidden_neurons_multiplier <= 0
-        ):
-            raise InvalidParameterError(
-                "n_hidden_neurons_multiplier must be a number > 0, "
-                f"got {n_hidden_neurons_multiplier!r}"
-            )
+        check_int("input_dim", input_dim, 1)
+        check_int("n_layers", n_layers, 1)
+        check_int("n_outputs", n_outputs, 1)
+        check_number("n_hidden_neurons_multiplier", n_hidden_neurons_multiplier, 0, low_open=True)
         # A signed 1-bit weight can only be 0 or -1 (and only 0 when narrow): no usable magnitude.
-        _check_int("n_w_bits", n_w_bits, 2, _MAX_QUANT_BITS)
-        _check_int("n_a_bits", n_a_bits, 2 if quant_signed else 1, _MAX_QUANT_BITS)
-        _check_int("n_accum_bits", n_accum_bits, 1, _MAX_ACCUM_BITS)
-        if (
-            isinstance(n_prune_neurons_percentage, bool)
-            or not isinstance(n_prune_neurons_percentage, int | float)
-            or not 0.0 <= float(n_prune_neurons_percentage) < 1.0
-        ):
-            raise InvalidParameterError(
-                "n_prune_neurons_percentage must be a number in [0, 1), "
-                f"got {n_prune_neurons_percentage!r}"
-            )
+        check_int("n_w_bits", n_w_bits, 2, _MAX_QUANT_BITS)
+        check_int("n_a_bits", n_a_bits, 2 if quant_signed else 1, _MAX_QUANT_BITS)
+        check_int("n_accum_bits", n_accum_bits, 1, _MAX_ACCUM_BITS)
+        check_number(
+            "n_prune_neurons_percentage", n_prune_neurons_percentage, 0.0, 1.0, high_open=True
+        )
         if not (
             isinstance(activation_function, type) and issubclass(activation_function, nn.Module)
         ):
@@ -137,9 +111,8 @@ class SparseQuantNeuralNetwork(nn.Module):
                 "activation_function must be a torch.nn.Module class such as torch.nn.ReLU, "
                 f"got {activation_function!r}"
             )
-        for name, flag in (("quant_narrow", quant_narrow), ("quant_signed", quant_signed)):
-            if not isinstance(flag, bool):
-                raise InvalidParameterError(f"{name} must be a bool, got {flag!r}")
+        check_bool("quant_narrow", quant_narrow)
+        check_bool("quant_signed", quant_signed)
 
         self.input_dim = input_dim
         self.n_layers = n_layers

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .. import concrete_seam
 from ..errors import FheqnnError
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "fheqnn-compiled-model"
 FORMAT_VERSION = 1
@@ -83,6 +87,22 @@ def model_id_of(files: dict[str, dict[str, Any]]) -> str:
     return sha256_bytes(joined.encode())[:32]
 
 
+def check_destination(target: Path, *, overwrite: bool = False, what: str = "folder") -> None:
+    """Refuse to write ``target`` when it is a file, or a non-empty folder without ``overwrite``.
+
+    Called before any long step (training, compiling, key generation), so that a destination
+    that cannot be used is found before the work is done, not after.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"{what} {target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ArtifactError(
+            f"{what} {target} already exists and is not empty: nothing is overwritten silently "
+            "(choose another folder, or pass overwrite=True / --overwrite to replace it)"
+        )
+
+
 def write_folder_atomically(
     target: Path, write: Any, *, overwrite: bool = False, mode: int | None = None
 ) -> None:
@@ -92,12 +112,7 @@ def write_folder_atomically(
     unless ``overwrite``.
     """
     target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise ArtifactError(f"{target} exists and is not a folder")
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise ArtifactError(
-            f"{target} already exists and is not empty; choose another folder or allow overwrite"
-        )
+    check_destination(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -151,6 +166,28 @@ def write_model_folder(
 
     write_folder_atomically(Path(target), write, overwrite=overwrite)
     return manifest
+
+
+def save_compiled_model(model: Any, target: Path, *, overwrite: bool = False) -> str:
+    """Write a compiled model (a ``fheqnn.compiler.api.CompiledModel``) as a folder.
+
+    Returns:
+        The model id that keys and ciphertexts will refer to.
+    """
+    from ..compiler.serialize import program_to_dict
+
+    check_destination(target, overwrite=overwrite, what="compiled model folder")
+    files = {
+        SERVER_FILE: concrete_seam.server_bytes(model.circuit),
+        PROGRAM_FILE: json.dumps(program_to_dict(model.program)).encode(),
+        CLIENT_SPECS_FILE: concrete_seam.client_specs_bytes(model.circuit),
+        CLIENT_FILE: json.dumps(model.contract.to_dict()).encode(),
+        REPORT_FILE: json.dumps(model.summary(), indent=2).encode(),
+    }
+    extra = {"n_features": model.program.n_features, "n_outputs": model.program.n_outputs}
+    manifest = write_model_folder(Path(target), files, extra, overwrite=overwrite)
+    logger.info("saved compiled model %s to %s", manifest["model_id"], target)
+    return str(manifest["model_id"])
 
 
 @dataclass(frozen=True)

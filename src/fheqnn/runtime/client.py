@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.api import OutputSpec, output_spec_from_dict, softmax
-from ..compiler.backend import _fhe
-from ..compiler.ir import Elementwise, Quantizer, accumulator_value
-from ..compiler.serialize import _chain_from_dict, _quantizer_from_dict
-from ..validation import check_features
+from ..concrete_seam import fhe as _fhe
+from ..concrete_seam import load_client_specs
+from ..contract import ClientContract, softmax
+from ..errors import InvalidParameterError
 from .artifacts import (
     CLIENT_FILE,
     CLIENT_FILES,
@@ -59,44 +58,6 @@ class KeyInfo:
     folder: Path
 
 
-@dataclass(frozen=True)
-class ClientPart:
-    """Our client-side part of a compiled model (no weights)."""
-
-    n_features: int
-    n_outputs: int
-    input_quantizer: Quantizer
-    output_shift: int
-    output_offset: np.ndarray
-    output_acc_scale: np.ndarray
-    output_bias: np.ndarray
-    output_activation: Elementwise | None
-    output_spec: OutputSpec
-
-    def dequantize(self, acc: np.ndarray) -> np.ndarray:
-        """Output accumulators to float outputs."""
-        value = accumulator_value(acc, self.output_offset, self.output_acc_scale, self.output_bias)
-        return value if self.output_activation is None else self.output_activation(value)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClientPart:
-        """Inverse of ``CompiledModel._client_dict``."""
-        quantizer = _quantizer_from_dict(d["input_quantizer"])
-        assert quantizer is not None
-        out = d["output_layer"]
-        return cls(
-            n_features=int(d["n_features"]),
-            n_outputs=int(d["n_outputs"]),
-            input_quantizer=quantizer,
-            output_shift=int(out["shift"]),
-            output_offset=np.asarray(out["offset"], dtype=np.int64),
-            output_acc_scale=np.asarray(out["acc_scale"], dtype=np.float64),
-            output_bias=np.asarray(out["bias"], dtype=np.float64),
-            output_activation=_chain_from_dict(out["activation"]),
-            output_spec=output_spec_from_dict(d["output_spec"]),
-        )
-
-
 def _load_key_info(key_dir: Path) -> dict[str, Any]:
     info_path = key_dir / KEY_INFO_FILE
     if not key_dir.is_dir():
@@ -119,10 +80,12 @@ class FheModelClient:
 
     def __init__(self, model_folder: str | Path, key_dir: str | Path | None = None) -> None:
         self.folder: ModelFolder = open_model_folder(model_folder, need=CLIENT_FILES)
-        self.part = ClientPart.from_dict(self.folder.read_json(CLIENT_FILE))
-        fhe = _fhe()
-        self._specs = fhe.ClientSpecs.deserialize(self.folder.file(CLIENT_SPECS_FILE).read_bytes())
-        self._client = fhe.Client(self._specs)
+        try:
+            self.part: ClientContract = ClientContract.from_dict(self.folder.read_json(CLIENT_FILE))
+        except InvalidParameterError as exc:
+            raise ArtifactError(f"{self.folder.path / CLIENT_FILE}: {exc}") from exc
+        self._specs = load_client_specs(self.folder.file(CLIENT_SPECS_FILE).read_bytes())
+        self._client = _fhe().Client(self._specs)
         self.key_info: KeyInfo | None = None
         self._evaluation_keys: bytes | None = None
         if key_dir is not None:
@@ -262,8 +225,8 @@ class FheModelClient:
 
     # ------------------------------------------------------------------ data
     def quantize(self, x: Any) -> np.ndarray:
-        """Validate float rows and quantize them (int64, (n_rows, n_features))."""
-        return self.part.input_quantizer.quantize(check_features(x, self.part.n_features))
+        """Validate, standardize and quantize float rows (int64, (n_rows, n_features))."""
+        return self.part.quantize(x)
 
     def encrypt(self, x: Any) -> bytes:
         """Quantize, encrypt and serialize a batch of float rows."""
@@ -286,7 +249,7 @@ class FheModelClient:
             for p in env.payloads
         ]
         # The circuit returns the output accumulators shifted to be non-negative.
-        return np.concatenate(rows).astype(np.int64) - self.part.output_shift
+        return self.part.unshift(np.concatenate(rows))
 
     def decrypt_raw(self, results: bytes) -> np.ndarray:
         """Decrypted and dequantized float outputs (n_rows, n_outputs)."""
@@ -294,7 +257,7 @@ class FheModelClient:
 
     def decrypt(self, results: bytes) -> np.ndarray:
         """Decrypted predictions after post-processing (labels, values or raw outputs)."""
-        return self.part.output_spec.apply(self.decrypt_raw(results))
+        return self.part.postprocess(self.decrypt_raw(results))
 
     def decrypt_proba(self, results: bytes) -> np.ndarray:
         """Softmax of the decrypted outputs (classifiers)."""

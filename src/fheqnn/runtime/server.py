@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..compiler.backend import _fhe, quiet_concrete_io
+from ..concrete_seam import fhe as _fhe
+from ..concrete_seam import load_server
 from .artifacts import SERVER_FILE, ModelFolder, key_id_of, open_model_folder
 from .envelope import Envelope, EnvelopeError
 
@@ -35,9 +36,7 @@ class FheModelServer:
         self, model_folder: str | Path, *, max_cached_keys: int = 4, workers: int | None = None
     ) -> None:
         self.folder: ModelFolder = open_model_folder(model_folder, need=(SERVER_FILE,))
-        fhe = _fhe()
-        with quiet_concrete_io():
-            self._server = fhe.Server.load(self.folder.file(SERVER_FILE))
+        self._server = load_server(self.folder.file(SERVER_FILE))
         self._keys: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.max_cached_keys = max(1, int(max_cached_keys))

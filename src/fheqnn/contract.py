@@ -1,0 +1,275 @@
+"""The client contract: everything the client side of a compiled model does, in the clear.
+
+Before encryption: validate float rows, standardize each feature, quantize. After decryption:
+remove the clear shift the circuit added to the output accumulators, dequantize (offset, rescale,
+bias, output activation), then post-process (class labels, target scaling). The compiler builds
+one :class:`ClientContract` from the program it compiled; ``CompiledModel`` and
+``FheModelClient`` both use it, and ``client.json`` is its :meth:`ClientContract.to_dict`.
+
+numpy only: an encryption client loads this, never the training or ONNX code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .compiler.ir import Elementwise, Program, Quantizer, accumulator_value
+from .compiler.serialize import (
+    chain_from_dict,
+    chain_to_dict,
+    quantizer_from_dict,
+    quantizer_to_dict,
+)
+from .errors import InvalidParameterError
+from .validation import check_features
+
+#: Version of :meth:`ClientContract.to_dict`. 1: no input standardization; 2: adds it.
+CLIENT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Client-side post-processing of the network's float outputs.
+
+    Attributes:
+        kind: ``"raw"`` (outputs as they are), ``"classifier"`` (argmax -> ``classes``) or
+            ``"regressor"`` (``outputs * y_scale + y_mean``).
+    """
+
+    kind: str = "raw"
+    classes: tuple[Any, ...] | None = None
+    y_mean: tuple[float, ...] | None = None
+    y_scale: tuple[float, ...] | None = None
+    squeeze: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("raw", "classifier", "regressor"):
+            raise InvalidParameterError(
+                f"unknown output kind {self.kind!r}; expected 'raw', 'classifier' or 'regressor'"
+            )
+
+    def apply(self, outputs: np.ndarray) -> np.ndarray:
+        """Post-process float network outputs (n_rows, n_outputs)."""
+        if self.kind == "classifier":
+            idx = outputs.argmax(axis=1)
+            return idx if self.classes is None else np.asarray(self.classes)[idx]
+        if self.kind == "regressor":
+            values = outputs * np.asarray(self.y_scale) + np.asarray(self.y_mean)
+            return values[:, 0] if self.squeeze else values
+        return outputs
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "kind": self.kind,
+            "classes": None if self.classes is None else list(self.classes),
+            "y_mean": None if self.y_mean is None else list(self.y_mean),
+            "y_scale": None if self.y_scale is None else list(self.y_scale),
+            "squeeze": self.squeeze,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OutputSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            kind=d["kind"],
+            classes=None if d.get("classes") is None else tuple(d["classes"]),
+            y_mean=None if d.get("y_mean") is None else tuple(d["y_mean"]),
+            y_scale=None if d.get("y_scale") is None else tuple(d["y_scale"]),
+            squeeze=bool(d.get("squeeze", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-feature standardization ``(x - mean) / scale``, applied before quantization.
+
+    Inputs are quantized with one scale per tensor, so features of very different magnitudes
+    would lose all resolution but the largest's; standardizing them first costs nothing under
+    encryption (it runs on the client, in the clear).
+    """
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        mean = np.asarray(self.mean, dtype=np.float64)
+        scale = np.asarray(self.scale, dtype=np.float64)
+        if mean.ndim != 1 or mean.shape != scale.shape:
+            raise InvalidParameterError(
+                f"standardization mean and scale must be vectors of one length, got shapes "
+                f"{mean.shape} and {scale.shape}"
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise InvalidParameterError("standardization needs finite means and finite scales > 0")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Standardized rows (float64)."""
+        return (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"mean": list(self.mean), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Standardizer:
+        """Inverse of :meth:`to_dict`."""
+        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["scale"]))
+
+
+@dataclass(frozen=True, eq=False)
+class ClientContract:
+    """What the client does before encryption and after decryption (no weights).
+
+    Attributes:
+        n_features, n_outputs: row widths in and out.
+        input_quantizer: float features (standardized) to the circuit's input integers.
+        output_shift: clear constant the circuit added to the output accumulators (see
+            ``Layer.shift``), removed here.
+        output_offset, output_acc_scale, output_bias, output_activation: the output layer's
+            dequantization, applied to the (unshifted) accumulators.
+        output_spec: post-processing of the float outputs.
+        standardizer: per-feature standardization before quantization (``None``: none).
+    """
+
+    n_features: int
+    n_outputs: int
+    input_quantizer: Quantizer
+    output_shift: int
+    output_offset: np.ndarray
+    output_acc_scale: np.ndarray
+    output_bias: np.ndarray
+    output_activation: Elementwise | None
+    output_spec: OutputSpec
+    standardizer: Standardizer | None = None
+
+    def __post_init__(self) -> None:
+        if self.standardizer is not None and len(self.standardizer.mean) != self.n_features:
+            raise InvalidParameterError(
+                f"standardization has {len(self.standardizer.mean)} features, the model "
+                f"{self.n_features}"
+            )
+
+    @classmethod
+    def from_program(
+        cls,
+        program: Program,
+        output_spec: OutputSpec | None = None,
+        standardizer: Standardizer | None = None,
+    ) -> ClientContract:
+        """The contract of a compiled program."""
+        out = program.layers[-1]
+        return cls(
+            n_features=program.n_features,
+            n_outputs=program.n_outputs,
+            input_quantizer=program.input_quantizer,
+            output_shift=out.shift,
+            output_offset=out.offset,
+            output_acc_scale=out.acc_scale,
+            output_bias=out.bias,
+            output_activation=out.activation,
+            output_spec=output_spec or OutputSpec(),
+            standardizer=standardizer,
+        )
+
+    # ------------------------------------------------------------------ before encryption
+    def check(self, x: Any, what: str = "X") -> np.ndarray:
+        """Validate float rows: 2-D, numeric, finite, ``n_features`` wide (float64)."""
+        return check_features(x, self.n_features, what=what)
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """Validated rows, standardized when the model learned a standardization."""
+        return x if self.standardizer is None else self.standardizer.apply(x)
+
+    def quantize(self, x: Any, what: str = "X") -> np.ndarray:
+        """Validate, standardize and quantize float rows: int64 ``(n_rows, n_features)``."""
+        return self.input_quantizer.quantize(self.standardize(self.check(x, what)))
+
+    # ------------------------------------------------------------------ after decryption
+    def unshift(self, raw: np.ndarray) -> np.ndarray:
+        """Circuit outputs to the output layer's accumulators (int64)."""
+        return np.asarray(raw, dtype=np.int64) - self.output_shift
+
+    def dequantize(self, acc: np.ndarray) -> np.ndarray:
+        """Output accumulators to float outputs (n_rows, n_outputs)."""
+        value = accumulator_value(acc, self.output_offset, self.output_acc_scale, self.output_bias)
+        return value if self.output_activation is None else self.output_activation(value)
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """Circuit outputs to float outputs: unshift, then dequantize."""
+        return self.dequantize(self.unshift(raw))
+
+    def postprocess(self, outputs: np.ndarray) -> np.ndarray:
+        """Float outputs to predictions (labels, values or raw outputs)."""
+        return self.output_spec.apply(outputs)
+
+    # ------------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``client.json``)."""
+        return {
+            "format": CLIENT_FORMAT,
+            "n_features": self.n_features,
+            "n_outputs": self.n_outputs,
+            "input_quantizer": quantizer_to_dict(self.input_quantizer),
+            "standardization": None if self.standardizer is None else self.standardizer.to_dict(),
+            "output_layer": {
+                "shift": self.output_shift,
+                "offset": np.asarray(self.output_offset).tolist(),
+                "acc_scale": np.asarray(self.output_acc_scale).tolist(),
+                "bias": np.asarray(self.output_bias).tolist(),
+                "activation": chain_to_dict(self.output_activation),
+            },
+            "output_spec": self.output_spec.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ClientContract:
+        """Inverse of :meth:`to_dict`; also reads format 1 (before standardization existed).
+
+        Raises:
+            InvalidParameterError: an unknown format version or a malformed contract.
+        """
+        if not isinstance(d, dict):
+            raise InvalidParameterError(
+                f"a client contract is a JSON object, got {type(d).__name__}"
+            )
+        if d.get("format") not in _READABLE_FORMATS:
+            raise InvalidParameterError(
+                f"client contract format {d.get('format')!r} is not one this version reads "
+                f"{_READABLE_FORMATS}: the model was saved by another fheqnn version"
+            )
+        try:
+            quantizer = quantizer_from_dict(d["input_quantizer"])
+            out = d["output_layer"]
+            standardization = d.get("standardization")
+            if quantizer is None:
+                raise ValueError("no input quantizer")
+            return cls(
+                n_features=int(d["n_features"]),
+                n_outputs=int(d["n_outputs"]),
+                input_quantizer=quantizer,
+                output_shift=int(out["shift"]),
+                output_offset=np.asarray(out["offset"], dtype=np.int64),
+                output_acc_scale=np.asarray(out["acc_scale"], dtype=np.float64),
+                output_bias=np.asarray(out["bias"], dtype=np.float64),
+                output_activation=chain_from_dict(out["activation"]),
+                output_spec=OutputSpec.from_dict(d["output_spec"]),
+                standardizer=None
+                if standardization is None
+                else Standardizer.from_dict(standardization),
+            )
+        except InvalidParameterError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidParameterError(f"malformed client contract: {exc!r}") from exc
