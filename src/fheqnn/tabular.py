@@ -337,7 +337,7 @@ def _csv_records(
                         f"position {exc.start + 1} is not UTF-8 text; save the file as UTF-8"
                     ) from exc
 
-    reader = csv.reader(lines(), strict=True)
+    reader = csv.reader(lines(), strict=True, skipinitialspace=True)
     while True:
         start = reader.line_num + 1
         try:
