@@ -135,6 +135,7 @@ def test_labels_files(tmp_path: Path) -> None:
     assert read_labels(write(tmp_path, "red\nwhite\nred\n")).tolist() == ["red", "white", "red"]
     assert read_labels(write(tmp_path, "label\nred\nwhite\n")).tolist() == ["red", "white"]
     assert read_labels(write(tmp_path, "y\n3\n1\n")).tolist() == [3, 1]
+    assert read_labels(write(tmp_path, "red\n")).tolist() == ["red"]
     np.save(tmp_path / "y.npy", np.array([[1], [0], [1]]))
     assert read_labels(tmp_path / "y.npy").tolist() == [1, 0, 1]
     np.save(tmp_path / "s.npy", np.array(["red", "white"]))
@@ -274,7 +275,7 @@ def test_npy_first_rows(tmp_path: Path) -> None:
         (np.arange(5.0), {}, ["shape (5,)", "2-D", "--labels"]),
         (np.zeros((0, 3)), {}, ["no rows"]),
         (np.array([["a", "b"]]), {}, ["dtype <U1", "expected numbers"]),
-        (np.array([[1.0, np.nan]]), {"target": None}, ["row index 0, column index 1", "nan"]),
+        (np.array([[1.0, np.nan]]), {"target": None}, ["contains NaN (rows [0]", "column index 1"]),
         (np.zeros((11, 3)), {"max_rows": 10}, ["more than 10 rows (11)"]),
         (np.zeros((4, 3)), {"target": None, "n_features": 4}, ["3 features", "expected 4"]),
         (np.zeros((4, 3)), {"target": "colour"}, ["no column names"]),
@@ -310,7 +311,7 @@ def test_labels_errors(tmp_path: Path) -> None:
         read_labels(tmp_path / "y2.npy")
     with pytest.raises(InvalidInputError, match="line 1: 2 columns; expected one label per line"):
         read_labels(write(tmp_path, "1,2\n"))
-    with pytest.raises(InvalidInputError, match="line 4, column 1 .*missing value"):
+    with pytest.raises(InvalidInputError, match=r"line 4, column 1 .*missing value"):
         read_labels(write(tmp_path, "red\nwhite\nred\nNA\n"))
 
 

@@ -435,7 +435,9 @@ def _read_csv_table(
     if not head:
         raise InvalidInputError(f"{what} file {path} is empty (no rows)")
     if header is None:
-        header = _detect_header(head[0][1], [fields for _, fields in head[1:]])
+        # A lone word in a labels file is a label: a header above no data is no labels file.
+        lone_label = labels_only and len(head) == 1
+        header = not lone_label and _detect_header(head[0][1], [f for _, f in head[1:]])
     names = head[0][1] if header else None
     n_columns = len(head[0][1])
     first_line = head[0][0]
@@ -606,9 +608,11 @@ def _read_npy_table(
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
+        kind = "NaN" if np.isnan(x[row, col]) else "infinity"
+        rows = np.unique(np.nonzero(bad)[0])[:5].tolist()
         raise InvalidInputError(
-            f"{what} file {path}: row index {row}, column index {features[col]} holds "
-            f"{x[row, col]}; expected finite numbers"
+            f"{what} file {path} contains {kind} (rows {rows}, 0-based; first at column index "
+            f"{features[col]}); expected finite numbers"
         )
     y = None
     if t is not None:
