@@ -208,7 +208,9 @@ def test_report_text_and_json(ws: Workspace, capsys: pytest.CaptureFixture[str])
     assert main(["report", str(ws.model), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "layers" in data and "pbs_count" in data
-    assert data["n_accum_bits"] is None  # no budget given to compile
+    # compile --from applies the trained module's budget, recorded in train.json
+    assert data["n_accum_bits"] == NETWORK["n_accum_bits"]
+    assert "accumulator budget: 5 bits (the trained module's, from" in ws.compile_out
     assert len(data["layers"]) == NETWORK["n_layers"]
     # --rounding off: one lookup per hidden neuron
     assert data["pbs_count"] == data["hidden_neurons"] > 0

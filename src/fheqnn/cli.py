@@ -53,31 +53,36 @@ class _Step:
 # ----------------------------------------------------------------------------- data files
 
 
-def load_matrix(path: str | Path, *, what: str = "input") -> np.ndarray:
-    """Read a numeric matrix from a .npy or .csv file (a non-numeric first CSV line is a header)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CliError(f"{what} file {str(path)!r} does not exist")
-    if path.suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise CliError(f"{path} is not a readable .npy file: {exc}") from exc
-    if path.suffix == ".csv":
-        lines = path.read_text().splitlines()
-        if not lines:
-            raise CliError(f"{path} is empty")
-        try:
-            [float(v) for v in lines[0].split(",")]
-            skip = 0
-        except ValueError:
-            skip = 1
-        try:
-            data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-        except ValueError as exc:
-            raise CliError(f"{path}: not a numeric CSV: {exc}") from exc
-        return data
-    raise CliError(f"{path}: unsupported file type {path.suffix!r} (use .npy or .csv)")
+def load_matrix(
+    path: str | Path,
+    *,
+    what: str = "input",
+    n_features: int | None = None,
+    target: str | None = None,
+    first_rows: int | None = None,
+) -> np.ndarray:
+    """Read a numeric matrix from a .npy or .csv file (see :mod:`fheqnn.tabular`).
+
+    With ``n_features`` (an inference input), the file is checked against the model's feature
+    count and against the size that :data:`~fheqnn.tabular.MAX_INFERENCE_ROWS` such rows can
+    take before it is read; otherwise against :data:`~fheqnn.tabular.MAX_TRAINING_BYTES`.
+    ``target`` names a column to drop.
+    """
+    from .tabular import MAX_INFERENCE_ROWS, MAX_TRAINING_BYTES, inference_byte_limit, read_matrix
+
+    if n_features is None:
+        limit, max_rows = MAX_TRAINING_BYTES, None
+    else:
+        limit, max_rows = inference_byte_limit(n_features), MAX_INFERENCE_ROWS
+    return read_matrix(
+        path,
+        n_features=n_features,
+        target=target,
+        max_bytes=limit,
+        max_rows=max_rows,
+        first_rows=first_rows,
+        what=what,
+    )
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -146,28 +151,56 @@ def _estimator(args: argparse.Namespace, task: str) -> Any:
     )
 
 
-def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
-    from sklearn.model_selection import train_test_split
+def _training_data(args: argparse.Namespace) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
+    """The train/test split of the training data, and what to record of its columns.
 
-    from .datasets import load_split
+    Every check on the file (and on the labels: classes, rows per class) runs here, before
+    anything is trained or written.
+    """
+    from .tabular import MAX_TRAINING_BYTES, check_training_rows, read_labels, read_table
 
     if args.dataset:
-        return load_split(args.dataset)
+        if args.data or args.labels or args.target is not None:
+            raise CliError("--dataset cannot be combined with --data, --labels or --target")
+        from .datasets import load_split
+
+        return load_split(args.dataset), {"data": args.dataset}
     if not args.data:
         raise CliError("give --dataset NAME or --data FILE (.csv or .npy)")
-    data = load_matrix(args.data, what="data")
+    if args.labels and args.target is not None:
+        raise CliError(
+            "give either --labels FILE (every column of --data is a feature) or --target COLUMN "
+            "(the target is a column of --data), not both"
+        )
+    header = {"auto": None, "yes": True, "no": False}[args.header]
+    target = None if args.labels else (-1 if args.target is None else args.target)
+    table = read_table(
+        args.data, target=target, header=header, max_bytes=MAX_TRAINING_BYTES, what="data"
+    )
+    x, y = table.x, table.y
+    source = str(args.data)
     if args.labels:
-        x, y = data, load_matrix(args.labels, what="labels").reshape(-1)
-    else:
-        if data.ndim != 2 or data.shape[1] < 2:
+        y = read_labels(args.labels, max_bytes=MAX_TRAINING_BYTES)
+        source = f"{args.data} with labels {args.labels}"
+        if len(y) != len(x):
             raise CliError(
-                "--data without --labels must be a matrix whose last column is the target"
+                f"{args.data} has {len(x)} data rows but {args.labels} has {len(y)} labels; "
+                "expected one label per row"
             )
-        x, y = data[:, :-1], data[:, -1]
-    if len(x) != len(y):
-        raise CliError(f"{len(x)} rows of features but {len(y)} labels")
+    assert y is not None  # a target column or a labels file
+    check_training_rows(y, args.task, source=source)
+    if args.task == "regressor":
+        y = y.astype(np.float64)
+    from sklearn.model_selection import train_test_split
+
     stratify = y if args.task == "classifier" else None
-    return tuple(train_test_split(x, y, test_size=0.25, stratify=stratify, random_state=0))
+    split = tuple(train_test_split(x, y, test_size=0.25, stratify=stratify, random_state=0))
+    info = {
+        "data": source,
+        "feature_names": None if table.feature_names is None else list(table.feature_names),
+        "target_name": table.target_name,
+    }
+    return split, info
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -175,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_destination(out, overwrite=args.overwrite, what="training folder")
-    x_tr, x_te, y_tr, y_te = _training_data(args)
+    (x_tr, x_te, y_tr, y_te), data_info = _training_data(args)
     est = _estimator(args, args.task)
     _say(f"training a {args.task} on {len(x_tr)} rows x {x_tr.shape[1]} features")
     start = time.perf_counter()
@@ -194,6 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "task": args.task,
+                    **data_info,
+                    "n_accum_bits": int(est.module_.n_accum_bits),
                     "fit_seconds": fit_s,
                     "test_score": score,
                     "max_active_neurons": est.module_.max_active_neurons(),
@@ -250,17 +285,62 @@ def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     )
 
 
+def _trained_n_accum_bits(folder: Path) -> tuple[int | None, str]:
+    """The accumulator budget a training folder was trained for, and where it was found.
+
+    ``train.json`` records it; folders written before it did fall back to the pickled
+    estimator's module.
+    """
+    info_path = folder / "train.json"
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CliError(f"{info_path} is not valid JSON: {exc}") from exc
+        bits = info.get("n_accum_bits") if isinstance(info, dict) else None
+        if isinstance(bits, int) and not isinstance(bits, bool):
+            return bits, f"the trained module's, from {info_path}"
+    pickled = folder / "estimator.pkl"
+    if pickled.is_file():
+        try:
+            bits = pickle.loads(pickled.read_bytes()).module_.n_accum_bits
+        except Exception as exc:  # an old or foreign pickle: no budget rather than a crash
+            logging.getLogger(__name__).info("no n_accum_bits in %s: %s", pickled, exc)
+        else:
+            return int(bits), f"the trained module's, from {pickled} (older folder)"
+    return None, f"{folder} records no n_accum_bits"
+
+
+def _positive_int(value: str) -> int:
+    """argparse type of a row count: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of rows >= 1, got {number}")
+    return number
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler.api import compile_onnx
     from .contract import OutputSpec
     from .runtime.artifacts import check_destination
 
     onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
+    n_accum_bits = args.n_accum_bits
     if args.from_dir:
         base = Path(args.from_dir)
         onnx_path = onnx_path or base / "model.onnx"
         calibration = calibration or base / "calibration.npy"
         spec_path = spec_path or base / "output_spec.json"
+        if n_accum_bits is None:
+            n_accum_bits, where = _trained_n_accum_bits(base)
+            _say(
+                f"accumulator budget: {n_accum_bits} bits ({where}; --n-accum-bits overrides)"
+                if n_accum_bits is not None
+                else f"accumulator budget: none checked ({where}; give --n-accum-bits)"
+            )
     if not onnx_path or not calibration:
         raise CliError("give --onnx and --calibration, or --from a training folder")
     spec = OutputSpec()
@@ -268,7 +348,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise CliError(f"output spec file {args.output_spec!r} does not exist")
     if spec_path and Path(spec_path).is_file():
         spec = OutputSpec.from_dict(json.loads(Path(spec_path).read_text()))
-    options = _compile_options(args, n_accum_bits=args.n_accum_bits)
+    options = _compile_options(args, n_accum_bits=n_accum_bits)
     x_cal = load_matrix(calibration, what="calibration")
     out = Path(args.out)
     check_destination(out, overwrite=args.overwrite, what="compiled model folder")
@@ -328,9 +408,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient
 
     client = FheModelClient(args.model, args.keys)
-    x = load_matrix(args.input)
-    if args.rows:
-        x = x[: args.rows]
+    x = load_matrix(
+        args.input, n_features=client.part.n_features, target=args.target, first_rows=args.rows
+    )
     with _Step(f"encrypting {len(x)} rows"):
         blob = client.encrypt(x)
     _write_bytes(args.out, blob)
@@ -380,20 +460,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     client = FheModelClient(args.model, args.keys)
     server = FheModelServer(args.model)
-    x = load_matrix(args.input)
+    x, y = _prediction_data(args, client.part.n_features)
+    if y is not None and len(y) != len(x):
+        raise CliError(
+            f"{args.labels} has {len(y)} labels but {args.input} has {len(x)} rows; expected "
+            "one label per row"
+        )
     if args.rows:
         x = x[: args.rows]
+        y = None if y is None else y[: args.rows]
     trip = _encrypted_predict(client, server, x, args.quiet)
-    pred = trip.predictions
-    _say(np.array2string(np.asarray(pred), threshold=200))
+    pred = np.asarray(trip.predictions)
+    _say(np.array2string(pred, threshold=200))
     _say(
         f"{len(x)} rows, server time {trip.server_seconds:.2f} s "
         f"({trip.seconds_per_row:.3f} s per row)"
     )
-    if args.labels:
-        y = load_matrix(args.labels, what="labels").reshape(-1)[: len(x)]
+    if y is not None:
+        if (pred.dtype.kind == "U") != (y.dtype.kind == "U"):
+            # Class labels read back as text on one side only: compare them as text.
+            pred, y = pred.astype(str), y.astype(str)
         _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
     return EXIT_OK
+
+
+def _prediction_data(
+    args: argparse.Namespace, n_features: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``predict``'s rows and true labels: from --labels, or the --target column of --input."""
+    from .tabular import MAX_INFERENCE_ROWS, inference_byte_limit, read_labels, read_table
+
+    if args.labels and args.target is not None:
+        raise CliError(
+            "give either --labels FILE or --target COLUMN (the labels are that column of "
+            "--input), not both"
+        )
+    table = read_table(
+        args.input,
+        target=args.target,
+        n_features=n_features,
+        max_bytes=inference_byte_limit(n_features),
+        max_rows=MAX_INFERENCE_ROWS,
+        what="input",
+    )
+    y = table.y
+    if args.labels:
+        y = read_labels(args.labels, max_bytes=inference_byte_limit(1), max_rows=MAX_INFERENCE_ROWS)
+    return table.x, y
 
 
 # ----------------------------------------------------------------------------- demo
@@ -533,7 +646,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", "train a sparse quantized network and save it with its ONNX export", cmd_train)
     p.add_argument("--dataset", choices=DATASETS, help="a data set shipped with scikit-learn")
     p.add_argument("--data", help=".csv or .npy features (last column = target without --labels)")
-    p.add_argument("--labels", help=".csv or .npy targets")
+    p.add_argument("--labels", help=".csv or .npy targets (then every --data column is a feature)")
+    p.add_argument(
+        "--target",
+        help="the target column of --data: a header name, or an index from 0 (-1: the last; "
+        "default: the last column)",
+    )
+    p.add_argument(
+        "--header",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="whether the CSV's first row holds column names (default: detected)",
+    )
     p.add_argument("--task", choices=("classifier", "regressor"), default="classifier")
     p.add_argument("--out", required=True, help="folder to create (estimator, ONNX, splits)")
     p.add_argument("--overwrite", action="store_true")
@@ -579,7 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help=".npy / .csv rows")
-    p.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    p.add_argument("--target", help="a column of the --input CSV to drop (name or index)")
+    p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
     p.add_argument("--out", required=True, help="ciphertext file to write")
 
     p = add("run", "run the circuit on encrypted rows (server side)", cmd_run)
@@ -599,13 +724,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help=".npy / .csv rows")
-    p.add_argument("--labels", help="true labels, to print the accuracy")
-    p.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    p.add_argument("--labels", help="true labels (one per --input row), to print the accuracy")
+    p.add_argument(
+        "--target",
+        help="a column of the --input CSV holding the true labels (name or index): dropped from "
+        "the features, used for the accuracy",
+    )
+    p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("demo", "the whole flow on a shipped data set, encrypted inference included", cmd_demo)
     p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
-    p.add_argument("--rows", type=int, default=10, help="test rows to run encrypted (default 10)")
+    p.add_argument(
+        "--rows", type=_positive_int, default=10, help="test rows to run encrypted (default 10)"
+    )
     p.add_argument("--rounding", type=_rounding, default="auto")
     p.add_argument("--approximate", action="store_true", help="approximate rounding")
     p.add_argument("--p-error", type=float, default=None)

@@ -1,0 +1,297 @@
+"""Users' own data files through the ``fheqnn`` CLI: a raw CSV from training to encrypted labels,
+and bad files refused with exit code 2, a message naming the place, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fheqnn.cli import main
+from fheqnn.tabular import inference_byte_limit
+from test_cli import (
+    NETWORK,
+    NETWORK_ARGS,
+    assert_input_error,
+    expected_predictions,
+    run_cli,
+    snapshot,
+)
+
+HEADER = "alcohol,sulphates,noise,colour"
+
+
+def wine_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unscaled features (around 1000, around 0.05, noise) and string labels they determine."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.normal(1000, 200, n), rng.normal(0.05, 0.01, n), rng.normal(0, 1, n)])
+    y = np.where((x[:, 0] - 1000) / 200 + (x[:, 1] - 0.05) / 0.01 > 0, "red", "white")
+    return x, y
+
+
+def wine_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """A CSV as a spreadsheet writes it: header row, CRLF, a quoted field, string labels last."""
+    lines = [HEADER]
+    for row, label in zip(x, y, strict=True):
+        lines.append(f'{row[0]:.1f},"{row[1]:.4f}",{row[2]:.3f},{label}')
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return path
+
+
+@dataclass(frozen=True)
+class Wine:
+    root: Path
+    train: Path
+    model: Path
+    keys: Path
+    train_out: str
+    compile_out: str
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory: pytest.TempPathFactory) -> Wine:
+    """``train`` on the raw CSV, ``compile --from`` (no --n-accum-bits), ``keygen``."""
+    root = tmp_path_factory.mktemp("wine")
+    data = wine_csv(root / "wine.csv", *wine_rows(120, seed=0))
+    train = root / "train"
+    code, train_out, err = run_cli("train", "--data", data, *NETWORK_ARGS, "--out", train)
+    assert code == 0, err
+    model, keys = root / "circuits/wine", root / "keys/wine"
+    code, compile_out, err = run_cli(
+        "compile", "--from", train, "--rounding", "off", "--out", model
+    )
+    assert code == 0, err
+    code, _, err = run_cli("keygen", model, "--keys", keys)
+    assert code == 0, err
+    return Wine(root, train, model, keys, train_out, compile_out)
+
+
+def test_train_on_a_raw_csv_keeps_names_and_string_labels(wine: Wine) -> None:
+    assert "on 90 rows x 3 features" in wine.train_out
+    info = json.loads((wine.train / "train.json").read_text())
+    assert info["feature_names"] == ["alcohol", "sulphates", "noise"]
+    assert info["target_name"] == "colour"
+    assert info["n_accum_bits"] == NETWORK["n_accum_bits"]
+    spec = json.loads((wine.train / "output_spec.json").read_text())
+    assert spec["classes"] == ["red", "white"]
+    assert set(np.load(wine.train / "test_y.npy").tolist()) == {"red", "white"}
+
+
+def test_compile_from_a_training_folder_checks_its_budget(wine: Wine) -> None:
+    assert f"accumulator budget: {NETWORK['n_accum_bits']} bits" in wine.compile_out
+    report = json.loads((wine.model / "report.json").read_text())
+    assert report["n_accum_bits"] == NETWORK["n_accum_bits"]
+
+
+def test_compile_from_an_older_folder_falls_back_to_the_estimator(
+    wine: Wine, tmp_path: Path
+) -> None:
+    train = tmp_path / "train"
+    shutil.copytree(wine.train, train)
+    info = json.loads((train / "train.json").read_text())
+    del info["n_accum_bits"]
+    (train / "train.json").write_text(json.dumps(info))
+    code, out, err = run_cli(
+        "compile", "--from", train, "--rounding", "off", "--out", tmp_path / "c"
+    )
+    assert code == 0, err
+    assert f"accumulator budget: {NETWORK['n_accum_bits']} bits" in out
+    assert "estimator.pkl (older folder)" in out
+    code, out, err = run_cli(
+        "compile", "--from", train, "--rounding", "off", "--n-accum-bits", "9",
+        "--out", tmp_path / "d",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "accumulator budget" not in out
+    assert json.loads((tmp_path / "d/report.json").read_text())["n_accum_bits"] == 9
+
+
+@pytest.mark.encrypted
+def test_predict_prints_the_string_labels(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = wine_rows(3, seed=1)
+    data = wine_csv(tmp_path / "new.csv", x, y)  # the target column is still there
+    code = main([
+        "predict", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+        "--target", "colour", "--quiet",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    expected = expected_predictions(wine.model, x)
+    assert set(expected) <= {"red", "white"}
+    assert np.array2string(expected) in out
+    assert f"accuracy (encrypted): {np.mean(expected == y):.4f}" in out
+
+
+def test_inference_csv_with_the_target_column_needs_it_named(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = wine_csv(tmp_path / "new.csv", *wine_rows(3, seed=1))
+    before = snapshot(tmp_path, wine.model, wine.keys)
+    code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+                 "--out", str(tmp_path / "in.bin")])  # fmt: skip
+    assert_input_error(capsys, code, "new.csv", "4 features per row, expected 3", "--target NAME")
+    assert snapshot(tmp_path, wine.model, wine.keys) == before
+    code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+                 "--target", "colour", "--rows", "1",
+                 "--out", str(tmp_path / "in.bin")])  # fmt: skip
+    assert code == 0
+    assert "encrypting 1 rows" in capsys.readouterr().out
+
+
+def test_predict_with_a_wrong_label_count(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "labels.csv").write_text("red\n")
+    before = snapshot(tmp_path, wine.model, wine.keys)
+    code = main([
+        "predict", str(wine.model), "--keys", str(wine.keys),
+        "--input", str(wine.train / "test_x.npy"), "--labels", str(tmp_path / "labels.csv"),
+        "--quiet",
+    ])  # fmt: skip
+    assert_input_error(capsys, code, "1 labels", "30 rows", "one label per row")
+    assert snapshot(tmp_path, wine.model, wine.keys) == before
+
+
+def test_an_input_file_too_large_for_the_model_is_refused_unread(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "huge.csv"
+    with open(data, "wb") as handle:  # sparse: no disk used
+        handle.truncate(inference_byte_limit(3) + 1)
+    before = snapshot(wine.model, wine.keys)
+    code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+                 "--out", str(tmp_path / "in.bin")])  # fmt: skip
+    assert_input_error(capsys, code, "huge.csv", "bytes allowed")
+    assert snapshot(wine.model, wine.keys) == before
+    assert not (tmp_path / "in.bin").exists()
+
+
+@pytest.mark.parametrize("command", ["encrypt", "predict", "demo"])
+@pytest.mark.parametrize("rows", ["0", "-1", "two"])
+def test_rows_must_be_at_least_one(
+    command: str, rows: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = {
+        "encrypt": ["encrypt", "m", "--keys", "k", "--input", "x.npy", "--out", "o"],
+        "predict": ["predict", "m", "--keys", "k", "--input", "x.npy"],
+        "demo": ["demo"],
+    }[command]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--rows", rows])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rows" in err and ">= 1" in err and rows in err
+
+
+# ----------------------------------------------------------------------------- bad training files
+
+GOOD = [HEADER] + [f"{900 + 10 * i},0.05,0.1,{'red' if i % 2 else 'white'}" for i in range(12)]
+
+
+def lines_with(row: int, text: str) -> str:
+    """GOOD with data row ``row`` (0-based) replaced: the file's line ``row + 2``."""
+    lines = list(GOOD)
+    lines[row + 1] = text
+    return "\n".join(lines) + "\n"
+
+
+BAD_FILES = {
+    "missing-value": (lines_with(3, "930,,0.1,red"), [], ["line 5", "'sulphates'", "missing"]),
+    "NA": (lines_with(0, "NA,0.05,0.1,red"), [], ["line 2", "'alcohol'", "'NA'"]),
+    "ragged": (lines_with(6, "960,0.05,red"), [], ["line 8", "3 fields, expected 4"]),
+    "non-numeric": (
+        lines_with(2, "920,low,0.1,red"), [], ["line 4", "'sulphates'", "'low' is not a number"]
+    ),
+    "single-class": (
+        "\n".join([HEADER] + ["1,2,3,red"] * 8) + "\n", [], ["single class 'red'", "2 classes"]
+    ),
+    "one-row": (HEADER + "\n1,2,3,red\n", [], ["single class 'red' in all 1 rows"]),
+    "too-few-rows": (
+        HEADER + "\n1,2,3,red\n1,2,3,white\n2,2,3,red\n2,2,3,white\n", [], ["needs at least 8"]
+    ),
+    "empty": ("", [], ["is empty"]),
+    "header-only": (HEADER + "\n", [], ["no data rows"]),
+    "unknown-target": ("\n".join(GOOD) + "\n", ["--target", "color"], ["did you mean 'colour'"]),
+    "regressor-strings": ("\n".join(GOOD) + "\n", ["--task", "regressor"], ["needs numbers"]),
+    "target-and-labels": (
+        "\n".join(GOOD) + "\n", ["--target", "colour", "--labels", "{tmp}/y.npy"], ["not both"]
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_training_csv(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text, extra, needles = BAD_FILES[case]
+    data = tmp_path / "wine.csv"
+    data.write_text(text)
+    np.save(tmp_path / "y.npy", np.zeros(12))
+    before = snapshot(tmp_path)
+    out = tmp_path / "run"
+    args = [a.format(tmp=tmp_path) for a in extra]
+    code = main(["train", "--data", str(data), *args, *NETWORK_ARGS, "--out", str(out)])
+    assert_input_error(capsys, code, *needles)
+    assert snapshot(tmp_path) == before
+    assert not out.exists()
+
+
+def test_non_utf8_training_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "wine.csv"
+    data.write_bytes(lines_with(4, "940,0.05,0.1,ros\xe9").encode("latin-1"))
+    before = snapshot(tmp_path)
+    code = main(["train", "--data", str(data), *NETWORK_ARGS, "--out", str(tmp_path / "run")])
+    assert_input_error(capsys, code, "wine.csv", "line 6", "byte 0xe9", "not UTF-8")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "needles"),
+    [
+        ((12,), (12,), ["shape (12,)", "2-D", "--labels"]),
+        ((12, 3), (12, 2), ["shape (12, 2)", "one label per row"]),
+        ((12, 3), (11,), ["12 data rows", "11 labels"]),
+    ],
+    ids=["1-D-features", "2-D-labels", "label-count"],
+)
+def test_bad_npy_training_files(
+    x_shape: tuple[int, ...],
+    y_shape: tuple[int, ...],
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=x_shape))
+    np.save(tmp_path / "y.npy", rng.integers(0, 2, size=y_shape))
+    before = snapshot(tmp_path)
+    code = main([
+        "train", "--data", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+        *NETWORK_ARGS, "--out", str(tmp_path / "run"),
+    ])  # fmt: skip
+    assert_input_error(capsys, code, *needles)
+    assert snapshot(tmp_path) == before
+
+
+def test_train_with_a_named_target_and_numeric_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    quality = np.where(x[:, 0] > 0, 7, 3)
+    lines = ["a,quality,b"] + [
+        f"{r[0]:.4f},{q},{r[1]:.4f}" for r, q in zip(x, quality, strict=True)
+    ]
+    data = tmp_path / "q.csv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        "train", "--data", data, "--target", "quality", *NETWORK_ARGS, "--out", out
+    )
+    assert code == 0, err
+    assert "x 2 features" in stdout
+    spec = json.loads((out / "output_spec.json").read_text())
+    assert spec["classes"] == [3, 7]  # integers, as in the file
+    assert np.load(out / "test_y.npy").dtype == np.int64
