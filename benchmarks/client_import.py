@@ -36,7 +36,7 @@ def main() -> None:
     from fheqnn.datasets import load_split
 
     x_tr, x_te, y_tr, _ = load_split("breast_cancer")
-    clf = NeuralNetClassifier(max_epochs=20, verbose=0, random_state=0).fit(x_tr, y_tr)
+    clf = NeuralNetClassifier(verbose=0, random_state=0).fit(x_tr, y_tr)  # the demo's model
     clf.compile(x_tr)
     with tempfile.TemporaryDirectory() as tmp:
         model, keys, rows = Path(tmp) / "model", Path(tmp) / "keys", Path(tmp) / "rows.npy"
