@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 import fheqnn
 from fheqnn import SparseQuantNeuralNetwork
-from fheqnn.export import EXPORT_OPSET
+from fheqnn.export import EXPORT_OPSET, export_module_to_onnx
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,13 @@ def _exported_integer_weights(path: Path) -> list[np.ndarray]:
         while source.op_type != "DequantizeLinear":
             source = produced[source.input[0]]
         data = source.input[0]
-        while data not in inits:
+        while data not in inits and produced[data].op_type != "Constant":
             data = produced[data].input[0]
-        w = inits[data].astype(np.int64)
+        if data in inits:
+            w = inits[data].astype(np.int64)
+        else:
+            value = next(a.t for a in produced[data].attribute if a.name == "value")
+            w = numpy_helper.to_array(value).astype(np.int64)
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         weights.append(w if trans_b else w.T)
     return weights
@@ -106,3 +110,16 @@ def test_plain_adam_loop_compiles_within_the_budget(
     predictions = model.predict(x_te, fhe="simulate")
     accuracy = float(np.mean(predictions.argmax(axis=1) == y_te))
     assert accuracy >= 0.90
+
+
+def test_our_exporter_applies_live_masks(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = SparseQuantNeuralNetwork(30, 3, 2, n_prune_neurons_percentage=0.5)
+    module(torch.randn(64, 30) * 2)  # a training pass: masks follow the weights
+    assert module.pruning_enabled
+    export_module_to_onnx(module, tmp_path / "live.onnx")
+    weights = _exported_integer_weights(tmp_path / "live.onnx")
+    k = module.max_active_neurons()
+    assert [int((w != 0).sum(axis=1).max()) for w in weights] == [k, k, k]
+    # Half of each hidden layer's neurons are pruned: their rows are all zero.
+    assert [int((w != 0).any(axis=1).sum()) for w in weights[:2]] == [60, 60]
