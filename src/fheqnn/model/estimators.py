@@ -9,6 +9,7 @@ are inferred from the data in ``fit``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,10 @@ from torch import nn
 from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
 from ..validation import check_features
 from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
-from .training import TrainingConfig, train_module
+from .training import TrainingConfig
+from .training_recipe import fit_with_skorch
+
+logger = logging.getLogger(__name__)
 
 _MODULE_PREFIX = "module__"
 _MASK_UPDATES = ("dynamic", "fixed")
@@ -49,6 +53,9 @@ class _SparseQuantNetEstimator(BaseEstimator):
         mask_updates: str = "dynamic",
         mask_freeze_fraction: float = 0.7,
         straight_through_masks: bool = True,
+        validation_fraction: float | None = 0.15,
+        patience: int = 30,
+        callbacks: list[Any] | None = None,
         verbose: int = 1,
         random_state: int | None = None,
     ) -> None:
@@ -68,6 +75,9 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self.mask_updates = mask_updates
         self.mask_freeze_fraction = mask_freeze_fraction
         self.straight_through_masks = straight_through_masks
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.callbacks = callbacks
         self.verbose = verbose
         self.random_state = random_state
 
@@ -124,6 +134,22 @@ class _SparseQuantNetEstimator(BaseEstimator):
                 raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
             if not ok(value):
                 raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
+        fraction = self.validation_fraction
+        if fraction is not None and (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float | np.integer | np.floating)
+            or not 0.0 <= float(fraction) < 1.0
+        ):
+            raise InvalidParameterError(
+                f"validation_fraction must be None or a number in [0, 1), got {fraction!r}"
+            )
+        patience = self.patience
+        if isinstance(patience, bool) or not isinstance(patience, int | np.integer) or patience < 1:
+            raise InvalidParameterError(f"patience must be an int >= 1, got {patience!r}")
+        if self.callbacks is not None and not isinstance(self.callbacks, list | tuple):
+            raise InvalidParameterError(
+                f"callbacks must be None or a list of skorch callbacks, got {self.callbacks!r}"
+            )
         if self.mask_updates not in _MASK_UPDATES:
             raise InvalidParameterError(
                 f"mask_updates must be one of {_MASK_UPDATES}, got {self.mask_updates!r}"
@@ -178,21 +204,53 @@ class _SparseQuantNetEstimator(BaseEstimator):
                 f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
             ) from exc
 
-    def _fit_module(self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any) -> None:
+    def _fit_module(
+        self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any, stratify: bool
+    ) -> None:
         config = self._training_config()
         seed = self._seed()
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        # One quantization scale serves every input feature, so features must share a range:
+        # learned here, applied in the clear before quantization (constant columns: scale 1).
+        self.x_mean_ = mean
+        self.x_scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
+        x_std = self._standardize(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = SparseQuantNeuralNetwork(
                 input_dim=x.shape[1], n_outputs=n_outputs, **self.module_params()
             )
-            generator = torch.Generator().manual_seed(seed)
-            history = train_module(
-                module, torch.as_tensor(x, dtype=torch.float32), y, loss_fn, config, generator
+            result = fit_with_skorch(
+                module,
+                x_std.astype(np.float32),
+                y.numpy(),
+                loss_fn,
+                config,
+                seed=seed,
+                validation_fraction=(
+                    None if self.validation_fraction is None else float(self.validation_fraction)
+                ),
+                patience=int(self.patience),
+                stratify=stratify,
+                callbacks=list(self.callbacks or []),
             )
-        self.module_ = module
-        self.history_ = history
+        self.module_ = result.module
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
         self.fhe_model_ = None
+
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.x_mean_) / self.x_scale_
+
+    def _input_standardization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The per-feature standardization learned in ``fit``: ``(mean, scale)`` tuples.
+
+        A raw row ``x`` reaches the network as ``(x - mean) / scale``; this happens in the
+        clear, before input quantization, so it costs nothing under encryption.
+        """
+        self._check_fitted()
+        return tuple(self.x_mean_.tolist()), tuple(self.x_scale_.tolist())
 
     def _output_spec(self) -> Any:
         raise NotImplementedError
@@ -201,8 +259,11 @@ class _SparseQuantNetEstimator(BaseEstimator):
         """Float network outputs: torch (``fhe=None``) or the compiled model in a FHE mode."""
         self._check_fitted()
         if fhe is not None:
-            return self._compiled().predict_raw(check_features(X, self.n_features_in_), fhe)
-        x = self._validate_x(X, reset=False)
+            # Interim: the compiled model receives standardized rows; the standardization is to
+            # move into the compiled model's client side.
+            x = self._standardize(check_features(X, self.n_features_in_))
+            return self._compiled().predict_raw(x, fhe)
+        x = self._standardize(self._validate_x(X, reset=False))
         self.module_.eval()
         with torch.no_grad():
             return self.module_(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
@@ -243,7 +304,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         from ..compiler.api import compile_onnx
 
         self._check_fitted()
-        x = check_features(X, self.n_features_in_, what="calibration inputs")
+        x = self._standardize(check_features(X, self.n_features_in_, what="calibration inputs"))
         compile_options.setdefault("n_accum_bits", self.module_.n_accum_bits)
         self.fhe_model_ = compile_onnx(
             self.export_onnx(), x, output_spec=self._output_spec(), **compile_options
@@ -256,12 +317,21 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
 
     Accepts any class labels (strings included); the network has one output per class and is
     trained with cross-entropy. Parameters are documented on :class:`SparseQuantNeuralNetwork`
-    (``module__*``) and :class:`~fheqnn.model.training.TrainingConfig` (the rest).
+    (``module__*``), :class:`~fheqnn.model.training.TrainingConfig` (the optimizer and mask
+    schedule) and :func:`~fheqnn.model.training_recipe.fit_with_skorch` (``validation_fraction``:
+    rows held out, stratified, for early stopping on the validation loss with the best epoch
+    restored, ``None`` to train on every row; ``patience``: epochs without improvement before
+    stopping; ``callbacks``: extra skorch callbacks). Raw features are fine: a per-feature
+    standardization is learned in ``fit`` and applied before the network.
 
     Attributes:
         classes_: the class labels, sorted.
         module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
-        history_: one dict per epoch (``epoch``, ``train_loss``).
+        history_: skorch's ``History``, one dict per epoch (``epoch``, ``train_loss``,
+            ``valid_loss`` when validating, ``dur``, ...).
+        best_epoch_: the epoch whose weights were kept (lowest validation loss; the last epoch
+            without validation).
+        x_mean_, x_scale_: the input standardization learned in ``fit``, shape (n_features,).
         n_features_in_: number of features seen in ``fit``.
     """
 
@@ -282,7 +352,7 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
             )
         self.classes_ = encoder.classes_
         targets = torch.as_tensor(encoder.transform(y_arr), dtype=torch.int64)
-        self._fit_module(x, targets, len(self.classes_), nn.CrossEntropyLoss())
+        self._fit_module(x, targets, len(self.classes_), nn.CrossEntropyLoss(), stratify=True)
         return self
 
     def _output_spec(self) -> Any:
@@ -318,7 +388,11 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
 
     Attributes:
         module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
-        history_: one dict per epoch (``epoch``, ``train_loss``).
+        history_: skorch's ``History``, one dict per epoch (``epoch``, ``train_loss``,
+            ``valid_loss`` when validating, ``dur``, ...).
+        best_epoch_: the epoch whose weights were kept (lowest validation loss; the last epoch
+            without validation).
+        x_mean_, x_scale_: the input standardization learned in ``fit``, shape (n_features,).
         n_features_in_: number of features seen in ``fit``.
         y_mean_, y_scale_: the target standardization, shape (n_outputs,).
     """
@@ -333,7 +407,7 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
         scale = y2.std(axis=0)
         self.y_scale_ = np.where(scale > 0, scale, 1.0)
         targets = torch.as_tensor((y2 - self.y_mean_) / self.y_scale_, dtype=torch.float32)
-        self._fit_module(x, targets, y2.shape[1], nn.MSELoss())
+        self._fit_module(x, targets, y2.shape[1], nn.MSELoss(), stratify=False)
         return self
 
     def _output_spec(self) -> Any:
