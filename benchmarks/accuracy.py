@@ -89,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if not args.no_compile:
                     start = time.perf_counter()
-                    model.compile(x_tr)
+                    try:
+                        model.compile(x_tr)
+                    except Exception as exc:  # recorded, not fatal: the row says what failed
+                        row["compile_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                        row["compiled"] = float("nan")
                     row["compile_s"] = round(time.perf_counter() - start, 2)
+                if not args.no_compile and "compile_error" not in row:
                     pred = model.predict(x_te, fhe="simulate")
                     if name in REGRESSION:
                         resid = np.sum((y_te - pred) ** 2)
@@ -119,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             mlp = "MLPRegressor" if name in REGRESSION else "MLPClassifier"
             clear = min(r["clear"] for r in sel) * 100
             compiled = (
-                f"{min(r['compiled'] for r in sel) * 100:.1f}" if "compiled" in sel[0] else "-"
+                f"{np.nanmin([r['compiled'] for r in sel]) * 100:.1f}" if "compiled" in sel[0] else "-"
             )
             gap = (
-                f"{(min(r['compiled'] for r in sel) - min(r['clear'] for r in sel)) * 100:+.1f}"
+                f"{(np.nanmin([r['compiled'] for r in sel]) - min(r['clear'] for r in sel)) * 100:+.1f}"
                 if "compiled" in sel[0]
                 else "-"
             )
