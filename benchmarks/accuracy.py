@@ -123,14 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             linear = "RidgeCV" if name in REGRESSION else "LogisticRegression"
             mlp = "MLPRegressor" if name in REGRESSION else "MLPClassifier"
             clear = min(r["clear"] for r in sel) * 100
-            compiled = (
-                f"{np.nanmin([r['compiled'] for r in sel]) * 100:.1f}" if "compiled" in sel[0] else "-"
-            )
-            gap = (
-                f"{(np.nanmin([r['compiled'] for r in sel]) - min(r['clear'] for r in sel)) * 100:+.1f}"
-                if "compiled" in sel[0]
-                else "-"
-            )
+            if "compiled" in sel[0]:
+                worst_compiled = float(np.nanmin([r["compiled"] for r in sel])) * 100
+                compiled, gap = f"{worst_compiled:.1f}", f"{worst_compiled - clear:+.1f}"
+            else:
+                compiled = gap = "-"
             epochs = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in sel)
             print(
                 f"| {name} | {config_name} | {sel[0]['metric']} | {clear:.1f} | {compiled} "
