@@ -44,12 +44,16 @@ def _baselines(name: str, seed: int, x_tr, y_tr, x_te, y_te) -> dict[str, float]
         if name in REGRESSION:
             models = {
                 "RidgeCV": RidgeCV(alphas=np.logspace(-3, 3, 13)),
-                "MLPRegressor": MLPRegressor((120, 120), max_iter=500, random_state=seed),
+                "MLPRegressor": MLPRegressor(
+                    hidden_layer_sizes=(120, 120), max_iter=500, random_state=seed
+                ),
             }
         else:
             models = {
                 "LogisticRegression": LogisticRegression(max_iter=2000),
-                "MLPClassifier": MLPClassifier((120, 120), max_iter=500, random_state=seed),
+                "MLPClassifier": MLPClassifier(
+                    hidden_layer_sizes=(120, 120), max_iter=500, random_state=seed
+                ),
             }
         return {key: float(m.fit(x_tr, y_tr).score(x_te, y_te)) for key, m in models.items()}
 
