@@ -219,3 +219,68 @@ def test_tiny_training_schedules_work() -> None:
     x, y = rng.normal(size=(20, 3)), np.arange(20) % 2
     for epochs in (1, 5, 10):
         NeuralNetClassifier(max_epochs=epochs, batch_size=10, verbose=0, random_state=0).fit(x, y)
+
+
+def test_input_standardization_is_learned_and_applied(blobs) -> None:
+    x, y = blobs
+    # Unscaled features with a constant column: the estimator standardizes them itself.
+    raw = np.column_stack(
+        [x * [1000.0, 1.0, 0.01, 50.0] + [5e4, 0.0, 3.0, -7.0], np.full(150, 9.0)]
+    )
+    clf = NeuralNetClassifier(max_epochs=30, verbose=0, random_state=0).fit(raw, y)
+    mean, scale = clf._input_standardization()
+    np.testing.assert_allclose(mean, raw.mean(axis=0))
+    np.testing.assert_allclose(scale[:4], raw[:, :4].std(axis=0))
+    assert scale[4] == 1.0
+    assert clf.score(raw, y) > 0.9
+    scaled = NeuralNetClassifier(max_epochs=30, verbose=0, random_state=0).fit(
+        (raw[:, :4] - mean[:4]) / scale[:4], y
+    )
+    assert abs(clf.score(raw, y) - scaled.score((raw[:, :4] - mean[:4]) / scale[:4], y)) <= 0.02
+
+
+def test_best_epoch_is_restored_within_the_budget() -> None:
+    """Noisy labels overfit: training goes on after the best validation loss, which is the
+    epoch kept; its weights and masks come back together, so the bound still holds."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 6))
+    y = (x[:, 0] + rng.normal(scale=1.5, size=200) > 0).astype(int)
+    clf = NeuralNetClassifier(
+        max_epochs=60, patience=15, lr=0.03, weight_decay=0.0, verbose=0, random_state=0
+    ).fit(x, y)
+    valid = [row["valid_loss"] for row in clf.history_]
+    assert clf.best_epoch_ < len(clf.history_)
+    assert valid[clf.best_epoch_ - 1] == min(valid[clf.best_epoch_ - 1 :])
+    k = clf.module_.max_active_neurons()
+    for weights in clf.module_.integer_weights():
+        assert int((weights != 0).sum(dim=1).max()) <= k
+
+
+def test_no_validation_split_trains_every_epoch(blobs) -> None:
+    x, y = blobs
+    clf = NeuralNetClassifier(validation_fraction=None, random_state=0, **FAST).fit(x, y)
+    assert len(clf.history_) == clf.best_epoch_ == 4
+    assert "valid_loss" not in clf.history_[-1]
+    with pytest.raises(
+        ValueError, match=r"validation_fraction must be None or a number in \[0, 1\)"
+    ):
+        NeuralNetClassifier(validation_fraction=1.5).fit(x, y)
+    with pytest.raises(ValueError, match="patience must be an int >= 1, got 0"):
+        NeuralNetClassifier(patience=0).fit(x, y)
+
+
+def test_user_callbacks_run(blobs) -> None:
+    from skorch.callbacks import Callback
+
+    class Count(Callback):
+        def initialize(self):
+            self.epochs = 0
+            return self
+
+        def on_epoch_end(self, net, **kwargs):
+            self.epochs += 1
+
+    x, y = blobs
+    counter = Count()
+    NeuralNetClassifier(callbacks=[counter], random_state=0, **FAST).fit(x, y)
+    assert counter.epochs == 4

@@ -138,12 +138,12 @@ def _assert_every_neuron_fits(net: SparseQuantNeuralNetwork) -> None:
 def test_every_neuron_respects_the_bound_during_training(kwargs: dict) -> None:
     torch.manual_seed(0)
     net = SparseQuantNeuralNetwork(12, 3, 3, **kwargs)
-    net.enable_pruning()
     _assert_every_neuron_fits(net)
     x, y = torch.randn(64, 12) * 3, torch.randint(0, 3, (64,))
     optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
     for step in range(15):
         net.set_straight_through_masks(step % 2 == 0)
+        net.freeze_pruning_masks(step > 10)
         loss = nn.functional.cross_entropy(net(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -196,18 +196,59 @@ def test_structured_pruning_removes_neurons_and_keeps_outputs() -> None:
     _assert_every_neuron_fits(net)
 
 
-def test_make_pruning_permanent_without_pruning_is_a_no_op() -> None:
-    net = SparseQuantNeuralNetwork(4, 2, 2)
-    weights = [fc.weight.detach().clone() for fc in net.linear_layers()]
+def test_construction_enables_pruning_and_enable_is_idempotent() -> None:
+    torch.manual_seed(0)
+    net = SparseQuantNeuralNetwork(20, 2, 2)
+    assert net.pruning_enabled
+    k = net.max_active_neurons()
+    assert all(int((w != 0).sum(dim=1).max()) <= k for w in net.integer_weights())
+    masks = [fc.weight_mask.clone() for fc in net.linear_layers()]
+    net.enable_pruning()
+    net.enable_pruning()
+    layers = net.linear_layers()
+    assert all(torch.equal(m, fc.weight_mask) for m, fc in zip(masks, layers, strict=True))
+
+
+def test_fresh_module_prunes_the_requested_neurons() -> None:
+    """Regression (issue 9): a fresh module with 50 % kept all its neurons at permanence."""
+    net = SparseQuantNeuralNetwork(20, 3, 2, n_prune_neurons_percentage=0.5)
     net.make_pruning_permanent()
-    assert all(
-        torch.equal(a, fc.weight) for a, fc in zip(weights, net.linear_layers(), strict=True)
-    )
+    assert net.hidden_widths() == [40, 40]
+    assert not net.pruning_enabled
+    net.make_pruning_permanent()  # no-op once permanent
+    assert net.hidden_widths() == [40, 40]
+    # Enabling again installs masks but does not remove half of what is left.
+    net.enable_pruning()
+    net.make_pruning_permanent()
+    assert net.hidden_widths() == [40, 40]
+    _assert_every_neuron_fits(net)
 
 
 def test_update_masks_requires_pruning() -> None:
+    net = SparseQuantNeuralNetwork(4, 2, 2)
+    net.make_pruning_permanent()
     with pytest.raises(ValueError, match="enable_pruning"):
-        SparseQuantNeuralNetwork(4, 2, 2).update_pruning_masks()
+        net.update_pruning_masks()
+
+
+def test_training_passes_rechoose_masks_and_eval_or_frozen_ones_do_not() -> None:
+    torch.manual_seed(0)
+    net = SparseQuantNeuralNetwork(20, 2, 2)
+    fc0 = net.features.fc0
+    masked_out = (~fc0.weight_mask[0]).nonzero()[0].item()
+    with torch.no_grad():
+        fc0.weight_orig[0, masked_out] = 100.0
+    net.eval()
+    net(torch.randn(3, 20))
+    assert not bool(fc0.weight_mask[0, masked_out])
+    net.freeze_pruning_masks()
+    net.train()
+    net(torch.randn(3, 20))
+    assert not bool(fc0.weight_mask[0, masked_out])
+    net.freeze_pruning_masks(False)
+    net(torch.randn(3, 20))
+    assert bool(fc0.weight_mask[0, masked_out])
+    assert int(fc0.weight_mask[0].sum()) == net.max_active_neurons()
 
 
 def test_masks_follow_the_weights() -> None:
@@ -224,18 +265,31 @@ def test_masks_follow_the_weights() -> None:
     assert int(fc0.weight_mask[0].sum()) == net.max_active_neurons()
 
 
-def test_pickling_needs_permanent_pruning() -> None:
+@pytest.mark.parametrize("permanent", [False, True])
+def test_pickling_mid_training_and_after(permanent: bool) -> None:
+    """A network pickles with its masks on (mid-training) or off, and comes back identical."""
     import pickle
 
-    net = SparseQuantNeuralNetwork(4, 2, 2)
-    net.enable_pruning()
-    with pytest.raises(ValueError, match="make_pruning_permanent"):
-        pickle.dumps(net)
-    net.make_pruning_permanent()
+    torch.manual_seed(0)
+    net = SparseQuantNeuralNetwork(6, 3, 2, n_prune_neurons_percentage=0.5)
+    net(torch.randn(16, 6))  # a training pass: masks re-chosen, activation stats collected
+    if permanent:
+        net.make_pruning_permanent()
     net.eval()
     copy = pickle.loads(pickle.dumps(net))
-    x = torch.randn(5, 4)
+    assert copy.pruning_enabled is not permanent
+    assert copy.hidden_widths() == net.hidden_widths()
+    x = torch.randn(5, 6)
     assert torch.equal(copy(x), net(x))
+    if not permanent:
+        assert all(
+            torch.equal(a.weight_mask, b.weight_mask)
+            for a, b in zip(copy.linear_layers(), net.linear_layers(), strict=True)
+        )
+        copy.make_pruning_permanent()
+        net.make_pruning_permanent()
+        assert copy.hidden_widths() == net.hidden_widths() == [12, 12]
+        assert torch.equal(copy(x), net(x))
 
 
 def test_permanent_pruning_keeps_the_neurons_in_force() -> None:

@@ -13,24 +13,39 @@ _LOADERS = {
     "breast_cancer": datasets.load_breast_cancer,
     "digits": datasets.load_digits,
     "iris": datasets.load_iris,
+    "wine": datasets.load_wine,
+    "diabetes": datasets.load_diabetes,
 }
 
-#: Names accepted by :func:`load_split`.
-DATASETS = tuple(_LOADERS)
+#: The regression data sets among ``DATASETS`` (the others are classification).
+REGRESSION = ("diabetes",)
+
+#: The classification data sets (what the CLI's ``--dataset`` offers).
+DATASETS = tuple(name for name in _LOADERS if name not in REGRESSION)
+#: Every name accepted by :func:`load_split`.
+ALL_DATASETS = tuple(_LOADERS)
 
 
-def load_split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_split(
+    name: str, *, standardize: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The benchmark split of a scikit-learn data set.
 
-    75 % / 25 % stratified split with ``random_state=0``; features standardized with the mean
-    and variance of the training part.
+    75 % / 25 % split with ``random_state=0`` (stratified for classification); features
+    standardized with the mean and variance of the training part unless ``standardize`` is
+    false (raw features, as users bring them).
 
     Returns:
         ``(x_train, x_test, y_train, y_test)``, features as float64.
     """
     if name not in _LOADERS:
-        raise InvalidParameterError(f"unknown data set {name!r}; choose one of {DATASETS}")
+        raise InvalidParameterError(f"unknown data set {name!r}; choose one of {ALL_DATASETS}")
     x, y = _LOADERS[name](return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    stratify = None if name in REGRESSION else y
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=0.25, stratify=stratify, random_state=0
+    )
+    if not standardize:
+        return x_tr, x_te, y_tr, y_te
     scaler = StandardScaler().fit(x_tr)
     return scaler.transform(x_tr), scaler.transform(x_te), y_tr, y_te

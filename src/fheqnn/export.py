@@ -70,7 +70,10 @@ def _native_output_to_log() -> Iterator[None]:
 def export_module_to_onnx(
     module: SparseQuantNeuralNetwork, path: str | Path | None = None
 ) -> onnx.ModelProto:
-    """Export ``module`` (pruning made permanent) to QCDQ ONNX; write it to ``path`` if given.
+    """Export ``module`` to QCDQ ONNX; write it to ``path`` if given.
+
+    Pruning masks are applied to the exported integer weights whether they are live or made
+    permanent (only the latter removes pruned neurons, saving their table lookups).
 
     The export traces the module in eval mode with the legacy TorchScript exporter, which gives
     opset 14 and a dynamic batch axis on input ``x`` and output ``y``. The model is checked with
@@ -84,9 +87,9 @@ def export_module_to_onnx(
             f"expected a SparseQuantNeuralNetwork, got {type(module).__name__}"
         )
     if module.pruning_enabled:
-        raise InvalidParameterError(
-            "pruning masks are still active: call make_pruning_permanent() before exporting"
-        )
+        # Live masks export as zero integer weights (the module keeps the masked copy current);
+        # make_pruning_permanent() would also drop the neurons removed by structured pruning.
+        logger.info("exporting with live pruning masks; pruned neurons stay as all-zero rows")
     with warnings.catch_warnings():
         # brevitas.export imports its deprecated brevitas.fx module and warns that an optional
         # GPU kernel package is missing; neither matters for exporting an MLP.

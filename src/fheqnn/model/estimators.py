@@ -9,6 +9,7 @@ are inferred from the data in ``fit``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..contract import Standardizer
 from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
 from ..validation import check_choice, check_features, check_int, check_number
 from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
-from .training import TrainingConfig, train_module
+from .training import TrainingConfig
+from .training_recipe import fit_with_skorch
+
+logger = logging.getLogger(__name__)
 
 _MODULE_PREFIX = "module__"
 _MASK_UPDATES = ("dynamic", "fixed")
@@ -49,6 +54,9 @@ class _SparseQuantNetEstimator(BaseEstimator):
         mask_updates: str = "dynamic",
         mask_freeze_fraction: float = 0.7,
         straight_through_masks: bool = True,
+        validation_fraction: float | None = 0.15,
+        patience: int = 30,
+        callbacks: list[Any] | None = None,
         verbose: int = 1,
         random_state: int | None = None,
     ) -> None:
@@ -68,6 +76,9 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self.mask_updates = mask_updates
         self.mask_freeze_fraction = mask_freeze_fraction
         self.straight_through_masks = straight_through_masks
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.callbacks = callbacks
         self.verbose = verbose
         self.random_state = random_state
 
@@ -102,6 +113,13 @@ class _SparseQuantNetEstimator(BaseEstimator):
         }
 
     def _training_config(self) -> TrainingConfig:
+        if self.validation_fraction is not None:
+            check_number("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
+        check_int("patience", self.patience, 1)
+        if self.callbacks is not None and not isinstance(self.callbacks, list | tuple):
+            raise InvalidParameterError(
+                f"callbacks must be None or a list of skorch callbacks, got {self.callbacks!r}"
+            )
         return TrainingConfig(
             max_epochs=check_int("max_epochs", self.max_epochs, 1),
             lr=check_number("lr", self.lr, 0.0, low_open=True),
@@ -148,21 +166,53 @@ class _SparseQuantNetEstimator(BaseEstimator):
                 f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
             ) from exc
 
-    def _fit_module(self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any) -> None:
+    def _fit_module(
+        self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any, stratify: bool
+    ) -> None:
         config = self._training_config()
         seed = self._seed()
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        # One quantization scale serves every input feature, so features must share a range:
+        # learned here, applied in the clear before quantization (constant columns: scale 1).
+        self.x_mean_ = mean
+        self.x_scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
+        x_std = self._standardize(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = SparseQuantNeuralNetwork(
                 input_dim=x.shape[1], n_outputs=n_outputs, **self.module_params()
             )
-            generator = torch.Generator().manual_seed(seed)
-            history = train_module(
-                module, torch.as_tensor(x, dtype=torch.float32), y, loss_fn, config, generator
+            result = fit_with_skorch(
+                module,
+                x_std.astype(np.float32),
+                y.numpy(),
+                loss_fn,
+                config,
+                seed=seed,
+                validation_fraction=(
+                    None if self.validation_fraction is None else float(self.validation_fraction)
+                ),
+                patience=int(self.patience),
+                stratify=stratify,
+                callbacks=list(self.callbacks or []),
             )
-        self.module_ = module
-        self.history_ = history
+        self.module_ = result.module
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
         self.fhe_model_ = None
+
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.x_mean_) / self.x_scale_
+
+    def _input_standardization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The per-feature standardization learned in ``fit``: ``(mean, scale)`` tuples.
+
+        A raw row ``x`` reaches the network as ``(x - mean) / scale``; this happens in the
+        clear, before input quantization, so it costs nothing under encryption.
+        """
+        self._check_fitted()
+        return tuple(self.x_mean_.tolist()), tuple(self.x_scale_.tolist())
 
     def _output_spec(self) -> Any:
         raise NotImplementedError
@@ -171,8 +221,9 @@ class _SparseQuantNetEstimator(BaseEstimator):
         """Float network outputs: torch (``fhe=None``) or the compiled model in a FHE mode."""
         self._check_fitted()
         if fhe is not None:
+            # The compiled model's client contract standardizes the raw rows itself.
             return self._compiled().predict_raw(check_features(X, self.n_features_in_), fhe)
-        x = self._validate_x(X, reset=False)
+        x = self._standardize(self._validate_x(X, reset=False))
         self.module_.eval()
         with torch.no_grad():
             return self.module_(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
@@ -218,8 +269,14 @@ class _SparseQuantNetEstimator(BaseEstimator):
             **{"n_accum_bits": self.module_.n_accum_bits, **compile_options}
         )
         x = check_features(X, self.n_features_in_, what="calibration inputs")
+        # The learned standardization becomes part of the client contract: the compiled model
+        # takes raw rows, like the estimator, and standardizes them on the client.
         self.fhe_model_ = compile_onnx(
-            self.export_onnx(), x, options=options, output_spec=self._output_spec()
+            self.export_onnx(),
+            x,
+            options=options,
+            output_spec=self._output_spec(),
+            standardizer=Standardizer(*self._input_standardization()),
         )
         return self
 
@@ -229,12 +286,21 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
 
     Accepts any class labels (strings included); the network has one output per class and is
     trained with cross-entropy. Parameters are documented on :class:`SparseQuantNeuralNetwork`
-    (``module__*``) and :class:`~fheqnn.model.training.TrainingConfig` (the rest).
+    (``module__*``), :class:`~fheqnn.model.training.TrainingConfig` (the optimizer and mask
+    schedule) and :func:`~fheqnn.model.training_recipe.fit_with_skorch` (``validation_fraction``:
+    rows held out, stratified, for early stopping on the validation loss with the best epoch
+    restored, ``None`` to train on every row; ``patience``: epochs without improvement before
+    stopping; ``callbacks``: extra skorch callbacks). Raw features are fine: a per-feature
+    standardization is learned in ``fit`` and applied before the network.
 
     Attributes:
         classes_: the class labels, sorted.
         module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
-        history_: one dict per epoch (``epoch``, ``train_loss``).
+        history_: skorch's ``History``, one dict per epoch (``epoch``, ``train_loss``,
+            ``valid_loss`` when validating, ``dur``, ...).
+        best_epoch_: the epoch whose weights were kept (lowest validation loss; the last epoch
+            without validation).
+        x_mean_, x_scale_: the input standardization learned in ``fit``, shape (n_features,).
         n_features_in_: number of features seen in ``fit``.
     """
 
@@ -255,7 +321,7 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
             )
         self.classes_ = encoder.classes_
         targets = torch.as_tensor(encoder.transform(y_arr), dtype=torch.int64)
-        self._fit_module(x, targets, len(self.classes_), nn.CrossEntropyLoss())
+        self._fit_module(x, targets, len(self.classes_), nn.CrossEntropyLoss(), stratify=True)
         return self
 
     def _output_spec(self) -> Any:
@@ -291,7 +357,11 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
 
     Attributes:
         module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
-        history_: one dict per epoch (``epoch``, ``train_loss``).
+        history_: skorch's ``History``, one dict per epoch (``epoch``, ``train_loss``,
+            ``valid_loss`` when validating, ``dur``, ...).
+        best_epoch_: the epoch whose weights were kept (lowest validation loss; the last epoch
+            without validation).
+        x_mean_, x_scale_: the input standardization learned in ``fit``, shape (n_features,).
         n_features_in_: number of features seen in ``fit``.
         y_mean_, y_scale_: the target standardization, shape (n_outputs,).
     """
@@ -306,7 +376,7 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
         scale = y2.std(axis=0)
         self.y_scale_ = np.where(scale > 0, scale, 1.0)
         targets = torch.as_tensor((y2 - self.y_mean_) / self.y_scale_, dtype=torch.float32)
-        self._fit_module(x, targets, y2.shape[1], nn.MSELoss())
+        self._fit_module(x, targets, y2.shape[1], nn.MSELoss(), stratify=False)
         return self
 
     def _output_spec(self) -> Any:
