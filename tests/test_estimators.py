@@ -262,10 +262,11 @@ def test_no_validation_split_trains_every_epoch(blobs) -> None:
     assert len(clf.history_) == clf.best_epoch_ == 4
     assert "valid_loss" not in clf.history_[-1]
     with pytest.raises(
-        ValueError, match=r"validation_fraction must be None or a number in \[0, 1\)"
+        ValueError,
+        match=r"validation_fraction \(None: no validation split\) must be a number in \[0, 1\)",
     ):
         NeuralNetClassifier(validation_fraction=1.5).fit(x, y)
-    with pytest.raises(ValueError, match="patience must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
         NeuralNetClassifier(patience=0).fit(x, y)
 
 

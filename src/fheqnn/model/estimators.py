@@ -114,7 +114,13 @@ class _SparseQuantNetEstimator(BaseEstimator):
 
     def _training_config(self) -> TrainingConfig:
         if self.validation_fraction is not None:
-            check_number("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
+            check_number(
+                "validation_fraction (None: no validation split)",
+                self.validation_fraction,
+                0.0,
+                1.0,
+                high_open=True,
+            )
         check_int("patience", self.patience, 1)
         if self.callbacks is not None and not isinstance(self.callbacks, list | tuple):
             raise InvalidParameterError(

@@ -98,7 +98,7 @@ def check_destination(target: Path, *, overwrite: bool = False, what: str = "fol
         raise ArtifactError(f"{what} {target} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ArtifactError(
-            f"{what} {target} already exists and is not empty: nothing is overwritten silently "
+            f"{what} {target} already exists and is not empty; it is never overwritten silently "
             "(choose another folder, or pass overwrite=True / --overwrite to replace it)"
         )
 

@@ -25,6 +25,7 @@ from .artifacts import (
     CLIENT_SPECS_FILE,
     ArtifactError,
     ModelFolder,
+    check_destination,
     key_id_of,
     open_model_folder,
     sha256_bytes,
@@ -109,11 +110,7 @@ class FheModelClient:
             The key information (id, time, evaluation key size).
         """
         key_dir = Path(key_dir)
-        if key_dir.exists() and any(key_dir.iterdir()) and not overwrite:
-            raise ArtifactError(
-                f"key folder {key_dir} already exists and is not empty: keys are never "
-                "overwritten silently (pass overwrite=True / --overwrite to replace them)"
-            )
+        check_destination(key_dir, overwrite=overwrite, what="key folder")
         fhe = _fhe()
         client = fhe.Client(self._specs)
         start = time.perf_counter()
