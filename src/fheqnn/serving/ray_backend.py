@@ -83,11 +83,12 @@ def node_addresses() -> list[str]:
     return [str(n["NodeManagerAddress"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def shutdown() -> None:
-    """Stop Ray Serve (if running) and disconnect from Ray (stopping a local instance)."""
+def shutdown(*, serve_too: bool = True) -> None:
+    """Stop Ray Serve (``serve_too``) and disconnect from Ray (stopping a local instance)."""
     if ray.is_initialized():
         try:
-            serve.shutdown()
+            if serve_too:
+                serve.shutdown()
         finally:
             ray.shutdown()
 
