@@ -9,7 +9,8 @@
   envelope as :meth:`FheModelServer.run` gives (rows are independent).
 
 ``init_ray("local")`` starts a private local instance on the loopback interface; any other
-address joins that cluster.
+address joins that cluster. Ray reads its network setting once, when it is first imported, so
+this module imports ray only inside its functions, after :func:`init_ray` has set it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray import serve
-
+from ..errors import InvalidParameterError
 from ..runtime.artifacts import (
     MANIFEST,
     SERVER_FILE,
@@ -59,10 +59,18 @@ def init_ray(
     Returns:
         The addresses of the live nodes (a local instance: ``["127.0.0.1"]``).
     """
+    if address == "local":
+        if "ray" in sys.modules and os.environ.get(LOOPBACK_ENV) != "0":
+            raise InvalidParameterError(
+                f"ray was imported before a local instance could be set to bind 127.0.0.1: "
+                f"set {LOOPBACK_ENV}=0 before importing ray"
+            )
+        os.environ[LOOPBACK_ENV] = "0"
+    import ray
+
     if ray.is_initialized():
         return node_addresses()
     if address == "local":
-        os.environ[LOOPBACK_ENV] = "0"
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -75,16 +83,25 @@ def init_ray(
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     nodes = node_addresses()
     logger.info("Ray nodes: %s", nodes)
+    if address == "local" and set(nodes) != {"127.0.0.1"}:
+        logger.warning("the local Ray instance listens on %s, not only 127.0.0.1", nodes)
     return nodes
 
 
 def node_addresses() -> list[str]:
     """Addresses the live Ray nodes listen on."""
+    import ray
+
     return [str(n["NodeManagerAddress"]) for n in ray.nodes() if n.get("Alive")]
 
 
 def shutdown(*, serve_too: bool = True) -> None:
     """Stop Ray Serve (``serve_too``) and disconnect from Ray (stopping a local instance)."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+    from ray import serve
+
     if ray.is_initialized():
         try:
             if serve_too:
@@ -96,8 +113,6 @@ def shutdown(*, serve_too: bool = True) -> None:
 # ---------------------------------------------------------------------------- Ray Serve
 
 
-@serve.deployment(name="fheqnn")
-@serve.ingress()
 class FheqnnReplica:
     """One replica of the service: builds the app (loads the circuits) on its Ray worker."""
 
@@ -106,6 +121,13 @@ class FheqnnReplica:
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self._config)
+
+
+def replica_deployment() -> Any:
+    """The Ray Serve deployment of :class:`FheqnnReplica` (an ingress built on each replica)."""
+    from ray import serve
+
+    return serve.deployment(name="fheqnn")(serve.ingress()(FheqnnReplica))
 
 
 def deploy_service(
@@ -133,8 +155,10 @@ def deploy_service(
         config = replace(config, key_store=store)
     workers = config.workers or max(1, int(replica_cpus))
     config = replace(config, backend="ray", workers=workers)
+    from ray import serve
+
     serve.start(http_options={"host": host, "port": port})
-    deployment = FheqnnReplica.options(
+    deployment = replica_deployment().options(
         num_replicas=config.replicas,
         ray_actor_options={"num_cpus": replica_cpus},
     )
@@ -163,7 +187,6 @@ def _worker_server(model_id: str, files: dict[str, bytes]) -> Any:
     return server
 
 
-@ray.remote
 def _run_rows(model_id: str, files: dict[str, bytes], keys: bytes, inputs: bytes) -> bytes:
     server = _worker_server(model_id, files)
     server.register_evaluation_keys(keys)  # cached after the first task: a hash check
@@ -192,6 +215,8 @@ def run_batch(
         ArtifactError: the model folder is bad.
         EnvelopeError: inputs or keys are malformed or belong to another model or key.
     """
+    import ray
+
     folder = open_model_folder(model_folder, need=(SERVER_FILE,))
     model_id = folder.model_id
     env = Envelope.from_bytes(inputs, kind="inputs", model_id=model_id, what="inputs")
@@ -212,8 +237,9 @@ def run_batch(
     files = {name: folder.file(name).read_bytes() for name in (MANIFEST, SERVER_FILE)}
     files_ref, keys_ref = ray.put(files), ray.put(evaluation_keys)
     bounds = [round(i * len(env.payloads) / tasks) for i in range(tasks + 1)]
+    run_rows = ray.remote(_run_rows)
     futures = [
-        _run_rows.remote(
+        run_rows.remote(
             model_id,
             files_ref,
             keys_ref,
