@@ -459,7 +459,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("fheqnn: stopped", file=sys.stderr, flush=True)
-        return 130
+        sys.stdout.flush()
+        # The service has shut down cleanly. Once a circuit has run, concrete-python's runtime
+        # replaces the process exit status at interpreter teardown (0, or a SIGKILL status):
+        # leave now so that Ctrl-C reports 130.
+        import os
+
+        os._exit(130)
     return EXIT_OK
 
 
