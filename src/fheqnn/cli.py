@@ -421,6 +421,8 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import FheModelServer
 
+    if args.ray:
+        return _run_on_ray(args)
     server = FheModelServer(args.model)
     keys = _read_bytes(args.evaluation_keys, "evaluation keys")
     inputs = _read_bytes(args.input, "encrypted input")
@@ -459,7 +461,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient, FheModelServer
 
     client = FheModelClient(args.model, args.keys)
-    server = FheModelServer(args.model)
     x, y = _prediction_data(args, client.part.n_features)
     if y is not None and len(y) != len(x):
         raise CliError(
@@ -469,7 +470,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.rows:
         x = x[: args.rows]
         y = None if y is None else y[: args.rows]
-    trip = _encrypted_predict(client, server, x, args.quiet)
+    if args.server:
+        trip = _remote_round_trip(args, client, x)
+    else:
+        trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
     pred = np.asarray(trip.predictions)
     _say(np.array2string(pred, threshold=200))
     _say(
@@ -507,6 +511,149 @@ def _prediction_data(
     if args.labels:
         y = read_labels(args.labels, max_bytes=inference_byte_limit(1), max_rows=MAX_INFERENCE_ROWS)
     return table.x, y
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def _token(var: str | None) -> str | None:
+    """The token held by the environment variable ``var`` (never given on the command line)."""
+    if var is None:
+        return None
+    import os
+
+    token = os.environ.get(var)
+    if not token:
+        raise CliError(f"--token-env {var}: the environment variable {var} is not set or empty")
+    return token
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving.config import ServeConfig
+
+    if args.replicas != 1 and not args.ray:
+        raise CliError("--replicas needs --ray (one process serves without Ray)")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be in [0, 65535], got {args.port}")
+    config = ServeConfig(
+        model_folders=tuple(Path(m) for m in args.models),
+        key_store=Path(args.key_store) if args.key_store else None,
+        max_request_mb=args.max_request_mb,
+        token=_token(args.token_env),
+        max_cached_keys=args.max_cached_keys,
+        workers=args.workers,
+        backend="ray" if args.ray else "local",
+        replicas=args.replicas,
+    )
+    try:
+        if args.ray:
+            return _serve_on_ray(args, config)
+        from .serving.app import create_app
+        from .serving.runner import serve_foreground
+
+        app = create_app(config)
+        serve_foreground(
+            app,
+            host=args.host,
+            port=args.port,
+            on_ready=lambda url: _say(
+                f"serving {len(app.state.service.models)} model(s) at {url} "
+                f"(API docs: {url}/docs); Ctrl-C stops"
+            ),
+        )
+    except KeyboardInterrupt:
+        print("fheqnn: stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The service has shut down cleanly. Once a circuit has run, concrete-python's runtime
+        # replaces the process exit status at interpreter teardown (0, or a SIGKILL status):
+        # leave now so that Ctrl-C reports 130.
+        import os
+
+        os._exit(130)
+    return EXIT_OK
+
+
+def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
+    from .serving import ray_backend
+
+    port = args.port or _free_port(args.host)
+    try:
+        nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
+        where = "local instance" if args.ray == "local" else f"cluster {args.ray}"
+        _say(f"Ray {where}: nodes {', '.join(nodes)}")
+        url, _ = ray_backend.deploy_service(
+            config, host=args.host, port=port, replica_cpus=args.replica_cpus
+        )
+        _say(
+            f"serving {len(config.model_folders)} model(s) at {url} on {config.replicas} Ray "
+            f"Serve replica(s) (API docs: {url}/docs); Ctrl-C stops"
+        )
+        while True:
+            time.sleep(3600)
+    finally:
+        ray_backend.shutdown(serve_too=True)
+
+
+def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> Any:
+    """``predict --server``: the same round trip as the local one, through the HTTP service."""
+    from tqdm.auto import tqdm
+
+    from .runtime import RoundTrip
+    from .serving.client import HttpClient
+
+    if args.batch_rows < 1:
+        raise CliError(f"--batch-rows must be >= 1, got {args.batch_rows}")
+    outputs, run_s = [], 0.0
+    with (
+        HttpClient(args.server, token=_token(args.token_env)) as http,
+        tqdm(
+            total=len(x), desc="encrypted rows", unit="row", disable=args.quiet, leave=False
+        ) as bar,
+    ):
+        for start in range(0, len(x), args.batch_rows):
+            part = x[start : start + args.batch_rows]
+            outputs.append(http.predict_raw(client, part))
+            run_s += http.last_run_seconds
+            bar.update(len(part))
+    raw = np.concatenate(outputs)
+    return RoundTrip(raw, client.part.postprocess(raw), run_s, len(x))
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    from .serving import ray_backend
+
+    keys = _read_bytes(args.evaluation_keys, "evaluation keys")
+    inputs = _read_bytes(args.input, "encrypted input")
+    try:
+        nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
+        _say(f"Ray: nodes {', '.join(nodes)}")
+        with _Step("running on ciphertexts over Ray workers"):
+            out = ray_backend.run_batch(args.model, inputs, keys, tasks=args.ray_tasks)
+    finally:
+        ray_backend.shutdown(serve_too=False)
+    _write_bytes(args.out, out)
+    _say(f"wrote {args.out} ({len(out)} bytes)")
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .serving.client import fetch_client_part
+
+    folder = fetch_client_part(
+        args.url, args.model_id, args.out, token=_token(args.token_env), overwrite=args.overwrite
+    )
+    names = ", ".join(sorted(p.name for p in folder.path.iterdir()))
+    _say(f"saved the client part of model {folder.model_id} to {folder.path}/ ({names})")
+    _say(f"next: fheqnn keygen {folder.path} --keys keys/NAME")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- demo
@@ -712,6 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluation-keys", required=True, help="the client's evaluation.keys")
     p.add_argument("--input", required=True, help="ciphertext file from 'encrypt'")
     p.add_argument("--out", required=True, help="result file to write")
+    p.add_argument(
+        "--ray", metavar="ADDRESS", help="spread the rows over Ray: 'local' or a cluster address"
+    )
+    p.add_argument("--ray-tasks", type=int, default=None, help="Ray tasks (default: its CPUs)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
 
     p = add("decrypt", "decrypt and post-process results (client side)", cmd_decrypt)
     p.add_argument("model", help="compiled model folder")
@@ -732,6 +884,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    p.add_argument(
+        "--batch-rows", type=int, default=8, help="rows per request with --server (default 8)"
+    )
+
+    p = add("serve", "serve compiled models over HTTP (encrypted inference)", cmd_serve)
+    p.add_argument("models", nargs="+", help="compiled model folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    p.add_argument("--key-store", help="folder keeping uploaded evaluation keys across restarts")
+    p.add_argument(
+        "--max-request-mb", type=float, default=256.0, help="largest request body (MB, default 256)"
+    )
+    p.add_argument("--token-env", metavar="VAR", help="require the token held by this variable")
+    p.add_argument(
+        "--max-cached-keys", type=int, default=8, help="key sets kept deserialized (default 8)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="encrypted runs at once (threads)")
+    p.add_argument(
+        "--ray", metavar="ADDRESS", help="deploy on Ray Serve: 'local' or a cluster address"
+    )
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+
+    p = add("fetch", "save a served model's client part (for keygen)", cmd_fetch)
+    p.add_argument("url", help="the service URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("model_id", help="the model id (GET /models lists them)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
 
     p = add("demo", "the whole flow on a shipped data set, encrypted inference included", cmd_demo)
     p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")

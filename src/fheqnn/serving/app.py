@@ -1,0 +1,425 @@
+"""The encrypted inference service: ``create_app(config)`` returns the FastAPI app.
+
+uvicorn runs it in one process (``fheqnn serve``); Ray Serve deploys the same app as replicas
+(:mod:`.ray_backend`). The service holds compiled circuits and evaluation keys, never a secret
+key nor a clear value. Encrypted runs are CPU-bound: they run on a thread pool, off the event
+loop, so that ``/health`` and uploads stay responsive while circuits run.
+
+Endpoints (JSON unless stated; errors are ``{"error": "..."}`` with a 4xx status):
+
+- ``GET /health``, ``GET /models``, ``GET /models/{model_id}``
+- ``GET /models/{model_id}/client``: the client part as a zip archive
+- ``POST /keys`` and ``POST /models/{model_id}/keys``: an evaluation-key envelope
+- ``GET /models/{model_id}/keys/{key_id}``: whether the service knows these keys
+- ``POST /models/{model_id}/predict`` (header ``X-Key-Id``): a ciphertext envelope
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..runtime.artifacts import CLIENT_FILES, REPORT_FILE, ModelFolder, key_id_of, open_model_folder
+from ..runtime.envelope import Envelope, EnvelopeError
+from ..runtime.server import FheModelServer
+from .archive import client_archive
+from .config import ServeConfig
+from .keystore import KeyStore, is_id
+
+logger = logging.getLogger(__name__)
+
+ENVELOPE_MEDIA_TYPE = "application/octet-stream"
+ARCHIVE_MEDIA_TYPE = "application/zip"
+KEY_ID_HEADER = "X-Key-Id"
+RUN_SECONDS_HEADER = "X-Run-Seconds"
+T = TypeVar("T")
+
+
+class ServiceError(Exception):
+    """A request the service refuses, with its HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ServedModel:
+    """One compiled model as the service holds it."""
+
+    server: FheModelServer
+    folder: ModelFolder
+    summary: dict[str, Any]
+    _archive: bytes | None = field(default=None, repr=False)
+
+    @property
+    def model_id(self) -> str:
+        """The compiled model's identity."""
+        return self.server.model_id
+
+    def archive(self) -> bytes:
+        """The client part as a zip archive (built once)."""
+        if self._archive is None:
+            self._archive = client_archive(self.folder)
+        return self._archive
+
+
+def load_model(path: Any, config: ServeConfig) -> ServedModel:
+    """Load and verify a compiled model folder for serving (server, client and report files)."""
+    server = FheModelServer(path, max_cached_keys=config.max_cached_keys, workers=config.workers)
+    folder = open_model_folder(path, need=(*CLIENT_FILES, REPORT_FILE))
+    report = folder.read_json(REPORT_FILE)
+    manifest = folder.manifest
+    summary = {
+        "model_id": folder.model_id,
+        "name": folder.path.name,
+        "n_features": manifest.get("n_features"),
+        "n_outputs": manifest.get("n_outputs"),
+        "pbs_count": report.get("pbs_count"),
+        "hidden_neurons": report.get("hidden_neurons"),
+        "n_accum_bits": report.get("n_accum_bits"),
+        "max_bit_width": report.get("max_bit_width"),
+        "evaluation_keys_bytes_estimate": report.get("evaluation_keys_bytes_estimate"),
+        "input_ciphertext_bytes": report.get("input_ciphertext_bytes"),
+        "output_ciphertext_bytes": report.get("output_ciphertext_bytes"),
+        "created": manifest.get("created"),
+        "concrete_python": manifest.get("versions", {}).get("concrete-python"),
+    }
+    return ServedModel(server, folder, summary)
+
+
+def _is_secret_key(data: bytes) -> bool:
+    """Whether ``data`` deserializes as Concrete's full key set (which holds the secret key)."""
+    from concrete import fhe
+
+    try:
+        fhe.Keys.deserialize(bytes(data))
+    except Exception:
+        return False
+    return True
+
+
+class Service:
+    """The state behind the app: models, key store, the thread pool of encrypted runs."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.models: dict[str, ServedModel] = {}
+        for path in config.model_folders:
+            model = load_model(path, config)
+            if model.model_id in self.models:
+                logger.warning("%s is the same compiled model as another one: served once", path)
+            self.models[model.model_id] = model
+        self.store = KeyStore(config.key_store, max_memory_keys=config.max_cached_keys)
+        self.workers = config.workers or os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The thread pool of encrypted runs and key deserialization (made on first use)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fheqnn-run")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the thread pool (waits for runs in progress)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    async def off_loop(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call on the pool, not on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args))
+
+    def model(self, model_id: str) -> ServedModel:
+        """The served model of this id (404 if unknown)."""
+        model = self.models.get(model_id)
+        if model is None:
+            raise ServiceError(404, f"unknown model {model_id!r}: GET /models lists the models")
+        return model
+
+    # ------------------------------------------------------------------ keys
+    def register_keys(self, body: bytes, model_id: str | None) -> tuple[str, str, bool]:
+        """Check, cache and store evaluation keys; returns (model id, key id, new)."""
+        try:
+            env = Envelope.from_bytes(body, kind="evaluation_keys", what="evaluation keys")
+        except EnvelopeError as exc:
+            if _is_secret_key(body):
+                raise ServiceError(
+                    400,
+                    "this is a secret key: it never leaves the client; send evaluation.keys",
+                ) from exc
+            raise ServiceError(400, str(exc)) from exc
+        if model_id is not None and env.model_id != model_id:
+            raise ServiceError(
+                409, f"evaluation keys of compiled model {env.model_id}, not of {model_id}"
+            )
+        model = self.model(env.model_id)
+        if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
+            if len(env.payloads) == 1 and _is_secret_key(env.payloads[0]):
+                raise ServiceError(400, "this is a secret key: it never leaves the client")
+            raise ServiceError(
+                400, f"evaluation keys labelled {env.key_id} do not hash to that id (tampered?)"
+            )
+        if self.store.has(model.model_id, env.key_id) and model.server.has_keys(env.key_id):
+            return model.model_id, env.key_id, False
+        try:
+            model.server.register_evaluation_keys(body)
+        except EnvelopeError as exc:
+            if _is_secret_key(env.payloads[0]):
+                raise ServiceError(400, "this is a secret key: it never leaves the client") from exc
+            raise ServiceError(400, str(exc)) from exc
+        new = self.store.put(model.model_id, env.key_id, body)
+        return model.model_id, env.key_id, new
+
+    def knows_keys(self, model_id: str, key_id: str) -> bool:
+        """Whether evaluation keys of ``key_id`` are cached or stored for the model."""
+        model = self.model(model_id)
+        return model.server.has_keys(key_id) or self.store.has(model_id, key_id)
+
+    # ------------------------------------------------------------------ runs
+    def predict(self, model_id: str, key_id: str, body: bytes) -> tuple[bytes, float]:
+        """Run the circuit on a ciphertext envelope; returns the result envelope and seconds."""
+        model = self.model(model_id)
+        try:
+            env = Envelope.from_bytes(body, kind="inputs", what="ciphertext")
+        except EnvelopeError as exc:
+            raise ServiceError(400, str(exc)) from exc
+        if env.model_id != model_id:
+            raise ServiceError(
+                409, f"ciphertext of compiled model {env.model_id}, sent to model {model_id}"
+            )
+        if env.key_id != key_id:
+            raise ServiceError(
+                409, f"ciphertext encrypted with key {env.key_id}, but {KEY_ID_HEADER} is {key_id}"
+            )
+        if not env.payloads:
+            raise ServiceError(400, "the ciphertext holds no rows")
+        keys = None
+        if not model.server.has_keys(key_id):
+            keys = self.store.get(model_id, key_id)
+            if keys is None:
+                raise ServiceError(
+                    404, f"unknown evaluation keys {key_id}: upload them with POST /keys first"
+                )
+        start = time.perf_counter()
+        try:
+            try:
+                out = model.server.run(body, keys)
+            except EnvelopeError:
+                # The keys may have left the bounded cache between the check and the run.
+                if keys is not None or model.server.has_keys(key_id):
+                    raise
+                keys = self.store.get(model_id, key_id)
+                if keys is None:
+                    raise
+                out = model.server.run(body, keys)
+        except EnvelopeError as exc:
+            raise ServiceError(400, str(exc)) from exc
+        except (RuntimeError, ValueError) as exc:
+            # Labels and deserialization were checked: Concrete refusing the values means a
+            # ciphertext that does not fit this circuit (wrong shape or encoding).
+            logger.warning("run refused on model %s: %s", model_id, exc)
+            raise ServiceError(400, f"the circuit cannot run on this ciphertext: {exc}") from exc
+        return out, time.perf_counter() - start
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    A declared Content-Length is checked before reading; the stream is counted as it arrives,
+    so at most ``limit`` bytes are ever held.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError as exc:
+            raise ServiceError(400, f"malformed Content-Length {declared!r}") from exc
+        if size > limit:
+            raise ServiceError(413, f"request body of {size} bytes, the limit is {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ServiceError(413, f"request body over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """Build the service: load and verify the models, open the key store.
+
+    Args:
+        config: what to serve and the limits.
+
+    Returns:
+        The FastAPI app (an ASGI app for uvicorn or Ray Serve).
+
+    Raises:
+        ArtifactError: a model folder is missing, incomplete or incompatible.
+    """
+    service = Service(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="fheqnn encrypted inference",
+        version="1",
+        description="Runs compiled quantized networks on ciphertexts; never sees a clear value.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    limit = config.max_request_bytes
+
+    @app.exception_handler(ServiceError)
+    async def on_service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return _error(400, f"malformed request: {details}")
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error while serving a request")
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    async def check_token(request: Request) -> None:
+        if config.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), config.token.encode()
+        )
+        if not ok:
+            raise ServiceError(401, "a valid token is required (header 'Authorization: Bearer …')")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: backend, replicas and how many models are served (no token needed)."""
+        return {
+            "status": "ok",
+            "backend": config.backend,
+            "replicas": config.replicas,
+            "models": len(service.models),
+        }
+
+    api = APIRouter(dependencies=[Depends(check_token)])
+
+    @api.get("/models")
+    async def list_models() -> list[dict[str, Any]]:
+        """The served models: id, name, features, outputs, PBS count, bit widths, sizes."""
+        return [m.summary for m in service.models.values()]
+
+    @api.get("/models/{model_id}")
+    async def describe_model(model_id: str) -> dict[str, Any]:
+        """One served model's summary."""
+        return service.model(model_id).summary
+
+    @api.get(
+        "/models/{model_id}/client",
+        response_class=Response,
+        responses={200: {"content": {ARCHIVE_MEDIA_TYPE: {}}}},
+    )
+    async def client_part(model_id: str) -> Response:
+        """The client part (manifest, client specs, input/output processing) as a zip archive."""
+        model = service.model(model_id)
+        data = await service.off_loop(model.archive)
+        return Response(
+            data,
+            media_type=ARCHIVE_MEDIA_TYPE,
+            headers={
+                "Content-Disposition": f'attachment; filename="{model_id}-client.zip"',
+                "X-Model-Id": model_id,
+            },
+        )
+
+    async def keys_response(request: Request, model_id: str | None) -> JSONResponse:
+        body = await read_body(request, limit)
+        found_model, key_id, new = await service.off_loop(service.register_keys, body, model_id)
+        return JSONResponse(
+            {"key_id": key_id, "model_id": found_model, "new": new},
+            status_code=201 if new else 200,
+        )
+
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {ENVELOPE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+
+    @api.post("/keys", openapi_extra=body_doc, status_code=201)
+    async def upload_keys(request: Request) -> JSONResponse:
+        """Upload an evaluation-key envelope (201 new, 200 already known); never a secret key."""
+        return await keys_response(request, None)
+
+    @api.post("/models/{model_id}/keys", openapi_extra=body_doc, status_code=201)
+    async def upload_model_keys(model_id: str, request: Request) -> JSONResponse:
+        """Upload evaluation keys that must belong to ``model_id`` (409 otherwise)."""
+        service.model(model_id)
+        return await keys_response(request, model_id)
+
+    @api.get("/models/{model_id}/keys/{key_id}")
+    async def key_status(model_id: str, key_id: str) -> dict[str, Any]:
+        """200 if the service holds these evaluation keys for the model, 404 if not."""
+        known = is_id(key_id) and await service.off_loop(service.knows_keys, model_id, key_id)
+        if not known:
+            raise ServiceError(404, f"unknown evaluation keys {key_id!r} for model {model_id}")
+        return {"key_id": key_id, "model_id": model_id}
+
+    @api.post(
+        "/models/{model_id}/predict",
+        openapi_extra=body_doc,
+        response_class=Response,
+        responses={200: {"content": {ENVELOPE_MEDIA_TYPE: {}}}},
+    )
+    async def predict(model_id: str, request: Request) -> Response:
+        """Run the circuit on a ciphertext envelope of one or more rows (key id in X-Key-Id)."""
+        service.model(model_id)
+        key_id = request.headers.get(KEY_ID_HEADER)
+        if not key_id:
+            raise ServiceError(400, f"the {KEY_ID_HEADER} header (the key id) is required")
+        if not is_id(key_id):
+            raise ServiceError(400, f"malformed {KEY_ID_HEADER} {key_id!r}")
+        body = await read_body(request, limit)
+        out, seconds = await service.off_loop(service.predict, model_id, key_id, body)
+        return Response(
+            out,
+            media_type=ENVELOPE_MEDIA_TYPE,
+            headers={RUN_SECONDS_HEADER: f"{seconds:.6f}"},
+        )
+
+    app.include_router(api)
+    return app

@@ -1,0 +1,269 @@
+"""The HTTP client of the encrypted inference service.
+
+The client holds the secret key: it fetches a model's client part, uploads its evaluation keys
+once (after asking whether the server knows them), and sends only ciphertexts after that.
+Connection failures are retried with exponential backoff; every 4xx becomes a clear exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ..errors import FheqnnError
+from ..runtime.artifacts import ModelFolder
+from ..runtime.client import FheModelClient
+from .archive import MAX_ARCHIVE_BYTES, extract_client_archive
+
+logger = logging.getLogger(__name__)
+
+KEY_ID_HEADER = "X-Key-Id"
+RUN_SECONDS_HEADER = "X-Run-Seconds"
+# Worth another attempt: the server is starting, restarting, or its replicas are busy.
+_RETRY_STATUS = (502, 503, 504)
+_RETRY_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.PoolTimeout,
+)
+
+
+class ServerResponseError(FheqnnError):
+    """The service answered a request with an error status.
+
+    Attributes:
+        status: the HTTP status.
+        message: the service's explanation.
+    """
+
+    def __init__(self, status: int, message: str, url: str = "") -> None:
+        super().__init__(f"{url}: HTTP {status}: {message}" if url else f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class BadRequestError(ServerResponseError, ValueError):
+    """400: the request was malformed (not an envelope, truncated, no key id...)."""
+
+
+class UnauthorizedError(ServerResponseError, PermissionError):
+    """401: the service wants a token, and the one given (if any) is wrong."""
+
+
+class NotFoundError(ServerResponseError, LookupError):
+    """404: unknown model or unknown evaluation keys."""
+
+
+class ConflictError(ServerResponseError, ValueError):
+    """409: keys or ciphertext of another model or key."""
+
+
+class PayloadTooLargeError(ServerResponseError, ValueError):
+    """413: the body is over the service's ``--max-request-mb``."""
+
+
+class ServiceUnavailableError(FheqnnError, ConnectionError):
+    """The service could not be reached (after the retries)."""
+
+
+_BY_STATUS: dict[int, type[ServerResponseError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        message = str(response.json().get("error", response.text))
+    except (ValueError, AttributeError):
+        message = response.text[:500] or response.reason_phrase
+    cls = _BY_STATUS.get(response.status_code, ServerResponseError)
+    raise cls(response.status_code, message, str(response.request.url))
+
+
+class HttpClient:
+    """Client of an ``fheqnn serve`` service.
+
+    Args:
+        url: the service's base URL, e.g. ``http://127.0.0.1:8000``.
+        token: bearer token, when the service was started with ``--token-env``.
+        timeout: seconds to wait for an answer (encrypted runs of large batches are slow).
+        connect_timeout: seconds to wait for a connection.
+        retries: further attempts after a connection failure or a 502/503/504.
+        backoff: first wait between attempts (s), doubled each time.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.retries = max(0, int(retries))
+        self.backoff = float(backoff)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        )
+        self._known_keys: set[tuple[str, str]] = set()
+        self.last_run_seconds = 0.0
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except _RETRY_ERRORS as exc:
+                if attempt == self.retries:
+                    raise ServiceUnavailableError(
+                        f"cannot reach {self.url}{path} after {attempt + 1} attempts: {exc}"
+                    ) from exc
+                logger.info("%s %s failed (%s); retrying in %.1f s", method, path, exc, delay)
+            except httpx.TimeoutException as exc:
+                raise ServiceUnavailableError(f"{self.url}{path} did not answer in time") from exc
+            else:
+                if response.status_code not in _RETRY_STATUS or attempt == self.retries:
+                    _raise_for(response)
+                    return response
+                logger.info("%s %s: HTTP %d; retrying", method, path, response.status_code)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ service
+    def health(self) -> dict[str, Any]:
+        """``GET /health``."""
+        return dict(self._request("GET", "/health").json())
+
+    def models(self) -> list[dict[str, Any]]:
+        """The served models' summaries."""
+        return list(self._request("GET", "/models").json())
+
+    def fetch_client_part(
+        self, model_id: str, out: str | Path, *, overwrite: bool = False
+    ) -> ModelFolder:
+        """Save a model's client part into a new folder (atomically, verified).
+
+        Raises:
+            ArtifactError: ``out`` is not empty (without ``overwrite``), or the archive is bad.
+        """
+        response = self._request("GET", f"/models/{model_id}/client")
+        if len(response.content) > MAX_ARCHIVE_BYTES:
+            raise BadRequestError(200, "the client archive is larger than allowed", self.url)
+        return extract_client_archive(response.content, out, model_id=model_id, overwrite=overwrite)
+
+    # ------------------------------------------------------------------ keys
+    def has_keys(self, model_id: str, key_id: str) -> bool:
+        """Whether the service holds these evaluation keys."""
+        try:
+            self._request("GET", f"/models/{model_id}/keys/{key_id}")
+        except NotFoundError:
+            return False
+        return True
+
+    def upload_keys(self, client: FheModelClient) -> bool:
+        """Send the client's evaluation keys (never its secret key); ``True`` if they were new."""
+        response = self._request(
+            "POST",
+            f"/models/{client.model_id}/keys",
+            content=client.evaluation_keys(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        info = client.key_info
+        assert info is not None
+        self._known_keys.add((client.model_id, info.key_id))
+        return response.status_code == 201
+
+    def ensure_keys(self, client: FheModelClient) -> bool:
+        """Upload the client's evaluation keys only if the service does not hold them.
+
+        Returns:
+            ``True`` if they were uploaded now.
+        """
+        info = client.key_info
+        if info is None:
+            client.evaluation_keys()  # raises the runtime's "no keys loaded" error
+            raise AssertionError("unreachable")  # pragma: no cover
+        if (client.model_id, info.key_id) in self._known_keys:
+            return False
+        if self.has_keys(client.model_id, info.key_id):
+            self._known_keys.add((client.model_id, info.key_id))
+            return False
+        self.upload_keys(client)
+        return True
+
+    # ------------------------------------------------------------------ runs
+    def run(self, model_id: str, key_id: str, ciphertext: bytes) -> bytes:
+        """Send a ciphertext envelope; return the result envelope (keys must be uploaded)."""
+        response = self._request(
+            "POST",
+            f"/models/{model_id}/predict",
+            content=ciphertext,
+            headers={KEY_ID_HEADER: key_id, "Content-Type": "application/octet-stream"},
+        )
+        try:
+            self.last_run_seconds = float(response.headers.get(RUN_SECONDS_HEADER, "nan"))
+        except ValueError:
+            self.last_run_seconds = float("nan")
+        return response.content
+
+    def run_encrypted(self, client: FheModelClient, ciphertext: bytes) -> bytes:
+        """Upload keys if needed, run, and re-upload once if the service forgot them."""
+        self.ensure_keys(client)
+        info = client.key_info
+        assert info is not None
+        try:
+            return self.run(client.model_id, info.key_id, ciphertext)
+        except NotFoundError as exc:
+            if "evaluation keys" not in exc.message:
+                raise
+            # The service restarted without a key store, or evicted them: send them again.
+            self._known_keys.discard((client.model_id, info.key_id))
+            self.upload_keys(client)
+            return self.run(client.model_id, info.key_id, ciphertext)
+
+    def predict_raw(self, client: FheModelClient, x: Any) -> np.ndarray:
+        """Encrypt rows, run them on the service, decrypt: float outputs (n_rows, n_outputs)."""
+        return client.decrypt_raw(self.run_encrypted(client, client.encrypt(x)))
+
+    def predict(self, client: FheModelClient, x: Any) -> np.ndarray:
+        """Predictions after post-processing (labels, values), as the local ``predict``."""
+        return client.part.output_spec.apply(self.predict_raw(client, x))
+
+
+def fetch_client_part(
+    url: str, model_id: str, out: str | Path, *, token: str | None = None, overwrite: bool = False
+) -> ModelFolder:
+    """Save a served model's client part to ``out`` (for ``keygen``); see :class:`HttpClient`."""
+    with HttpClient(url, token=token) as http:
+        return http.fetch_client_part(model_id, out, overwrite=overwrite)
