@@ -86,14 +86,17 @@ def write_train_folder(out: Path) -> None:
 
 
 def expected_predictions(model_dir: Path, x: np.ndarray) -> np.ndarray:
-    """Class labels the compiled model's integer program gives (what the circuit computes)."""
+    """Class labels the compiled model's integer program gives (what the circuit computes),
+    with the client contract's standardization, quantization and decoding around it."""
     from fheqnn.compiler.serialize import program_from_dict
+    from fheqnn.contract import ClientContract
     from fheqnn.runtime.artifacts import open_model_folder
 
     folder = open_model_folder(model_dir)
     program = program_from_dict(folder.read_json("program.json"))
-    classes = folder.read_json("client.json")["output_spec"]["classes"]
-    return np.asarray(classes)[program.run(x).argmax(axis=1)]
+    contract = ClientContract.from_dict(folder.read_json("client.json"))
+    acc = program.run_integer(contract.quantize(x))
+    return np.asarray(contract.postprocess(contract.dequantize(acc)))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ and bad files refused with exit code 2, a message naming the place, and nothing 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,18 @@ def test_compile_from_a_training_folder_checks_its_budget(wine: Wine) -> None:
     assert f"accumulator budget: {NETWORK['n_accum_bits']} bits" in wine.compile_out
     report = json.loads((wine.model / "report.json").read_text())
     assert report["n_accum_bits"] == NETWORK["n_accum_bits"]
+
+
+def test_compiled_model_standardizes_raw_rows_like_the_estimator(wine: Wine) -> None:
+    """Regression: the network is trained on standardized rows; a compiled model made by
+    ``compile --from`` must standardize on the client too (unscaled columns gave ~50 %)."""
+    assert "input standardization" in wine.compile_out
+    client = json.loads((wine.model / "client.json").read_text())
+    assert client["standardization"] is not None
+    estimator = pickle.loads((wine.train / "estimator.pkl").read_bytes())
+    x = np.load(wine.train / "test_x.npy")
+    compiled = expected_predictions(wine.model, x)
+    assert np.mean(compiled == estimator.predict(x)) >= 0.9
 
 
 def test_compile_from_an_older_folder_falls_back_to_the_estimator(

@@ -223,6 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for name, arr in (("calibration", x_tr), ("test_x", x_te), ("test_y", y_te)):
             np.save(folder / f"{name}.npy", np.asarray(arr), allow_pickle=False)
         (folder / "output_spec.json").write_text(json.dumps(est._output_spec().to_dict()))
+        # The network was trained on standardized rows: the compiled model's client repeats it.
+        (folder / "standardizer.json").write_text(json.dumps(_standardizer_of(est).to_dict()))
         (folder / "train.json").write_text(
             json.dumps(
                 {
@@ -243,9 +245,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(f"trained in {fit_s:.1f} s; test {metric} (clear, quantized): {score:.4f}")
     _say(
         f"wrote {out}/: estimator.pkl, model.onnx, calibration.npy, test_x.npy, test_y.npy, "
-        "output_spec.json"
+        "output_spec.json, standardizer.json"
     )
     return EXIT_OK
+
+
+def _standardizer_of(est: Any) -> Any:
+    """The per-feature standardization a fitted estimator learned, as the client applies it."""
+    from .contract import Standardizer
+
+    return Standardizer(*est._input_standardization())
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{what} {path} cannot be read as JSON: {exc}") from exc
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -324,16 +340,22 @@ def _positive_int(value: str) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler.api import compile_onnx
-    from .contract import OutputSpec
+    from .contract import OutputSpec, Standardizer
+    from .errors import InvalidParameterError
     from .runtime.artifacts import check_destination
 
     onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
+    std_path = args.standardizer
     n_accum_bits = args.n_accum_bits
     if args.from_dir:
         base = Path(args.from_dir)
         onnx_path = onnx_path or base / "model.onnx"
         calibration = calibration or base / "calibration.npy"
         spec_path = spec_path or base / "output_spec.json"
+        # Training folders written before standardization existed have none: their network
+        # takes the rows as they are.
+        if std_path is None and (base / "standardizer.json").is_file():
+            std_path = base / "standardizer.json"
         if n_accum_bits is None:
             n_accum_bits, where = _trained_n_accum_bits(base)
             _say(
@@ -347,13 +369,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.output_spec and not Path(args.output_spec).is_file():
         raise CliError(f"output spec file {args.output_spec!r} does not exist")
     if spec_path and Path(spec_path).is_file():
-        spec = OutputSpec.from_dict(json.loads(Path(spec_path).read_text()))
+        spec = OutputSpec.from_dict(_read_json(Path(spec_path), "output spec"))
+    standardizer = None
+    if std_path is not None:
+        if not Path(std_path).is_file():
+            raise CliError(f"standardizer file {str(std_path)!r} does not exist")
+        try:
+            standardizer = Standardizer.from_dict(_read_json(Path(std_path), "standardizer"))
+        except (InvalidParameterError, KeyError, TypeError, ValueError) as exc:
+            raise CliError(f"{std_path} is not a standardizer (mean, scale): {exc}") from exc
+        _say(f"input standardization: {std_path} (applied on the client, before quantization)")
     options = _compile_options(args, n_accum_bits=n_accum_bits)
     x_cal = load_matrix(calibration, what="calibration")
     out = Path(args.out)
     check_destination(out, overwrite=args.overwrite, what="compiled model folder")
     with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
-        model = compile_onnx(onnx_path, x_cal, options=options, output_spec=spec)
+        model = compile_onnx(
+            onnx_path, x_cal, options=options, output_spec=spec, standardizer=standardizer
+        )
     _say(model.report.to_text())
     model.save(out, overwrite=args.overwrite)
     _say(
@@ -680,7 +713,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     options = _compile_options(args, n_accum_bits=args.n_accum_bits)
     with _Step("exporting to ONNX and compiling with the bit-width check"):
         model = compile_onnx(
-            est.export_onnx(), x_tr, options=options, output_spec=est._output_spec()
+            est.export_onnx(),
+            x_tr,
+            options=options,
+            output_spec=est._output_spec(),
+            standardizer=_standardizer_of(est),
         )
     _say(model.report.to_text())
     circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
@@ -821,6 +858,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="ONNX file")
     p.add_argument("--calibration", help=".npy / .csv calibration rows")
     p.add_argument("--output-spec", help="output_spec.json (class labels, target scaling)")
+    p.add_argument(
+        "--standardizer",
+        help="standardizer.json (per-feature mean and scale applied on the client before "
+        "quantization; default with --from: the training folder's)",
+    )
     p.add_argument("--n-accum-bits", type=int, default=None, help="accumulator budget (bits)")
     p.add_argument(
         "--rounding",
