@@ -185,7 +185,11 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
     start = time.perf_counter()
     # Public path: the estimator exports to ONNX and compiles with its own n_accum_bits.
     clf.compile(
-        x_tr, rounding=opts.rounding, rounding_exact=not opts.approximate, p_error=opts.p_error
+        x_tr,
+        y_tr,
+        rounding=opts.rounding,
+        rounding_exact=False if opts.approximate else None,
+        p_error=opts.p_error,
     )
     model = clf.fhe_model_
     row["compile_total_s"] = time.perf_counter() - start
@@ -214,7 +218,7 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
                 }
                 for r in summary["layers"]
             ],
-            "rounding": "approximate" if opts.approximate else "exact",
+            "rounding": "exact" if summary["rounding_exact"] else "approximate",
             "p_error": opts.p_error,
         }
     )

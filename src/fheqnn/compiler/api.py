@@ -57,6 +57,7 @@ class CompileStats:
     rounding: RoundingChoice
     max_bit_width: int
     statistics: dict[str, Any] = field(default_factory=dict, repr=False)
+    guard_message: str | None = None
 
 
 class CompiledModel:
@@ -167,6 +168,19 @@ class CompiledModel:
             "max_bit_width": stats.max_bit_width,
             "rounding_lsbs": stats.rounding.lsbs,
             "rounding_agreement": stats.rounding.agreement,
+            "rounding_exact": stats.rounding.exact,
+            "lookup_bits": [
+                layer.lookup_bits() for layer in self.program.layers if layer.is_hidden
+            ],
+            "estimated_seconds_per_row": stats.rounding.estimated_cost_s,
+            "accuracy_guard": {
+                "ok": stats.rounding.guard_ok and stats.guard_message is None,
+                "agreement": stats.rounding.agreement,
+                "calibration_score": stats.rounding.score,
+                "reference_calibration_score": stats.rounding.reference_score,
+                "fallback": stats.rounding.fallback,
+                "message": stats.guard_message,
+            },
             "evaluation_keys_bytes_estimate": int(
                 stats.statistics.get("size_of_bootstrap_keys", 0)
                 + stats.statistics.get("size_of_keyswitch_keys", 0)
@@ -217,6 +231,7 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         rounding=lowered.rounding,
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
         statistics=dict(circuit.statistics),
+        guard_message=lowered.guard_message,
     )
     logger.info(
         "compiled %s in %.1f s: %d PBS per row, max %d bits",
@@ -236,6 +251,7 @@ def compile_onnx(
     output_spec: OutputSpec | None = None,
     standardizer: Standardizer | None = None,
     configuration: Any = None,
+    calibration_labels: Any = None,
     **option_values: Any,
 ) -> CompiledModel:
     """Compile a QCDQ MLP ONNX model (file or ModelProto) to a Concrete circuit.
@@ -245,14 +261,23 @@ def compile_onnx(
         calibration_inputs: float rows (n_rows, n_features) used to measure bit-widths and to
             choose the rounding.
         options: a :class:`CompileOptions`; or give its fields as keywords (``n_accum_bits``,
-            ``rounding``, ``rounding_exact``, ``min_agreement``, ``p_error``,
-            ``global_p_error``), validated the same way.
+            ``rounding``, ``rounding_exact``, ``min_agreement``, ``max_accuracy_loss``,
+            ``strict``, ``p_error``, ``global_p_error``), validated the same way.
         output_spec: client post-processing (class labels, target scaling).
         standardizer: per-feature standardization applied on the client before quantization.
         configuration: a full ``fhe.Configuration`` (overrides ``p_error``/``global_p_error``).
+        calibration_labels: labels of the calibration rows: the rounding guard then keeps
+            calibration accuracy (R2 for regressors) within ``max_accuracy_loss`` of the
+            unrounded program's.
 
     Returns:
         The compiled model, its bit-width report in ``.report``.
+
+    Raises:
+        AccuracyLossError: with ``strict``, compile-time choices that break the accuracy guard.
+
+    Warns:
+        CompileAccuracyWarning: without ``strict``, the same.
     """
     if options is not None and option_values:
         raise InvalidParameterError(
@@ -260,6 +285,11 @@ def compile_onnx(
         )
     options = options or CompileOptions.from_kwargs(**option_values)
     lowered = lower_onnx(
-        model, calibration_inputs, options, output_spec=output_spec, standardizer=standardizer
+        model,
+        calibration_inputs,
+        options,
+        output_spec=output_spec,
+        standardizer=standardizer,
+        calibration_labels=calibration_labels,
     )
     return compile_program(lowered, configuration)

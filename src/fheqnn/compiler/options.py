@@ -29,17 +29,32 @@ class CompileOptions:
             the calibration rows keep ``min_agreement`` with the unrounded program), an int (the
             lookup input precision in bits, for every hidden layer), or ``"off"`` (``None`` is
             read as ``"off"``).
-        rounding_exact: exact rounding (bit-exact with the interpreter; costs extra small
-            lookups) or Concrete's approximate rounding (one lookup per neuron, rare off-by-one).
-        min_agreement: the accuracy guard of ``"auto"`` rounding, in [0, 1].
+        rounding_exact: ``True``: exact rounding (bit-exact with the interpreter; costs about
+            one extra small lookup per rounded bit and neuron). ``False``: Concrete's
+            approximate rounding (one lookup per neuron; values near the middle of a rounding
+            step may land one step off, at random, in simulation as in encryption). ``None``
+            (default): ``"auto"`` rounding tries both and keeps the cheaper one that holds the
+            guard (approximate rounding scored over several random draws); an explicit
+            ``rounding`` then uses approximate rounding.
+        min_agreement: the guard without labels: least share of calibration rows whose
+            prediction matches the unrounded program's, in [0, 1].
+        max_accuracy_loss: the guard with calibration labels: most calibration accuracy (R2
+            for regressors) the compiled program may lose against the unrounded one, in
+            [0, 1] (0.005: half a point).
+        strict: a choice that breaks the guard (e.g. an explicit ``rounding`` that loses
+            accuracy, or too few calibration rows to check it) is an
+            :class:`~fheqnn.errors.AccuracyLossError` instead of a
+            :class:`~fheqnn.errors.CompileAccuracyWarning`.
         p_error: Concrete's error probability per lookup (``None``: Concrete's default).
         global_p_error: error probability per circuit run (``None``: not set).
     """
 
     n_accum_bits: int | None = None
     rounding: str | int = "auto"
-    rounding_exact: bool = True
+    rounding_exact: bool | None = None
     min_agreement: float = 0.99
+    max_accuracy_loss: float = 0.005
+    strict: bool = False
     p_error: float | None = None
     global_p_error: float | None = None
 
@@ -59,8 +74,14 @@ class CompileOptions:
         else:
             rounding = check_int("rounding (lookup bits)", rounding, 1, MAX_LOOKUP_BITS)
         put("rounding", rounding)
-        put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
+        if self.rounding_exact is not None:
+            put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
         put("min_agreement", check_number("min_agreement", self.min_agreement, 0.0, 1.0))
+        put(
+            "max_accuracy_loss",
+            check_number("max_accuracy_loss", self.max_accuracy_loss, 0.0, 1.0),
+        )
+        put("strict", check_bool("strict", self.strict))
         for name in ("p_error", "global_p_error"):
             value = getattr(self, name)
             if value is not None:
