@@ -219,7 +219,9 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
                 for r in summary["layers"]
             ],
             "rounding": "exact" if summary["rounding_exact"] else "approximate",
-            "p_error": opts.p_error,
+            "p_error": summary["p_error"],
+            "p_error_curve": summary["p_error_curve"],
+            "estimated_s_per_row": summary["estimated_seconds_per_row"],
         }
     )
     lookup_bits = [r["lookup_bits"] for r in summary["layers"] if r["lookup_bits"]]

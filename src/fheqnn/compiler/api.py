@@ -58,6 +58,8 @@ class CompileStats:
     max_bit_width: int
     statistics: dict[str, Any] = field(default_factory=dict, repr=False)
     guard_message: str | None = None
+    p_error: Any = None
+    p_error_curve: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CompiledModel:
@@ -173,6 +175,8 @@ class CompiledModel:
                 layer.lookup_bits() for layer in self.program.layers if layer.is_hidden
             ],
             "estimated_seconds_per_row": stats.rounding.estimated_cost_s,
+            "p_error": stats.p_error,
+            "p_error_curve": stats.p_error_curve,
             "accuracy_guard": {
                 "ok": stats.rounding.guard_ok and stats.guard_message is None,
                 "agreement": stats.rounding.agreement,
@@ -208,8 +212,6 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         AccumulatorOverflowError: an accumulator measured wider than the budget.
     """
     program, options = lowered.program, lowered.options
-    if configuration is None:
-        configuration = backend.make_configuration(**options.concrete_options())
     in_range = program.input_quantizer.range
     inputset = [row[None, :] for row in lowered.calibration_q]
     # Cover the whole input quantizer range so that every legal input can be encrypted.
@@ -218,7 +220,17 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         np.full((1, program.n_features), in_range.hi, dtype=np.int64),
     ]
     start = time.perf_counter()
-    circuit = backend.compile_circuit(program, inputset, configuration)
+    p_error_curve: list[dict[str, Any]] = []
+    if configuration is not None:
+        circuit = backend.compile_circuit(program, inputset, configuration)
+        chosen_p_error = None
+    elif options.p_error != "auto":
+        circuit = backend.compile_circuit(
+            program, inputset, backend.make_configuration(**options.concrete_options())
+        )
+        chosen_p_error = options.p_error
+    else:
+        circuit, chosen_p_error = _choose_p_error(lowered, inputset, p_error_curve)
     seconds = time.perf_counter() - start
 
     report = analyse(program, options.n_accum_bits, backend.measured_ranges(circuit, program))
@@ -232,6 +244,8 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
         statistics=dict(circuit.statistics),
         guard_message=lowered.guard_message,
+        p_error=chosen_p_error,
+        p_error_curve=p_error_curve,
     )
     logger.info(
         "compiled %s in %.1f s: %d PBS per row, max %d bits",
@@ -241,6 +255,54 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         stats.max_bit_width,
     )
     return CompiledModel(program, circuit, report, stats, lowered.contract)
+
+
+#: Calibration rows the ``p_error="auto"`` search simulates per candidate (simulation costs
+#: about a millisecond per lookup; the first rows are enough to see a loss of accuracy).
+P_ERROR_GUARD_ROWS = 200
+
+
+def _choose_p_error(
+    lowered: Lowered, inputset: list[np.ndarray], curve: list[dict[str, Any]]
+) -> tuple[Any, float | None]:
+    """Compile with the largest error probability per lookup whose simulation keeps the guard.
+
+    Tries :data:`~fheqnn.compiler.options.P_ERROR_CANDIDATES`, largest first, then Concrete's
+    default. Each candidate's simulated calibration rows (the approximate rounding's randomness
+    and the bootstrap errors included) are scored against the unrounded program by the same
+    guard as the rounding; ``curve`` receives one entry per candidate tried (p_error, PBS,
+    estimated evaluation key bytes, simulated agreement and score).
+    """
+    from .options import P_ERROR_CANDIDATES
+
+    options, guard = lowered.options, lowered.guard
+    q = lowered.calibration_q[:P_ERROR_GUARD_ROWS]
+    for p_error in (*P_ERROR_CANDIDATES, None):
+        configuration = backend.make_configuration(**options.concrete_options(p_error))
+        circuit = backend.compile_circuit(lowered.program, inputset, configuration)
+        entry: dict[str, Any] = {
+            "p_error": p_error,
+            "pbs": int(circuit.programmable_bootstrap_count),
+            "evaluation_keys_bytes_estimate": int(
+                circuit.statistics.get("size_of_bootstrap_keys", 0)
+                + circuit.statistics.get("size_of_keyswitch_keys", 0)
+            ),
+        }
+        if p_error is None or guard is None:
+            curve.append(entry)
+            return circuit, p_error
+        circuit.enable_fhe_simulation()
+        raw = np.concatenate(
+            [np.asarray(circuit.simulate(row[None, :]), dtype=np.int64).reshape(1, -1) for row in q]
+        )
+        measured = guard.score_outputs(lowered.contract.dequantize(lowered.contract.unshift(raw)))
+        entry.update(simulated_agreement=measured.agreement, simulated_score=measured.score)
+        curve.append(entry)
+        ok = guard.passes(measured, len(q))
+        logger.info("p_error %g: simulated %s -> %s", p_error, measured, "kept" if ok else "no")
+        if ok:
+            return circuit, p_error
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def compile_onnx(

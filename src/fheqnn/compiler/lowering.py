@@ -55,6 +55,7 @@ class Lowered:
     options: CompileOptions
     calibration_labels: np.ndarray | None = None
     guard_message: str | None = None
+    guard: AccuracyGuard | None = None
 
 
 def _labels(labels: Any, n_rows: int) -> np.ndarray | None:
@@ -202,7 +203,7 @@ def lower_program(
         choice.estimated_cost_s or 0.0,
     )
     # Rounding never touches the output layer, so the contract built above still holds.
-    return Lowered(program, contract, q_cal, removed, choice, options, labels, message)
+    return Lowered(program, contract, q_cal, removed, choice, options, labels, message, guard)
 
 
 def lower_onnx(

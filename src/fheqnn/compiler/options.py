@@ -15,6 +15,10 @@ MAX_LOOKUP_BITS = 16
 #: Error probabilities per lookup accepted. Above 0.5 a lookup is wrong more often than right;
 #: below 2**-64 the key size grows without any measurable gain (Concrete's default is 2**-40).
 P_ERROR_RANGE = (2.0**-64, 0.5)
+#: Error probabilities per lookup that ``p_error="auto"`` tries, largest first. A bootstrap
+#: error moves a lookup's input by about one step, so a few in a row rarely change a prediction;
+#: the simulated calibration rows decide.
+P_ERROR_CANDIDATES = (1e-2, 1e-3, 1e-4)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,10 @@ class CompileOptions:
             accuracy, or too few calibration rows to check it) is an
             :class:`~fheqnn.errors.AccuracyLossError` instead of a
             :class:`~fheqnn.errors.CompileAccuracyWarning`.
-        p_error: Concrete's error probability per lookup (``None``: Concrete's default).
+        p_error: Concrete's error probability per lookup. ``"auto"`` (default): the largest of
+            :data:`P_ERROR_CANDIDATES` whose simulated circuit keeps the guard on the
+            calibration rows (larger means smaller keys and faster lookups), else Concrete's
+            default; ``None``: Concrete's default.
         global_p_error: error probability per circuit run (``None``: not set).
     """
 
@@ -55,7 +62,7 @@ class CompileOptions:
     min_agreement: float = 0.99
     max_accuracy_loss: float = 0.005
     strict: bool = False
-    p_error: float | None = None
+    p_error: float | str | None = "auto"
     global_p_error: float | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +91,8 @@ class CompileOptions:
         put("strict", check_bool("strict", self.strict))
         for name in ("p_error", "global_p_error"):
             value = getattr(self, name)
+            if name == "p_error" and value == "auto":
+                continue
             if value is not None:
                 put(name, check_number(name, value, *P_ERROR_RANGE))
 
@@ -102,8 +111,9 @@ class CompileOptions:
         """A copy with some options changed (validated again)."""
         return CompileOptions.from_kwargs(**{**asdict(self), **values})
 
-    def concrete_options(self) -> dict[str, Any]:
-        """What goes into Concrete's configuration."""
-        if self.p_error is None and self.global_p_error is None:
+    def concrete_options(self, p_error: float | None = None) -> dict[str, Any]:
+        """What goes into Concrete's configuration (``p_error``: the one chosen for ``"auto"``)."""
+        chosen = p_error if self.p_error == "auto" else self.p_error
+        if chosen is None and self.global_p_error is None:
             return {}
-        return {"p_error": self.p_error, "global_p_error": self.global_p_error}
+        return {"p_error": chosen, "global_p_error": self.global_p_error}

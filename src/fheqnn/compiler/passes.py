@@ -308,10 +308,31 @@ class AccuracyGuard:
                 scores.append(score)
         return GuardScore(float(np.mean(agreements)), float(np.mean(scores)) if scores else None)
 
-    def passes(self, result: GuardScore) -> bool:
+    def score_outputs(self, outputs: np.ndarray) -> GuardScore:
+        """Agreement and score of float outputs of the first ``len(outputs)`` calibration rows
+        (e.g. the simulated circuit's)."""
+        n = len(outputs)
+        agreement = _agreement(self.reference[:n], outputs)
+        if self.labels is None:
+            return GuardScore(agreement)
+        predictions = self.postprocess(outputs)
+        return GuardScore(
+            agreement, calibration_score(predictions, self.labels[:n], self.classifier)
+        )
+
+    def reference_score_of(self, n_rows: int) -> float | None:
+        """The unrounded program's score on the first ``n_rows`` calibration rows."""
+        if self.labels is None:
+            return None
+        return calibration_score(
+            self.postprocess(self.reference[:n_rows]), self.labels[:n_rows], self.classifier
+        )
+
+    def passes(self, result: GuardScore, n_rows: int | None = None) -> bool:
         """Whether a score keeps the guard: the score when labelled, else the agreement."""
-        if result.score is not None and self.reference_score is not None:
-            return result.score >= self.reference_score - self.max_score_loss - 1e-12
+        reference = self.reference_score if n_rows is None else self.reference_score_of(n_rows)
+        if result.score is not None and reference is not None:
+            return result.score >= reference - self.max_score_loss - 1e-12
         return result.agreement >= self.min_agreement
 
 
