@@ -674,7 +674,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"benchmark profile {args.profile}: {opts.datasets} x prune {opts.prune}, "
             f"{opts.encrypt_rows} encrypted rows each; rows appended to {out}"
         )
-        bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
+        rows = bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
+        if args.compare_reference:
+            pairs = []
+            for row in rows:
+                _say(f"- reference (Concrete ML 1.9) on {row['dataset']}, prune {row['prune']}")
+                try:
+                    ref = bench.reference_row(
+                        args.reference_python or bench.DEFAULT_REFERENCE_PYTHON,
+                        row["dataset"],
+                        opts.seed,
+                        opts.epochs,
+                        row["prune"],
+                    )
+                except (FileNotFoundError, RuntimeError) as exc:
+                    raise CliError(str(exc)) from exc
+                pairs.append((row, ref))
+            from .fileio import atomic_write_bytes
+
+            folder = Path(args.report_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            table = bench.comparison_table(pairs)
+            atomic_write_bytes(folder / "comparison.md", (table + "\n").encode())
+            with (folder / "comparison.jsonl").open("a") as handle:
+                for ours, ref in pairs:
+                    handle.write(json.dumps({"fheqnn": ours, "reference": ref}) + "\n")
+            bench.plot_comparison(pairs, folder / "comparison.png")
+            _say(table)
     if not out.is_file():
         raise CliError(f"no benchmark rows in {out}")
     md, png = bench.write_report(bench.read_rows(out), Path(args.report_dir), stem=out.stem)
@@ -837,6 +863,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
     p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
+    p.add_argument(
+        "--compare-reference",
+        action="store_true",
+        help="also run Concrete ML 1.9's network (benchmarks/reference.py) on each data set and "
+        "write comparison.md / .png with the ratios (needs real encryption: --rows >= 1)",
+    )
+    p.add_argument(
+        "--reference-python",
+        default=None,
+        help="the reference environment's python (default /work/refenv/bin/python)",
+    )
     return parser
 
 
