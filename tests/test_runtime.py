@@ -42,10 +42,11 @@ def workspace(tmp_path_factory, data):
     x, y = data
     root = tmp_path_factory.mktemp("runtime")
     clf = tiny_classifier(x, y, max_epochs=20)
-    clf.compile(x, rounding="off")
+    # Encrypted results are compared with simulated ones: bit-exact settings.
+    clf.compile(x, rounding="off", p_error=None)
     model_a = root / "circuits" / "a"
     clf.fhe_model_.save(model_a)
-    clf.compile(x, rounding=2)
+    clf.compile(x, rounding=2, rounding_exact=True, p_error=None)
     model_b = root / "circuits" / "b"
     clf.fhe_model_.save(model_b)
     keys_a, keys_b = root / "keys" / "a", root / "keys" / "b"
