@@ -39,7 +39,11 @@ def test_quick_profile_writes_rows_table_and_plot(tmp_path, capsys) -> None:
     # Structured pruning removes lookups.
     assert rows[1]["hidden_neurons"] < rows[0]["hidden_neurons"]
     table = (tmp_path / "quick.md").read_text()
-    assert "| iris | 0.50 | exact | default |" in table
+    # The row says which rounding and error probability the compiler chose.
+    chosen = rows[1]
+    p_error = "default" if chosen["p_error"] is None else f"{chosen['p_error']:g}"
+    assert f"| iris | 0.50 | {chosen['rounding']} | {p_error} |" in table
+    assert chosen["rounding"] in ("exact", "approximate")
     assert (tmp_path / "quick.png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in capsys.readouterr().out
 

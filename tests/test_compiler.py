@@ -147,7 +147,8 @@ def tiny_classifier(small_data) -> NeuralNetClassifier:
 @pytest.fixture(scope="module")
 def compiled(tiny_classifier, small_data) -> NeuralNetClassifier:
     x, _ = small_data
-    return tiny_classifier.compile(x[:80], rounding="off")
+    # Bit-exact simulation asks for it: no rounding, Concrete's default error probability.
+    return tiny_classifier.compile(x[:80], rounding="off", p_error=None)
 
 
 def test_simulation_is_bit_exact_with_the_interpreter(compiled, small_data) -> None:
@@ -199,7 +200,14 @@ def test_real_encryption_matches_simulation(compiled, small_data) -> None:
 
 def test_rounding_auto_and_forced(tiny_classifier, small_data) -> None:
     x, _ = small_data
-    model = compile_onnx(tiny_classifier.export_onnx(), x, n_accum_bits=5, rounding=2)
+    model = compile_onnx(
+        tiny_classifier.export_onnx(),
+        x,
+        n_accum_bits=5,
+        rounding=2,
+        rounding_exact=True,
+        p_error=None,
+    )
     hidden = [row for row in model.report.layers if row.lookup_bits is not None]
     assert all(row.lookup_bits <= 3 for row in hidden)
     q = model.quantize(x)
@@ -252,7 +260,7 @@ def test_regressor_compiles(small_data) -> None:
         verbose=0,
         random_state=0,
     ).fit(x, target)
-    reg.compile(x)
+    reg.compile(x, rounding_exact=True, p_error=None)
     sim = reg.predict(x[:20], fhe="simulate")
     assert sim.shape == (20,)
     np.testing.assert_allclose(sim, reg.predict(x[:20], fhe="disable"))

@@ -185,7 +185,11 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
     start = time.perf_counter()
     # Public path: the estimator exports to ONNX and compiles with its own n_accum_bits.
     clf.compile(
-        x_tr, rounding=opts.rounding, rounding_exact=not opts.approximate, p_error=opts.p_error
+        x_tr,
+        y_tr,
+        rounding=opts.rounding,
+        rounding_exact=False if opts.approximate else None,
+        p_error=opts.p_error,
     )
     model = clf.fhe_model_
     row["compile_total_s"] = time.perf_counter() - start
@@ -214,8 +218,10 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
                 }
                 for r in summary["layers"]
             ],
-            "rounding": "approximate" if opts.approximate else "exact",
-            "p_error": opts.p_error,
+            "rounding": "exact" if summary["rounding_exact"] else "approximate",
+            "p_error": summary["p_error"],
+            "p_error_curve": summary["p_error_curve"],
+            "estimated_s_per_row": summary["estimated_seconds_per_row"],
         }
     )
     lookup_bits = [r["lookup_bits"] for r in summary["layers"] if r["lookup_bits"]]
@@ -423,3 +429,88 @@ def write_report(rows: list[dict], folder: Path, stem: str = "bench") -> tuple[P
     png = folder / f"{stem}.png"
     plot(rows, png)
     return md, png
+
+
+#: Where ``--compare-reference`` finds the reference's own Python (see benchmarks/reference.py).
+DEFAULT_REFERENCE_PYTHON = "/work/refenv/bin/python"
+
+
+def reference_row(python: str, dataset: str, seed: int, epochs: int, prune: float = 0.0) -> dict:
+    """Run ``benchmarks/reference.py`` (Concrete ML 1.9) in its own environment; its JSON row.
+
+    Raises:
+        FileNotFoundError: no such interpreter (the reference environment is made by hand).
+        RuntimeError: the script failed (its last lines of error output are in the message).
+    """
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "reference.py"
+    if not Path(python).is_file():
+        raise FileNotFoundError(
+            f"no reference interpreter at {python}: create it by hand with 'python -m venv "
+            f'/work/refenv && /work/refenv/bin/pip install "concrete-ml==1.9.*"\' (see {script})'
+        )
+    cmd = [python, str(script), "--dataset", dataset, "--seed", str(seed)]
+    cmd += ["--epochs", str(epochs), "--prune", str(prune)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{tail}")
+    logger.info("reference: %s", done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COMPARED = (
+    ("latency 1 row s", "latency_single_s"),
+    ("keygen s", "keygen_s"),
+    ("eval keys MB", "eval_keys_mb"),
+    ("PBS", "pbs"),
+    ("acc sim", "acc_simulated"),
+)
+
+
+def comparison_table(pairs: list[tuple[dict, dict]]) -> str:
+    """Our row and the reference's side by side, with ours / reference ratios."""
+    head = ["data set", "seed", "system", *(name for name, _ in COMPARED), "load"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ours, ref in pairs:
+        for label, row in (("fheqnn default", ours), ("Concrete ML 1.9", ref)):
+            cells = [_fmt(row.get(key), ".3f") for _, key in COMPARED]
+            load = row.get("load_before", row.get("load"))
+            lines.append(
+                f"| {ours['dataset']} | {ours['seed']} | {label} | "
+                + " | ".join(cells)
+                + f" | {_fmt(load, '.1f')} |"
+            )
+        ratios = [
+            _fmt(ours[key] / ref[key], ".3f") if ours.get(key) and ref.get(key) else "-"
+            for _, key in COMPARED
+        ]
+        lines.append(
+            f"| {ours['dataset']} | {ours['seed']} | ratio | " + " | ".join(ratios) + " | |"
+        )
+    return "\n".join(lines)
+
+
+def plot_comparison(pairs: list[tuple[dict, dict]], path: Path) -> None:
+    """Latency per row against lookups (PBS) per row, both systems (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for index, name in ((0, "fheqnn default"), (1, "Concrete ML 1.9")):
+        points = [(p[index]["pbs"], p[index].get("latency_single_s")) for p in pairs]
+        points = [pt for pt in points if pt[1] is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("table lookups (PBS) per row")
+    ax.set_ylabel("encrypted latency per row (s)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -222,6 +222,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         est.export_onnx(folder / "model.onnx")
         for name, arr in (("calibration", x_tr), ("test_x", x_te), ("test_y", y_te)):
             np.save(folder / f"{name}.npy", np.asarray(arr), allow_pickle=False)
+        labels = np.asarray(y_tr)
+        # Labels of the calibration rows: 'compile --from' guards accuracy with them.
+        np.save(
+            folder / CALIBRATION_LABELS,
+            labels.astype(str) if labels.dtype == object else labels,
+            allow_pickle=False,
+        )
         (folder / "output_spec.json").write_text(json.dumps(est._output_spec().to_dict()))
         # The network was trained on standardized rows: the compiled model's client repeats it.
         (folder / "standardizer.json").write_text(json.dumps(_standardizer_of(est).to_dict()))
@@ -280,6 +287,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- compile / report
 
 
+#: Labels of a training folder's calibration rows (written by 'train', read by 'compile --from').
+CALIBRATION_LABELS = "calibration_labels.npy"
+
+
 def _rounding(value: str) -> Any:
     if value in ("auto", "off"):
         return value
@@ -293,12 +304,36 @@ def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     """The validated compile options of the command line (one check, shared with the API)."""
     from .compiler.options import CompileOptions
 
+    exact = getattr(args, "exact", False)
+    approximate = getattr(args, "approximate", False)
+    if exact and approximate:
+        raise CliError("give --exact or --approximate, not both")
     return CompileOptions(
         rounding=args.rounding,
-        rounding_exact=not args.approximate,
+        rounding_exact=True if exact else (False if approximate else None),
         p_error=args.p_error,
+        strict=getattr(args, "strict", False),
         **values,
     )
+
+
+def _compile_speaking(compile_call: Any) -> Any:
+    """Run a compilation; print what the accuracy guard warns about (``--strict``: error)."""
+    import warnings
+
+    from .errors import CompileAccuracyWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompileAccuracyWarning)
+        result = compile_call()
+    for warning in caught:
+        if issubclass(warning.category, CompileAccuracyWarning):
+            _say(f"warning: {warning.message} (--strict makes this an error)")
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return result
 
 
 def _trained_n_accum_bits(folder: Path) -> tuple[int | None, str]:
@@ -381,11 +416,30 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _say(f"input standardization: {std_path} (applied on the client, before quantization)")
     options = _compile_options(args, n_accum_bits=n_accum_bits)
     x_cal = load_matrix(calibration, what="calibration")
+    labels_path = args.calibration_labels
+    if labels_path is None and args.from_dir and (base / CALIBRATION_LABELS).is_file():
+        labels_path = base / CALIBRATION_LABELS
+    y_cal = None
+    if labels_path is not None:
+        from .tabular import read_labels
+
+        y_cal = read_labels(labels_path)
+        if len(y_cal) != len(x_cal):
+            raise CliError(
+                f"{labels_path} has {len(y_cal)} labels for {len(x_cal)} calibration rows"
+            )
     out = Path(args.out)
     check_destination(out, overwrite=args.overwrite, what="compiled model folder")
     with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
-        model = compile_onnx(
-            onnx_path, x_cal, options=options, output_spec=spec, standardizer=standardizer
+        model = _compile_speaking(
+            lambda: compile_onnx(
+                onnx_path,
+                x_cal,
+                options=options,
+                output_spec=spec,
+                standardizer=standardizer,
+                calibration_labels=y_cal,
+            )
         )
     _say(model.report.to_text())
     model.save(out, overwrite=args.overwrite)
@@ -712,12 +766,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     options = _compile_options(args, n_accum_bits=args.n_accum_bits)
     with _Step("exporting to ONNX and compiling with the bit-width check"):
-        model = compile_onnx(
-            est.export_onnx(),
-            x_tr,
-            options=options,
-            output_spec=est._output_spec(),
-            standardizer=_standardizer_of(est),
+        model = _compile_speaking(
+            lambda: compile_onnx(
+                est.export_onnx(),
+                x_tr,
+                options=options,
+                output_spec=est._output_spec(),
+                standardizer=_standardizer_of(est),
+                calibration_labels=y_tr,
+            )
         )
     _say(model.report.to_text())
     circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
@@ -801,7 +858,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"benchmark profile {args.profile}: {opts.datasets} x prune {opts.prune}, "
             f"{opts.encrypt_rows} encrypted rows each; rows appended to {out}"
         )
-        bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
+        rows = bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
+        if args.compare_reference:
+            pairs = []
+            for row in rows:
+                _say(f"- reference (Concrete ML 1.9) on {row['dataset']}, prune {row['prune']}")
+                try:
+                    ref = bench.reference_row(
+                        args.reference_python or bench.DEFAULT_REFERENCE_PYTHON,
+                        row["dataset"],
+                        opts.seed,
+                        opts.epochs,
+                        row["prune"],
+                    )
+                except (FileNotFoundError, RuntimeError) as exc:
+                    raise CliError(str(exc)) from exc
+                pairs.append((row, ref))
+            from .fileio import atomic_write_bytes
+
+            folder = Path(args.report_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            table = bench.comparison_table(pairs)
+            atomic_write_bytes(folder / "comparison.md", (table + "\n").encode())
+            with (folder / "comparison.jsonl").open("a") as handle:
+                for ours, ref in pairs:
+                    handle.write(json.dumps({"fheqnn": ours, "reference": ref}) + "\n")
+            bench.plot_comparison(pairs, folder / "comparison.png")
+            _say(table)
     if not out.is_file():
         raise CliError(f"no benchmark rows in {out}")
     md, png = bench.write_report(bench.read_rows(out), Path(args.report_dir), stem=out.stem)
@@ -873,7 +956,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--approximate",
         action="store_true",
-        help="approximate rounding: one PBS per neuron, rare off-by-one errors",
+        help="approximate rounding only: one PBS per neuron, rare off-by-one errors "
+        "(default: the cheaper of approximate and exact that keeps accuracy)",
+    )
+    p.add_argument(
+        "--exact", action="store_true", help="exact rounding only (bit-exact with the interpreter)"
+    )
+    p.add_argument(
+        "--calibration-labels",
+        help="labels of the calibration rows (.npy / .csv): the rounding then keeps their "
+        "accuracy (default with --from: the training folder's)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail when compile-time choices lose accuracy, instead of warning",
     )
     p.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
     p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
@@ -965,7 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rows", type=_positive_int, default=10, help="test rows to run encrypted (default 10)"
     )
     p.add_argument("--rounding", type=_rounding, default="auto")
-    p.add_argument("--approximate", action="store_true", help="approximate rounding")
+    p.add_argument("--approximate", action="store_true", help="approximate rounding only")
+    p.add_argument("--exact", action="store_true", help="exact rounding only")
+    p.add_argument("--strict", action="store_true", help="fail when compiling loses accuracy")
     p.add_argument("--p-error", type=float, default=None)
     p.add_argument("--circuits", default="circuits", help="where compiled models go")
     p.add_argument("--keys", default="keys", help="where key folders go")
@@ -990,6 +1089,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
     p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
+    p.add_argument(
+        "--compare-reference",
+        action="store_true",
+        help="also run Concrete ML 1.9's network (benchmarks/reference.py) on each data set and "
+        "write comparison.md / .png with the ratios (needs real encryption: --rows >= 1)",
+    )
+    p.add_argument(
+        "--reference-python",
+        default=None,
+        help="the reference environment's python (default /work/refenv/bin/python)",
+    )
     return parser
 
 

@@ -42,3 +42,13 @@ class UnsupportedOperatorError(InvalidModelError):
 
 class InternalError(FheqnnError, RuntimeError):
     """A guarantee that fheqnn itself should uphold was broken: a bug, please report it."""
+
+
+class AccuracyLossError(FheqnnError, ValueError):
+    """Compile-time choices (rounding, error probability) cost more accuracy than allowed, and
+    ``strict`` compilation was asked for."""
+
+
+class CompileAccuracyWarning(UserWarning):
+    """Compile-time choices cost agreement with the unrounded program, or calibration accuracy,
+    beyond the guard's threshold (or the calibration rows are too few to tell)."""

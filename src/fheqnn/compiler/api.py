@@ -57,6 +57,9 @@ class CompileStats:
     rounding: RoundingChoice
     max_bit_width: int
     statistics: dict[str, Any] = field(default_factory=dict, repr=False)
+    guard_message: str | None = None
+    p_error: Any = None
+    p_error_curve: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CompiledModel:
@@ -167,6 +170,21 @@ class CompiledModel:
             "max_bit_width": stats.max_bit_width,
             "rounding_lsbs": stats.rounding.lsbs,
             "rounding_agreement": stats.rounding.agreement,
+            "rounding_exact": stats.rounding.exact,
+            "lookup_bits": [
+                layer.lookup_bits() for layer in self.program.layers if layer.is_hidden
+            ],
+            "estimated_seconds_per_row": stats.rounding.estimated_cost_s,
+            "p_error": stats.p_error,
+            "p_error_curve": stats.p_error_curve,
+            "accuracy_guard": {
+                "ok": stats.rounding.guard_ok and stats.guard_message is None,
+                "agreement": stats.rounding.agreement,
+                "calibration_score": stats.rounding.score,
+                "reference_calibration_score": stats.rounding.reference_score,
+                "fallback": stats.rounding.fallback,
+                "message": stats.guard_message,
+            },
             "evaluation_keys_bytes_estimate": int(
                 stats.statistics.get("size_of_bootstrap_keys", 0)
                 + stats.statistics.get("size_of_keyswitch_keys", 0)
@@ -194,8 +212,6 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         AccumulatorOverflowError: an accumulator measured wider than the budget.
     """
     program, options = lowered.program, lowered.options
-    if configuration is None:
-        configuration = backend.make_configuration(**options.concrete_options())
     in_range = program.input_quantizer.range
     inputset = [row[None, :] for row in lowered.calibration_q]
     # Cover the whole input quantizer range so that every legal input can be encrypted.
@@ -204,7 +220,17 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         np.full((1, program.n_features), in_range.hi, dtype=np.int64),
     ]
     start = time.perf_counter()
-    circuit = backend.compile_circuit(program, inputset, configuration)
+    p_error_curve: list[dict[str, Any]] = []
+    if configuration is not None:
+        circuit = backend.compile_circuit(program, inputset, configuration)
+        chosen_p_error = None
+    elif options.p_error != "auto":
+        circuit = backend.compile_circuit(
+            program, inputset, backend.make_configuration(**options.concrete_options())
+        )
+        chosen_p_error = options.p_error
+    else:
+        circuit, chosen_p_error = _choose_p_error(lowered, inputset, p_error_curve)
     seconds = time.perf_counter() - start
 
     report = analyse(program, options.n_accum_bits, backend.measured_ranges(circuit, program))
@@ -217,6 +243,9 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         rounding=lowered.rounding,
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
         statistics=dict(circuit.statistics),
+        guard_message=lowered.guard_message,
+        p_error=chosen_p_error,
+        p_error_curve=p_error_curve,
     )
     logger.info(
         "compiled %s in %.1f s: %d PBS per row, max %d bits",
@@ -228,6 +257,54 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     return CompiledModel(program, circuit, report, stats, lowered.contract)
 
 
+#: Calibration rows the ``p_error="auto"`` search simulates per candidate (simulation costs
+#: about a millisecond per lookup; the first rows are enough to see a loss of accuracy).
+P_ERROR_GUARD_ROWS = 200
+
+
+def _choose_p_error(
+    lowered: Lowered, inputset: list[np.ndarray], curve: list[dict[str, Any]]
+) -> tuple[Any, float | None]:
+    """Compile with the largest error probability per lookup whose simulation keeps the guard.
+
+    Tries :data:`~fheqnn.compiler.options.P_ERROR_CANDIDATES`, largest first, then Concrete's
+    default. Each candidate's simulated calibration rows (the approximate rounding's randomness
+    and the bootstrap errors included) are scored against the unrounded program by the same
+    guard as the rounding; ``curve`` receives one entry per candidate tried (p_error, PBS,
+    estimated evaluation key bytes, simulated agreement and score).
+    """
+    from .options import P_ERROR_CANDIDATES
+
+    options, guard = lowered.options, lowered.guard
+    q = lowered.calibration_q[:P_ERROR_GUARD_ROWS]
+    for p_error in (*P_ERROR_CANDIDATES, None):
+        configuration = backend.make_configuration(**options.concrete_options(p_error))
+        circuit = backend.compile_circuit(lowered.program, inputset, configuration)
+        entry: dict[str, Any] = {
+            "p_error": p_error,
+            "pbs": int(circuit.programmable_bootstrap_count),
+            "evaluation_keys_bytes_estimate": int(
+                circuit.statistics.get("size_of_bootstrap_keys", 0)
+                + circuit.statistics.get("size_of_keyswitch_keys", 0)
+            ),
+        }
+        if p_error is None or guard is None:
+            curve.append(entry)
+            return circuit, p_error
+        circuit.enable_fhe_simulation()
+        raw = np.concatenate(
+            [np.asarray(circuit.simulate(row[None, :]), dtype=np.int64).reshape(1, -1) for row in q]
+        )
+        measured = guard.score_outputs(lowered.contract.dequantize(lowered.contract.unshift(raw)))
+        entry.update(simulated_agreement=measured.agreement, simulated_score=measured.score)
+        curve.append(entry)
+        ok = guard.passes(measured, len(q))
+        logger.info("p_error %g: simulated %s -> %s", p_error, measured, "kept" if ok else "no")
+        if ok:
+            return circuit, p_error
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def compile_onnx(
     model: str | Path | Any,
     calibration_inputs: Any,
@@ -236,6 +313,7 @@ def compile_onnx(
     output_spec: OutputSpec | None = None,
     standardizer: Standardizer | None = None,
     configuration: Any = None,
+    calibration_labels: Any = None,
     **option_values: Any,
 ) -> CompiledModel:
     """Compile a QCDQ MLP ONNX model (file or ModelProto) to a Concrete circuit.
@@ -245,14 +323,23 @@ def compile_onnx(
         calibration_inputs: float rows (n_rows, n_features) used to measure bit-widths and to
             choose the rounding.
         options: a :class:`CompileOptions`; or give its fields as keywords (``n_accum_bits``,
-            ``rounding``, ``rounding_exact``, ``min_agreement``, ``p_error``,
-            ``global_p_error``), validated the same way.
+            ``rounding``, ``rounding_exact``, ``min_agreement``, ``max_accuracy_loss``,
+            ``strict``, ``p_error``, ``global_p_error``), validated the same way.
         output_spec: client post-processing (class labels, target scaling).
         standardizer: per-feature standardization applied on the client before quantization.
         configuration: a full ``fhe.Configuration`` (overrides ``p_error``/``global_p_error``).
+        calibration_labels: labels of the calibration rows: the rounding guard then keeps
+            calibration accuracy (R2 for regressors) within ``max_accuracy_loss`` of the
+            unrounded program's.
 
     Returns:
         The compiled model, its bit-width report in ``.report``.
+
+    Raises:
+        AccuracyLossError: with ``strict``, compile-time choices that break the accuracy guard.
+
+    Warns:
+        CompileAccuracyWarning: without ``strict``, the same.
     """
     if options is not None and option_values:
         raise InvalidParameterError(
@@ -260,6 +347,11 @@ def compile_onnx(
         )
     options = options or CompileOptions.from_kwargs(**option_values)
     lowered = lower_onnx(
-        model, calibration_inputs, options, output_spec=output_spec, standardizer=standardizer
+        model,
+        calibration_inputs,
+        options,
+        output_spec=output_spec,
+        standardizer=standardizer,
+        calibration_labels=calibration_labels,
     )
     return compile_program(lowered, configuration)

@@ -7,6 +7,7 @@ Everything before Concrete, in numpy: a :class:`Lowered` program is what the bac
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,18 @@ from typing import Any
 import numpy as np
 
 from ..contract import ClientContract, OutputSpec, Standardizer
+from ..errors import AccuracyLossError, CompileAccuracyWarning, InvalidInputError
 from .ir import Program
 from .options import CompileOptions
-from .passes import RoundingChoice, check_lookup_domains, choose_rounding, drop_dead_neurons
+from .passes import (
+    MIN_GUARD_ROWS,
+    AccuracyGuard,
+    RoundingChoice,
+    check_lookup_domains,
+    choose_rounding,
+    drop_dead_neurons,
+    estimated_cost_s,
+)
 from .report import analyse, check
 
 logger = logging.getLogger(__name__)
@@ -31,8 +41,10 @@ class Lowered:
         contract: its client side (input standardization and quantization, output decoding).
         calibration_q: the calibration rows, quantized (int64, (n_rows, n_features)).
         removed_neurons: hidden neurons removed because they were dead.
-        rounding: the rounding chosen per hidden layer, and its agreement.
+        rounding: the rounding chosen per hidden layer, and what the guard measured.
         options: the options it was lowered with.
+        calibration_labels: the calibration labels, when given.
+        guard_message: what the accuracy guard said (``None``: nothing to say).
     """
 
     program: Program
@@ -41,6 +53,75 @@ class Lowered:
     removed_neurons: int
     rounding: RoundingChoice
     options: CompileOptions
+    calibration_labels: np.ndarray | None = None
+    guard_message: str | None = None
+    guard: AccuracyGuard | None = None
+
+
+def _labels(labels: Any, n_rows: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or len(arr) != n_rows:
+        raise InvalidInputError(
+            f"calibration labels must be one per calibration row ({n_rows}), got shape {arr.shape}"
+        )
+    return arr
+
+
+def _postprocessing(contract: ClientContract) -> tuple[Any, bool]:
+    """How the guard turns float outputs into predictions, and whether they are classes."""
+    kind = contract.output_spec.kind
+    if kind == "raw":
+        if contract.n_outputs > 1:
+            return (lambda outputs: outputs.argmax(axis=1)), True
+        return contract.postprocess, False
+    return contract.postprocess, kind == "classifier"
+
+
+def speak(choice: RoundingChoice, options: CompileOptions, n_rows: int) -> str | None:
+    """What the accuracy guard has to say about a rounding choice; warns or (strict) raises.
+
+    A fallback to lossless rounding is logged (it costs speed, not accuracy); a choice that
+    breaks the guard, or that too few rows cannot check, is a
+    :class:`~fheqnn.errors.CompileAccuracyWarning`, or with ``strict`` an
+    :class:`~fheqnn.errors.AccuracyLossError`.
+    """
+    if choice.fallback is not None:
+        logger.warning("rounding: %s", choice.fallback)
+        return choice.fallback
+    problems = []
+    if choice.score is not None and choice.reference_score is not None:
+        loss = choice.reference_score - choice.score
+        if loss > options.max_accuracy_loss + 1e-12:
+            problems.append(
+                f"calibration accuracy {choice.score:.4f} against {choice.reference_score:.4f} "
+                f"unrounded (loss {loss:.4f} > max_accuracy_loss {options.max_accuracy_loss})"
+            )
+    elif choice.agreement < options.min_agreement:
+        problems.append(
+            f"agreement with the unrounded program {choice.agreement:.4f} < min_agreement "
+            f"{options.min_agreement}"
+        )
+    if any(choice.lsbs) and n_rows < MIN_GUARD_ROWS:
+        problems.append(
+            f"only {n_rows} calibration rows: too few to check a lossy rounding "
+            f"(at least {MIN_GUARD_ROWS})"
+        )
+    if not problems:
+        return None
+    message = (
+        f"rounding {options.rounding!r} ({'exact' if choice.exact else 'approximate'}, "
+        f"lsbs {choice.lsbs}): " + "; ".join(problems) + ". Use rounding='auto', more "
+        "calibration rows, or rounding='off'"
+    )
+    if options.strict:
+        raise AccuracyLossError(message)
+    warnings.warn(message, CompileAccuracyWarning, stacklevel=3)
+    logger.warning("accuracy guard: %s", message)
+    return message
 
 
 def lower_program(
@@ -50,6 +131,7 @@ def lower_program(
     *,
     output_spec: OutputSpec | None = None,
     standardizer: Standardizer | None = None,
+    calibration_labels: Any = None,
 ) -> Lowered:
     """Run the passes on an IR program and check its accumulators against the budget.
 
@@ -60,10 +142,17 @@ def lower_program(
         options: compilation options (default: :class:`CompileOptions`'s defaults).
         output_spec: client post-processing (class labels, target scaling).
         standardizer: per-feature standardization the client applies before quantizing.
+        calibration_labels: labels of the calibration rows (n_rows,): the guard then keeps
+            calibration accuracy (R2 for regressors) within ``max_accuracy_loss`` of the
+            unrounded program's, instead of only agreement with it.
 
     Raises:
         AccumulatorOverflowError: a layer's proven worst case exceeds ``n_accum_bits``, before
             any rounding choice or compilation.
+        AccuracyLossError: with ``strict``, a rounding that breaks the accuracy guard.
+
+    Warns:
+        CompileAccuracyWarning: without ``strict``, a rounding that breaks the accuracy guard.
     """
     options = options or CompileOptions()
     program, removed = drop_dead_neurons(program)
@@ -73,20 +162,48 @@ def lower_program(
 
     contract = ClientContract.from_program(program, output_spec, standardizer)
     q_cal = contract.quantize(calibration_inputs, what="calibration inputs")
+    labels = _labels(calibration_labels, len(q_cal))
+    postprocess, classifier = _postprocessing(contract)
+    guard = AccuracyGuard(
+        program,
+        q_cal,
+        postprocess=postprocess,
+        labels=labels,
+        classifier=classifier,
+        min_agreement=options.min_agreement,
+        max_score_loss=options.max_accuracy_loss,
+    )
     if options.rounding == "off":
         hidden = sum(layer.is_hidden for layer in program.layers)
-        choice = RoundingChoice([0] * hidden, [], 1.0)
+        choice = RoundingChoice(
+            [0] * hidden,
+            [],
+            1.0,
+            True,
+            guard.reference_score,
+            guard.reference_score,
+            estimated_cost_s(program),
+        )
     else:
         choice = choose_rounding(
             program,
             q_cal,
             target_bits=None if options.rounding == "auto" else int(options.rounding),
-            min_agreement=options.min_agreement,
             exact=options.rounding_exact,
+            guard=guard,
         )
-    program = program.with_rounding(choice.lsbs, exact=options.rounding_exact)
+    message = speak(choice, options, len(q_cal))
+    program = program.with_rounding(choice.lsbs, exact=choice.exact)
+    logger.info(
+        "rounding %s (%s): lookup bits %s, agreement %.4f, estimated %.3f s per row",
+        choice.lsbs,
+        "exact" if choice.exact else "approximate",
+        [layer.lookup_bits() for layer in program.layers if layer.is_hidden],
+        choice.agreement,
+        choice.estimated_cost_s or 0.0,
+    )
     # Rounding never touches the output layer, so the contract built above still holds.
-    return Lowered(program, contract, q_cal, removed, choice, options)
+    return Lowered(program, contract, q_cal, removed, choice, options, labels, message, guard)
 
 
 def lower_onnx(
@@ -96,6 +213,7 @@ def lower_onnx(
     *,
     output_spec: OutputSpec | None = None,
     standardizer: Standardizer | None = None,
+    calibration_labels: Any = None,
 ) -> Lowered:
     """Read a QCDQ MLP ONNX model (file or ModelProto) and lower it (see :func:`lower_program`)."""
     from .onnx_frontend import program_from_onnx
@@ -106,4 +224,5 @@ def lower_onnx(
         options,
         output_spec=output_spec,
         standardizer=standardizer,
+        calibration_labels=calibration_labels,
     )

@@ -15,6 +15,10 @@ MAX_LOOKUP_BITS = 16
 #: Error probabilities per lookup accepted. Above 0.5 a lookup is wrong more often than right;
 #: below 2**-64 the key size grows without any measurable gain (Concrete's default is 2**-40).
 P_ERROR_RANGE = (2.0**-64, 0.5)
+#: Error probabilities per lookup that ``p_error="auto"`` tries, largest first. A bootstrap
+#: error moves a lookup's input by about one step, so a few in a row rarely change a prediction;
+#: the simulated calibration rows decide.
+P_ERROR_CANDIDATES = (1e-2, 1e-3, 1e-4)
 
 
 @dataclass(frozen=True)
@@ -29,18 +33,36 @@ class CompileOptions:
             the calibration rows keep ``min_agreement`` with the unrounded program), an int (the
             lookup input precision in bits, for every hidden layer), or ``"off"`` (``None`` is
             read as ``"off"``).
-        rounding_exact: exact rounding (bit-exact with the interpreter; costs extra small
-            lookups) or Concrete's approximate rounding (one lookup per neuron, rare off-by-one).
-        min_agreement: the accuracy guard of ``"auto"`` rounding, in [0, 1].
-        p_error: Concrete's error probability per lookup (``None``: Concrete's default).
+        rounding_exact: ``True``: exact rounding (bit-exact with the interpreter; costs about
+            one extra small lookup per rounded bit and neuron). ``False``: Concrete's
+            approximate rounding (one lookup per neuron; values near the middle of a rounding
+            step may land one step off, at random, in simulation as in encryption). ``None``
+            (default): ``"auto"`` rounding tries both and keeps the cheaper one that holds the
+            guard (approximate rounding scored over several random draws); an explicit
+            ``rounding`` then uses approximate rounding.
+        min_agreement: the guard without labels: least share of calibration rows whose
+            prediction matches the unrounded program's, in [0, 1].
+        max_accuracy_loss: the guard with calibration labels: most calibration accuracy (R2
+            for regressors) the compiled program may lose against the unrounded one, in
+            [0, 1] (0.005: half a point).
+        strict: a choice that breaks the guard (e.g. an explicit ``rounding`` that loses
+            accuracy, or too few calibration rows to check it) is an
+            :class:`~fheqnn.errors.AccuracyLossError` instead of a
+            :class:`~fheqnn.errors.CompileAccuracyWarning`.
+        p_error: Concrete's error probability per lookup. ``"auto"`` (default): the largest of
+            :data:`P_ERROR_CANDIDATES` whose simulated circuit keeps the guard on the
+            calibration rows (larger means smaller keys and faster lookups), else Concrete's
+            default; ``None``: Concrete's default.
         global_p_error: error probability per circuit run (``None``: not set).
     """
 
     n_accum_bits: int | None = None
     rounding: str | int = "auto"
-    rounding_exact: bool = True
+    rounding_exact: bool | None = None
     min_agreement: float = 0.99
-    p_error: float | None = None
+    max_accuracy_loss: float = 0.005
+    strict: bool = False
+    p_error: float | str | None = "auto"
     global_p_error: float | None = None
 
     def __post_init__(self) -> None:
@@ -59,10 +81,18 @@ class CompileOptions:
         else:
             rounding = check_int("rounding (lookup bits)", rounding, 1, MAX_LOOKUP_BITS)
         put("rounding", rounding)
-        put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
+        if self.rounding_exact is not None:
+            put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
         put("min_agreement", check_number("min_agreement", self.min_agreement, 0.0, 1.0))
+        put(
+            "max_accuracy_loss",
+            check_number("max_accuracy_loss", self.max_accuracy_loss, 0.0, 1.0),
+        )
+        put("strict", check_bool("strict", self.strict))
         for name in ("p_error", "global_p_error"):
             value = getattr(self, name)
+            if name == "p_error" and value == "auto":
+                continue
             if value is not None:
                 put(name, check_number(name, value, *P_ERROR_RANGE))
 
@@ -81,8 +111,9 @@ class CompileOptions:
         """A copy with some options changed (validated again)."""
         return CompileOptions.from_kwargs(**{**asdict(self), **values})
 
-    def concrete_options(self) -> dict[str, Any]:
-        """What goes into Concrete's configuration."""
-        if self.p_error is None and self.global_p_error is None:
+    def concrete_options(self, p_error: float | None = None) -> dict[str, Any]:
+        """What goes into Concrete's configuration (``p_error``: the one chosen for ``"auto"``)."""
+        chosen = p_error if self.p_error == "auto" else self.p_error
+        if chosen is None and self.global_p_error is None:
             return {}
-        return {"p_error": self.p_error, "global_p_error": self.global_p_error}
+        return {"p_error": chosen, "global_p_error": self.global_p_error}

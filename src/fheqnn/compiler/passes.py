@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -134,13 +135,96 @@ def capped_lsbs(layer: Layer, lsbs: int, exact: bool = True) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- cost model
+
+#: Seconds per table lookup by lookup input precision (bits): concrete-python 2.11, a large
+#: batch of independent lookups on 2 cores (``fheqnn.bench.lookup_floor``), default error
+#: probability. Values between the measured points (2, 4, 6, 8 bits) are geometric means.
+LOOKUP_COST_S = {1: 0.008, 2: 0.009, 3: 0.0116, 4: 0.015, 5: 0.0315, 6: 0.066, 7: 0.204, 8: 0.63}
+#: Fixed seconds per circuit call (encrypted argument handling, key switch set-up).
+CALL_COST_S = 0.07
+#: Growth of the lookup cost per bit above the table (the polynomial size doubles per bit and
+#: more: 6 -> 8 bits measured 9.5 x).
+_COST_GROWTH_PER_BIT = 3.1
+
+
+def lookup_cost_s(bits: int) -> float:
+    """Estimated seconds of one table lookup whose input has ``bits`` of precision."""
+    bits = max(1, int(bits))
+    top = max(LOOKUP_COST_S)
+    if bits <= top:
+        return LOOKUP_COST_S[bits]
+    return LOOKUP_COST_S[top] * _COST_GROWTH_PER_BIT ** (bits - top)
+
+
+def layer_cost_s(layer: Layer) -> float:
+    """Estimated seconds of a hidden layer's lookups per row.
+
+    Exact rounding of ``r`` bits costs about ``r`` extra small lookups per neuron (Concrete
+    clears the bits one lookup at a time); approximate rounding costs none (the bootstrap's own
+    modulus switch rounds).
+    """
+    if not layer.is_hidden:
+        return 0.0
+    cost = lookup_cost_s(layer.lookup_bits())
+    if layer.round_lsbs and layer.rounding_exact:
+        cost += layer.round_lsbs * lookup_cost_s(2)
+    return layer.n_outputs * cost
+
+
+def estimated_cost_s(program: Program) -> float:
+    """Estimated seconds of one encrypted row on 2 cores: fixed call cost plus every lookup."""
+    return CALL_COST_S + sum(layer_cost_s(layer) for layer in program.layers)
+
+
+# ----------------------------------------------------------------------------- rounding choice
+
+#: Draws of the approximate rounding's randomness the guard evaluates (their mean counts).
+GUARD_DRAWS = 5
+#: Fewer calibration rows than this cannot guard a lossy rounding: one row is several points
+#: of agreement. "auto" then keeps lossless exact rounding, and says so.
+MIN_GUARD_ROWS = 50
+
+
+@dataclass(frozen=True)
+class GuardScore:
+    """How a candidate program does on the calibration rows (mean of the random draws).
+
+    Attributes:
+        agreement: share of rows whose prediction matches the unrounded program's.
+        score: accuracy (classifier) or R2 (regressor) against the calibration labels; ``None``
+            without labels.
+    """
+
+    agreement: float
+    score: float | None = None
+
+
 @dataclass(frozen=True)
 class RoundingChoice:
-    """Result of :func:`choose_rounding`."""
+    """Result of :func:`choose_rounding`.
+
+    Attributes:
+        lsbs: accumulator bits rounded away before each hidden layer's lookup.
+        lossless: the rounding of each hidden layer that never changes a lookup.
+        agreement: mean agreement with the unrounded program on the calibration rows.
+        exact: whether the chosen rounding is exact (``False``: Concrete's approximate one).
+        score: mean calibration accuracy / R2 of the choice (``None`` without labels).
+        reference_score: the unrounded program's calibration accuracy / R2.
+        estimated_cost_s: estimated seconds per encrypted row (:func:`estimated_cost_s`).
+        fallback: why the choice fell back to lossless exact rounding (``None``: it did not).
+        guard_ok: whether the choice keeps the guard (agreement, and score when labelled).
+    """
 
     lsbs: list[int]
     lossless: list[int]
     agreement: float
+    exact: bool = True
+    score: float | None = None
+    reference_score: float | None = None
+    estimated_cost_s: float | None = None
+    fallback: str | None = None
+    guard_ok: bool = True
 
 
 def _agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -151,65 +235,221 @@ def _agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean(np.abs(reference - candidate)[:, 0] <= 0.05 * spread))
 
 
+def calibration_score(predictions: np.ndarray, labels: np.ndarray, classifier: bool) -> float:
+    """Accuracy (classifier) or R2 (regressor) of predictions against labels."""
+    if classifier:
+        return float(np.mean(np.asarray(predictions).reshape(len(labels)) == labels))
+    pred = np.asarray(predictions, dtype=np.float64).reshape(len(labels), -1)
+    truth = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
+    total = float(((truth - truth.mean(axis=0)) ** 2).sum())
+    return 1.0 - float(((truth - pred) ** 2).sum()) / (total or 1.0)
+
+
+class AccuracyGuard:
+    """Scores candidate roundings of a program on calibration rows.
+
+    Args:
+        program: the unrounded program (the reference).
+        calibration_q: quantized calibration rows (n_rows, n_features).
+        postprocess: float outputs to predictions (the client contract's), used with labels.
+        labels: calibration labels (n_rows,) or ``None``.
+        classifier: whether the labels are classes (accuracy) or values (R2).
+        min_agreement: least agreement with the unrounded program, in [0, 1].
+        max_score_loss: most accuracy / R2 a choice may lose against the reference (0.005 is
+            half a point of accuracy).
+        draws: random draws of approximate rounding scored per candidate (the mean counts).
+        seed: seed of those draws (the choice is reproducible).
+    """
+
+    def __init__(
+        self,
+        program: Program,
+        calibration_q: np.ndarray,
+        *,
+        postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+        labels: np.ndarray | None = None,
+        classifier: bool = True,
+        min_agreement: float = 0.99,
+        max_score_loss: float = 0.005,
+        draws: int = GUARD_DRAWS,
+        seed: int = 0,
+    ) -> None:
+        self.program = program
+        self.calibration_q = calibration_q
+        self.postprocess = postprocess or (lambda outputs: outputs)
+        self.labels = None if labels is None else np.asarray(labels)
+        self.classifier = classifier
+        self.min_agreement = min_agreement
+        self.max_score_loss = max_score_loss
+        self.draws = max(1, int(draws))
+        self.seed = seed
+        self.reference = program.dequantize_output(program.run_integer(calibration_q))
+        self.reference_score = self._score(self.reference)
+
+    def _score(self, outputs: np.ndarray) -> float | None:
+        if self.labels is None:
+            return None
+        return calibration_score(self.postprocess(outputs), self.labels, self.classifier)
+
+    def score(self, candidate: Program) -> GuardScore:
+        """Mean agreement and mean score of ``candidate`` over the draws (its expectation:
+        approximate rounding is random in every run)."""
+        random_rounding = any(
+            layer.round_lsbs and not layer.rounding_exact for layer in candidate.layers
+        )
+        rng = np.random.default_rng(self.seed)
+        agreements, scores = [], []
+        for _ in range(self.draws if random_rounding else 1):
+            acc = candidate.run_integer(self.calibration_q, rng if random_rounding else None)
+            outputs = candidate.dequantize_output(acc)
+            agreements.append(_agreement(self.reference, outputs))
+            score = self._score(outputs)
+            if score is not None:
+                scores.append(score)
+        return GuardScore(float(np.mean(agreements)), float(np.mean(scores)) if scores else None)
+
+    def score_outputs(self, outputs: np.ndarray) -> GuardScore:
+        """Agreement and score of float outputs of the first ``len(outputs)`` calibration rows
+        (e.g. the simulated circuit's)."""
+        n = len(outputs)
+        agreement = _agreement(self.reference[:n], outputs)
+        if self.labels is None:
+            return GuardScore(agreement)
+        predictions = self.postprocess(outputs)
+        return GuardScore(
+            agreement, calibration_score(predictions, self.labels[:n], self.classifier)
+        )
+
+    def reference_score_of(self, n_rows: int) -> float | None:
+        """The unrounded program's score on the first ``n_rows`` calibration rows."""
+        if self.labels is None:
+            return None
+        return calibration_score(
+            self.postprocess(self.reference[:n_rows]), self.labels[:n_rows], self.classifier
+        )
+
+    def passes(self, result: GuardScore, n_rows: int | None = None) -> bool:
+        """Whether a score keeps the guard: the score when labelled, else the agreement."""
+        reference = self.reference_score if n_rows is None else self.reference_score_of(n_rows)
+        if result.score is not None and reference is not None:
+            return result.score >= reference - self.max_score_loss - 1e-12
+        return result.agreement >= self.min_agreement
+
+
 def choose_rounding(
     program: Program,
     calibration_q: np.ndarray,
     *,
     target_bits: int | None = None,
     min_agreement: float = 0.99,
-    exact: bool = True,
+    exact: bool | None = True,
+    guard: AccuracyGuard | None = None,
 ) -> RoundingChoice:
     """Choose how many accumulator bits each hidden layer rounds away before its lookup.
 
-    Without ``target_bits`` ("auto"): every layer starts at its lossless rounding; then all
-    hidden lookups get the lowest common precision whose outputs on the calibration rows agree
-    with the unrounded program's on at least ``min_agreement`` of the rows (same class when there
-    are several outputs; agreement is not monotonic in the precision, so every precision is
-    tried); then each layer alone is lowered further, one bit at a time, while the guard holds.
+    Without ``target_bits`` ("auto"): candidates are the lossless rounding, every common lookup
+    precision (agreement is not monotonic in the precision, so each is tried), and from the
+    cheapest of those each layer alone lowered one bit at a time. Among the candidates that keep
+    the guard (mean calibration accuracy within ``max_score_loss`` of the unrounded program's
+    when labels are given, else ``min_agreement``; over several random draws when rounding is
+    approximate), the one of least estimated cost (:func:`estimated_cost_s`) wins; with
+    ``exact=None`` both exact and approximate rounding compete. When none keeps the guard, or
+    there are fewer than :data:`MIN_GUARD_ROWS` calibration rows, the choice falls back to
+    lossless exact rounding (bit-identical to the unrounded program) and says why.
+
     With ``target_bits``: every lookup input gets that precision (or its full width when
-    narrower).
+    narrower), approximate unless ``exact`` is true; the guard is only measured.
     """
+    guard = guard or AccuracyGuard(program, calibration_q, min_agreement=min_agreement)
     hidden = [layer for layer in program.layers if layer.is_hidden]
     if not hidden:
-        return RoundingChoice([], [], 1.0)
+        return RoundingChoice([], [], 1.0, True, guard.reference_score, guard.reference_score)
     widths = [layer.proven_range().bits for layer in hidden]
-    lossless = [capped_lsbs(layer, lossless_round_lsbs(layer), exact) for layer in hidden]
-    reference = program.dequantize_output(program.run_integer(calibration_q))
 
-    def agreement_of(lsbs: list[int]) -> float:
-        candidate = program.with_rounding(lsbs, exact)
-        return _agreement(
-            reference, candidate.dequantize_output(candidate.run_integer(calibration_q))
+    def lossless_for(mode: bool) -> list[int]:
+        return [capped_lsbs(layer, lossless_round_lsbs(layer), mode) for layer in hidden]
+
+    lossless = lossless_for(True)
+
+    def result(lsbs: list[int], mode: bool, fallback: str | None = None) -> RoundingChoice:
+        candidate = program.with_rounding(lsbs, mode)
+        measured = guard.score(candidate)
+        return RoundingChoice(
+            list(lsbs),
+            lossless,
+            measured.agreement,
+            mode,
+            measured.score,
+            guard.reference_score,
+            estimated_cost_s(candidate),
+            fallback,
+            guard.passes(measured),
         )
 
-    def at_precision(target: int) -> list[int]:
-        return [
-            capped_lsbs(layer, max(r, w - target), exact)
-            for layer, w, r in zip(hidden, widths, lossless, strict=True)
-        ]
-
     if target_bits is not None:
+        mode = bool(exact)
         lsbs = [
-            capped_lsbs(layer, max(0, w - target_bits), exact)
+            capped_lsbs(layer, max(0, w - target_bits), mode)
             for layer, w in zip(hidden, widths, strict=True)
         ]
-        return RoundingChoice(lsbs, lossless, agreement_of(lsbs))
+        return result(lsbs, mode)
 
-    best, best_agreement = list(lossless), agreement_of(lossless)
-    for target in range(max(widths) - 1, 0, -1):
-        lsbs = at_precision(target)
-        agreement = agreement_of(lsbs)
-        if agreement >= min_agreement:
-            best, best_agreement = lsbs, agreement
-    # Per layer: some layers tolerate coarser lookups than others.
-    for i in range(len(hidden)):
-        while best[i] < widths[i] - 1:
-            trial = list(best)
-            trial[i] = capped_lsbs(hidden[i], best[i] + 1, exact)
-            if trial[i] <= best[i]:
-                break
-            agreement = agreement_of(trial)
-            if agreement < min_agreement:
-                break
-            best, best_agreement = trial, agreement
-    return RoundingChoice(best, lossless, best_agreement)
+    n_rows = len(calibration_q)
+    if n_rows < MIN_GUARD_ROWS:
+        return result(
+            lossless,
+            True,
+            f"{n_rows} calibration rows cannot guard a lossy rounding (at least "
+            f"{MIN_GUARD_ROWS} needed): kept lossless exact rounding",
+        )
+
+    cache: dict[tuple[bool, tuple[int, ...]], tuple[bool, float]] = {}
+
+    def evaluate(lsbs: list[int], mode: bool) -> tuple[bool, float]:
+        key = (mode, tuple(lsbs))
+        if key not in cache:
+            candidate = program.with_rounding(lsbs, mode)
+            cache[key] = (guard.passes(guard.score(candidate)), estimated_cost_s(candidate))
+        return cache[key]
+
+    def search(mode: bool) -> list[int] | None:
+        start = lossless_for(mode)
+        candidates = [start]
+        for target in range(max(widths) - 1, 0, -1):
+            candidates.append(
+                [
+                    capped_lsbs(layer, max(r, w - target), mode)
+                    for layer, w, r in zip(hidden, widths, start, strict=True)
+                ]
+            )
+        passing = [c for c in candidates if evaluate(c, mode)[0]]
+        if not passing:
+            return None
+        best = min(passing, key=lambda c: evaluate(c, mode)[1])
+        # Per layer: some layers tolerate coarser lookups than others.
+        for i in range(len(hidden)):
+            while best[i] < widths[i] - 1:
+                trial = list(best)
+                trial[i] = capped_lsbs(hidden[i], best[i] + 1, mode)
+                if trial[i] <= best[i]:
+                    break
+                ok, cost = evaluate(trial, mode)
+                if not ok or cost >= evaluate(best, mode)[1]:
+                    break
+                best = trial
+        return best
+
+    found = []
+    for mode in (False, True) if exact is None else (bool(exact),):
+        best = search(mode)
+        if best is not None:
+            found.append((evaluate(best, mode)[1], best, mode))
+    if not found:
+        return result(
+            lossless,
+            True,
+            "no lossy rounding keeps the accuracy guard on the calibration rows: kept "
+            "lossless exact rounding",
+        )
+    _, best, mode = min(found, key=lambda item: item[0])
+    return result(best, mode)

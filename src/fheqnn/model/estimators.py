@@ -256,13 +256,15 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self._check_fitted()
         return export_module_to_onnx(self.module_, path)
 
-    def compile(self, X: Any, **compile_options: Any) -> _SparseQuantNetEstimator:
+    def compile(self, X: Any, y: Any = None, **compile_options: Any) -> _SparseQuantNetEstimator:
         """Compile the trained network to a Concrete circuit, calibrated on rows ``X``.
 
         The network goes through its ONNX export and our compiler (``fheqnn.compile_onnx``),
         with ``n_accum_bits`` taken from the module; ``compile_options`` are passed on
-        (``rounding``, ``rounding_exact``, ``p_error``, ...). The result is ``fhe_model_``;
-        its bit-width report is ``fhe_model_.report``.
+        (``rounding``, ``rounding_exact``, ``p_error``, ``strict``, ...). With labels ``y``
+        the rounding guard keeps the calibration accuracy (R2) of the unrounded network within
+        ``max_accuracy_loss``. The result is ``fhe_model_``; its bit-width report is
+        ``fhe_model_.report``.
 
         Returns:
             self.
@@ -283,6 +285,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
             options=options,
             output_spec=self._output_spec(),
             standardizer=Standardizer(*self._input_standardization()),
+            calibration_labels=y,
         )
         return self
 

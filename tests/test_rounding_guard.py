@@ -1,0 +1,97 @@
+"""The rounding choice: its cost model, the statistical accuracy guard, and how it speaks."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from fheqnn import AccuracyLossError, CompileAccuracyWarning, CompileOptions, InvalidParameterError
+from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
+from fheqnn.compiler.lowering import lower_onnx
+from fheqnn.compiler.passes import MIN_GUARD_ROWS, estimated_cost_s, lookup_cost_s
+from helpers import tiny_classifier
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=2.0, size=(3, 5))
+    y = rng.integers(0, 3, size=150)
+    return centers[y] + rng.normal(scale=0.7, size=(150, 5)), y
+
+
+@pytest.fixture(scope="module")
+def onnx_model(data):
+    x, y = data
+    return tiny_classifier(x, y, max_epochs=30).export_onnx()
+
+
+def test_lookup_cost_grows_with_precision() -> None:
+    costs = [lookup_cost_s(bits) for bits in range(1, 12)]
+    assert costs == sorted(costs) and costs[-1] > 100 * costs[0]
+
+
+def test_approximate_rounding_draws_stay_within_one_step() -> None:
+    acc = np.arange(-64, 64)
+    rng = np.random.default_rng(0)
+    draws = np.stack([round_lsbs_approx(acc, 3, rng) for _ in range(50)])
+    exact = round_lsbs(acc, 3)
+    assert np.all(draws % 8 == 0)
+    assert np.all(np.abs(draws - exact) <= 8)
+    # Far from the middle of a step the result is the exact one; near it, it varies.
+    far = acc % 8 == 0
+    assert np.all(draws[:, far] == exact[far])
+    assert np.any(draws[:, acc % 8 == 4] != exact[acc % 8 == 4])
+
+
+def test_auto_rounding_with_labels_keeps_calibration_accuracy(data, onnx_model) -> None:
+    x, y = data
+    lowered = lower_onnx(onnx_model, x, CompileOptions(), calibration_labels=y)
+    choice = lowered.rounding
+    assert choice.guard_ok and choice.fallback is None and lowered.guard_message is None
+    assert choice.score >= choice.reference_score - 0.005
+    # The cost model chose something no dearer than lossless exact rounding or no rounding.
+    off = lower_onnx(onnx_model, x, CompileOptions(rounding="off"))
+    assert choice.estimated_cost_s <= estimated_cost_s(off.program)
+
+
+def test_explicit_lossy_rounding_warns_and_strict_refuses(data, onnx_model) -> None:
+    x, y = data
+    with pytest.warns(CompileAccuracyWarning, match="calibration accuracy"):
+        lowered = lower_onnx(onnx_model, x, CompileOptions(rounding=1), calibration_labels=y)
+    assert not lowered.rounding.guard_ok and "max_accuracy_loss" in lowered.guard_message
+    with pytest.raises(AccuracyLossError, match="calibration accuracy"):
+        lower_onnx(onnx_model, x, CompileOptions(rounding=1, strict=True), calibration_labels=y)
+
+
+def test_too_few_calibration_rows_fall_back_to_lossless_exact_rounding(
+    data, onnx_model, caplog
+) -> None:
+    x, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a lossless fallback costs speed, not accuracy: no warning
+        lowered = lower_onnx(onnx_model, x[:1], CompileOptions())
+    choice = lowered.rounding
+    assert choice.exact and choice.lsbs == choice.lossless
+    assert f"at least {MIN_GUARD_ROWS}" in choice.fallback and "lossless" in caplog.text
+    # The fallback is bit-identical to the unrounded program on every row.
+    q = lowered.contract.quantize(x)
+    unrounded = lower_onnx(onnx_model, x, CompileOptions(rounding="off")).program
+    np.testing.assert_array_equal(lowered.program.run_integer(q), unrounded.run_integer(q))
+
+
+def test_labels_must_match_the_rows(data, onnx_model) -> None:
+    x, y = data
+    with pytest.raises(ValueError, match="one per calibration row"):
+        lower_onnx(onnx_model, x, CompileOptions(), calibration_labels=y[:-1])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_accuracy_loss": -0.1}, {"strict": "yes"}, {"rounding_exact": "no"}, {"p_error": "x"}],
+)
+def test_new_options_are_validated(bad) -> None:
+    with pytest.raises(InvalidParameterError):
+        CompileOptions.from_kwargs(**bad)
