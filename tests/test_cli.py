@@ -122,9 +122,12 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     write_train_folder(root / "train")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
+        # Concrete's default error probability: encrypted results are compared bit for bit
+        # with the integer program.
         code, compile_out, err = run_cli(
-            "compile", "--from", "train", "--rounding", "off", "--out", "circuits/x"
-        )
+            "compile", "--from", "train", "--rounding", "off", "--p-error", "default",
+            "--out", "circuits/x",
+        )  # fmt: skip
         assert code == 0, err
         code, keygen_out, err = run_cli("keygen", "circuits/x", "--keys", "keys/x")
         assert code == 0, err
@@ -137,7 +140,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 def other(ws: Workspace) -> OtherModel:
     """A second compiled model of the same network (other options, so another model id)."""
     model, keys = ws.root / "circuits/y", ws.root / "keys/y"
-    code, _, err = run_cli("compile", "--from", ws.train, "--rounding", "2", "--out", model)
+    code, _, err = run_cli(
+        "compile", "--from", ws.train, "--rounding", "2", "--exact", "--p-error", "default",
+        "--out", model,
+    )  # fmt: skip
     assert code == 0, err
     code, _, err = run_cli("keygen", model, "--keys", keys)
     assert code == 0, err

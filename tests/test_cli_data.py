@@ -63,7 +63,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Wine:
     assert code == 0, err
     model, keys = root / "circuits/wine", root / "keys/wine"
     code, compile_out, err = run_cli(
-        "compile", "--from", train, "--rounding", "off", "--out", model
+        "compile", "--from", train, "--rounding", "off", "--p-error", "default", "--out", model
     )
     assert code == 0, err
     code, _, err = run_cli("keygen", model, "--keys", keys)

@@ -199,15 +199,23 @@ def test_real_encryption_matches_simulation(compiled, small_data) -> None:
 
 
 def test_rounding_auto_and_forced(tiny_classifier, small_data) -> None:
+    import warnings
+
+    from fheqnn.errors import CompileAccuracyWarning
+
     x, _ = small_data
-    model = compile_onnx(
-        tiny_classifier.export_onnx(),
-        x,
-        n_accum_bits=5,
-        rounding=2,
-        rounding_exact=True,
-        p_error=None,
-    )
+    with warnings.catch_warnings():
+        # Forced 2-bit lookups cost this tiny model accuracy, and the guard says so; this test
+        # checks that forced rounding is bit-exact in simulation, not that it is accurate.
+        warnings.simplefilter("ignore", CompileAccuracyWarning)
+        model = compile_onnx(
+            tiny_classifier.export_onnx(),
+            x,
+            n_accum_bits=5,
+            rounding=2,
+            rounding_exact=True,
+            p_error=None,
+        )
     hidden = [row for row in model.report.layers if row.lookup_bits is not None]
     assert all(row.lookup_bits <= 3 for row in hidden)
     q = model.quantize(x)

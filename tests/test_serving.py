@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from fheqnn import FheModelClient, FheModelServer
 from fheqnn.cli import main
+from fheqnn.errors import CompileAccuracyWarning
 from fheqnn.runtime.envelope import Envelope
 from fheqnn.serving.app import create_app
 from fheqnn.serving.client import (
@@ -62,9 +64,15 @@ def ws(tmp_path_factory, data):
     x, y = data
     root = tmp_path_factory.mktemp("serving")
     clf = tiny_classifier(x, y, max_epochs=20)
-    clf.compile(x, rounding="off")
+    # Concrete's default error probability (2**-40 per lookup) and exact rounding: the local,
+    # HTTP and Ray runs must agree bit for bit.
+    clf.compile(x, rounding="off", p_error=None)
     clf.fhe_model_.save(root / "a")
-    clf.compile(x, rounding=2)
+    with warnings.catch_warnings():
+        # Model b only has to be another compiled model (another id); the guard rightly says
+        # that 2-bit lookups cost this tiny network agreement.
+        warnings.simplefilter("ignore", CompileAccuracyWarning)
+        clf.compile(x, rounding=2, rounding_exact=True, p_error=None)
     clf.fhe_model_.save(root / "b")
     FheModelClient(root / "a").keygen(root / "keys_a")
     FheModelClient(root / "b").keygen(root / "keys_b")

@@ -62,7 +62,7 @@ class BenchOptions:
     seed: int = 0
     rounding: Any = "auto"
     approximate: bool = False
-    p_error: float | None = None
+    p_error: float | str | None = "auto"
 
 
 def _load(name: str) -> tuple[np.ndarray, ...]:

@@ -300,6 +300,25 @@ def _rounding(value: str) -> Any:
         raise argparse.ArgumentTypeError("rounding is 'auto', 'off' or a number of bits") from exc
 
 
+def _p_error(value: str) -> Any:
+    """argparse type of --p-error: 'auto', 'default' (Concrete's, 2**-40) or a probability."""
+    if value in ("auto", "default"):
+        return "auto" if value == "auto" else None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'default' or a probability such as 1e-3, got {value!r}"
+        ) from exc
+
+
+_P_ERROR_HELP = (
+    "error probability per lookup: 'auto' (default: the largest of 1e-2, 1e-3, 1e-4 whose "
+    "simulated calibration rows keep the accuracy guard, else Concrete's), 'default' "
+    "(Concrete's 2**-40) or a number"
+)
+
+
 def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     """The validated compile options of the command line (one check, shared with the API)."""
     from .compiler.options import CompileOptions
@@ -658,14 +677,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("fheqnn: stopped", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # The service has shut down cleanly. Once a circuit has run, concrete-python's runtime
-        # replaces the process exit status at interpreter teardown (0, or a SIGKILL status):
-        # leave now so that Ctrl-C reports 130.
-        import os
+        code = 130
+    else:
+        code = EXIT_OK
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The service has shut down cleanly. Once a circuit has run, concrete-python's runtime may
+    # replace the process exit status at interpreter teardown (0, or a SIGKILL status), however
+    # the server stopped: leave now so that the status is ours (130 after Ctrl-C).
+    import os
 
-        os._exit(130)
-    return EXIT_OK
+    os._exit(code)
 
 
 def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
@@ -972,7 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail when compile-time choices lose accuracy, instead of warning",
     )
-    p.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
+    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
     p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
     p.add_argument("--overwrite", action="store_true")
 
@@ -1065,7 +1087,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approximate", action="store_true", help="approximate rounding only")
     p.add_argument("--exact", action="store_true", help="exact rounding only")
     p.add_argument("--strict", action="store_true", help="fail when compiling loses accuracy")
-    p.add_argument("--p-error", type=float, default=None)
+    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
     p.add_argument("--circuits", default="circuits", help="where compiled models go")
     p.add_argument("--keys", default="keys", help="where key folders go")
     _add_network_options(p)
@@ -1085,7 +1107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounding", type=_rounding, default="auto")
     p.add_argument("--approximate", action="store_true", help="approximate rounding")
-    p.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
+    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
     p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
     p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
