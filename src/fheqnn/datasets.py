@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn import datasets
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 from .errors import InvalidParameterError
 
+# scikit-learn's loader of each name; imported on use, so that the CLI (which lists the names)
+# starts without loading scikit-learn.
 _LOADERS = {
-    "breast_cancer": datasets.load_breast_cancer,
-    "digits": datasets.load_digits,
-    "iris": datasets.load_iris,
+    "breast_cancer": "load_breast_cancer",
+    "digits": "load_digits",
+    "iris": "load_iris",
 }
 
 #: Names accepted by :func:`load_split`.
@@ -30,7 +29,11 @@ def load_split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     """
     if name not in _LOADERS:
         raise InvalidParameterError(f"unknown data set {name!r}; choose one of {DATASETS}")
-    x, y = _LOADERS[name](return_X_y=True)
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = getattr(datasets, _LOADERS[name])(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
     scaler = StandardScaler().fit(x_tr)
     return scaler.transform(x_tr), scaler.transform(x_te), y_tr, y_te

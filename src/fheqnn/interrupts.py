@@ -1,0 +1,138 @@
+"""Long native calls that Ctrl-C cannot crash.
+
+A ``KeyboardInterrupt`` is raised in Python between bytecodes of the main thread; while the main
+thread is inside Concrete's native code (key generation, compilation, a server run, key
+deserialization), the interrupt waits, and an interpreter that tears down around native threads
+that still run can crash. :func:`call_interruptibly` runs such a call in a worker thread and
+waits for it in short steps, so that the interrupt is raised at once in the main thread, whose
+``finally`` blocks then remove what was half-written. The worker cannot be stopped: it is
+recorded, and the command-line tool ends the process with ``os._exit`` once it has cleaned up.
+While waiting, Python's SIGINT handler is put back whenever native code replaced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Seconds between two checks for an interrupt while a native call runs.
+POLL_SECONDS = 0.02
+
+_abandoned: list[threading.Thread] = []
+
+
+def call_interruptibly(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)``, run so that Ctrl-C interrupts the caller at once.
+
+    In the main thread the call runs in a daemon worker thread; its result or exception is
+    handed back. Elsewhere (a server's request threads) it runs directly: signals are only
+    delivered to the main thread.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C while waiting; the worker is left running (see
+            :func:`native_work_running`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return func(*args, **kwargs)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = func(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread as is
+            outcome["error"] = exc
+
+    worker = threading.Thread(
+        target=target, name=f"fheqnn-{getattr(func, '__name__', 'call')}", daemon=True
+    )
+    handler = signal.getsignal(signal.SIGINT)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(POLL_SECONDS)
+            _reclaim_sigint(handler)
+    except BaseException:
+        _abandoned.append(worker)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def _reclaim_sigint(handler: Any) -> None:
+    """Put Python's SIGINT handler back if native code replaced it meanwhile.
+
+    Concrete's key generation (concrete-python 2.11) installs, for its duration, a native SIGINT
+    handler that kills the process outright (exit by SIGKILL, nothing cleaned up); it restores
+    the previous handler when it ends. Re-installing ours every poll leaves a window of at most
+    :data:`POLL_SECONDS` at the start of such a call.
+    """
+    if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+        signal.signal(signal.SIGINT, handler)
+
+
+def native_work_running() -> bool:
+    """Whether a call abandoned on an interrupt is still running native code."""
+    return any(worker.is_alive() for worker in _abandoned)
+
+
+def call_in_child(func: Callable[[], tuple[bytes, ...]]) -> tuple[bytes, ...]:
+    """``func()`` computed in a forked child process; its byte strings are handed back.
+
+    For native calls that hold the GIL and install a SIGINT handler that kills the whole
+    process (Concrete's key generation): in a child, Ctrl-C kills only the child, and the
+    parent, which waits on a pipe, gets a ``KeyboardInterrupt`` it can clean up after. Falls
+    back to :func:`call_interruptibly` where ``fork`` is not available or off the main thread.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C while waiting (the child is killed).
+        RuntimeError: the child failed; its error message is in the exception.
+    """
+    if not hasattr(os, "fork") or threading.current_thread() is not threading.main_thread():
+        return call_interruptibly(func)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
+        os.close(read_end)
+        code = 0
+        try:
+            try:
+                parts = func()
+                message = b"".join(struct.pack(">Q", len(p)) + p for p in parts)
+                status = b"K"
+            except BaseException as exc:  # reported to the parent, which raises it
+                message, status, code = f"{type(exc).__name__}: {exc}".encode(), b"E", 1
+            with os.fdopen(write_end, "wb") as out:
+                out.write(status + message)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    try:
+        with os.fdopen(read_end, "rb") as source:
+            while chunk := source.read(1 << 20):
+                chunks.append(chunk)
+        os.waitpid(pid, 0)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
+    data = b"".join(chunks)
+    if not data.startswith(b"K"):
+        reason = data[1:].decode(errors="replace") if data else "it ended without an answer"
+        raise RuntimeError(f"native call failed in the child process: {reason}")
+    parts, pos = [], 1
+    while pos < len(data):
+        (size,) = struct.unpack_from(">Q", data, pos)
+        parts.append(data[pos + 8 : pos + 8 + size])
+        pos += 8 + size
+    return tuple(parts)
