@@ -403,7 +403,8 @@ APPROXIMATE_NOTE = (
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler.api import compile_onnx
     from .contract import OutputSpec
-    from .interrupts import call_interruptibly
+    from .fileio import clean_stale
+    from .interrupts import run_in_child
     from .runtime.artifacts import COMPILED_MODEL, check_destination
 
     onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
@@ -440,33 +441,38 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs=inputs,
     )
     x_cal = load_matrix(calibration, what="calibration")
-    with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
-        model = call_interruptibly(
-            compile_onnx, onnx_path, x_cal, options=options, output_spec=spec
+
+    def compile_and_save() -> int:
+        with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
+            model = compile_onnx(onnx_path, x_cal, options=options, output_spec=spec)
+        _say(model.report.to_text())
+        if args.approximate:
+            _say(APPROXIMATE_NOTE)
+        check_destination(
+            out,
+            overwrite=args.overwrite,
+            what="compiled model folder",
+            kind=COMPILED_MODEL,
+            inputs=inputs,
         )
-    _say(model.report.to_text())
-    if args.approximate:
-        _say(APPROXIMATE_NOTE)
-    check_destination(
-        out,
-        overwrite=args.overwrite,
-        what="compiled model folder",
-        kind=COMPILED_MODEL,
-        inputs=inputs,
-    )
-    model.save(out, overwrite=args.overwrite)
-    _say(
-        f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons; "
-        f"saved to {out}/"
-    )
-    return EXIT_OK
+        model.save(out, overwrite=args.overwrite)
+        _say(
+            f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden "
+            f"neurons; saved to {out}/"
+        )
+        return EXIT_OK
+
+    # Concrete's compiler replaces the SIGINT handler by one that kills the process outright
+    # (and holds the GIL): compiling in a child lets Ctrl-C end the child alone, after which
+    # the temporaries it left are removed here.
+    return run_in_child(compile_and_save, exit_code=_exit_code, cleanup=lambda: clean_stale(out))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .compiler.report import BitWidthReport, LayerWidths
-    from .runtime.artifacts import CLIENT_SPECS_FILE, REPORT_FILE, open_model_folder
+    from .runtime.artifacts import CLIENT_SPECS_FILE, PROGRAM_FILE, REPORT_FILE, open_model_folder
 
-    folder = open_model_folder(args.model, need=(REPORT_FILE, CLIENT_SPECS_FILE))
+    folder = open_model_folder(args.model, need=(REPORT_FILE, CLIENT_SPECS_FILE, PROGRAM_FILE))
     data = folder.read_json(REPORT_FILE)
     if args.json:
         _say(json.dumps(data, indent=2))
@@ -486,7 +492,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"compile {data['compile_seconds']:.1f} s"
     )
     from .concrete_seam import key_sizes, load_client_specs
-    from .runtime.artifacts import CLIENT_SPECS_FILE
 
     sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
     _say(
@@ -495,7 +500,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{sizes.evaluation_full / 1e6:.1f} MB expanded on the server; ciphertext per "
         f"row: {data['input_ciphertext_bytes']} B in, {data['output_ciphertext_bytes']} B out"
     )
-    if data.get("rounding_exact") is False or data.get("approximate") is True:
+    program = folder.read_json(PROGRAM_FILE)  # checked against the manifest like every file
+    layers = program.get("layers") if isinstance(program, dict) else None
+    if isinstance(layers, list) and any(
+        isinstance(layer, dict)
+        and layer.get("rounding_exact") is False
+        and (layer.get("round_lsbs") or 0) > 0
+        for layer in layers
+    ):
         _say(APPROXIMATE_NOTE)
     return EXIT_OK
 
@@ -632,7 +644,6 @@ def _prediction_data(
 def cmd_demo(args: argparse.Namespace) -> int:
     from .compiler.api import compile_onnx
     from .datasets import load_split
-    from .interrupts import call_interruptibly
     from .runtime import FheModelClient, FheModelServer
 
     x_tr, x_te, y_tr, y_te = load_split(args.dataset)
@@ -650,8 +661,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     options = _compile_options(args, n_accum_bits=args.n_accum_bits)
     with _Step("exporting to ONNX and compiling with the bit-width check"):
-        model = call_interruptibly(
-            compile_onnx, est.export_onnx(), x_tr, options=options, output_spec=est._output_spec()
+        model = compile_onnx(
+            est.export_onnx(), x_tr, options=options, output_spec=est._output_spec()
         )
     _say(model.report.to_text())
     circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
@@ -893,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from .errors import AccumulatorOverflowError, FheqnnError
+    from .errors import FheqnnError
 
     # From here on, Ctrl-C is a KeyboardInterrupt that unwinds (and cleans up) every step.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -901,29 +912,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return _interrupted()
-    except BrokenPipeError:
+    except Exception as exc:
+        if args.verbose and not isinstance(exc, CliError | OSError | FheqnnError):
+            raise
+        return _exit_code(exc)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Print what went wrong (one line on stderr) and return the exit code for it."""
+    from .errors import AccumulatorOverflowError, FheqnnError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return _interrupted()
+    if isinstance(exc, BrokenPipeError):
         return _broken_pipe()
-    except AccumulatorOverflowError as exc:
+    if isinstance(exc, AccumulatorOverflowError):
         print(f"fheqnn: accumulator budget exceeded: {exc}", file=sys.stderr)
         return EXIT_ACCUMULATOR
-    except (FheqnnError, CliError) as exc:
+    if isinstance(exc, FheqnnError | CliError):
         print(f"fheqnn: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except OSError as exc:
+    if isinstance(exc, OSError):
         # A path the user gave that cannot be read or written (permissions, a folder where a
         # file was expected, a full disk): the cause, not a traceback.
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fheqnn: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_INPUT
-    except Exception as exc:
-        if args.verbose:
-            raise
-        print(
-            f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the "
-            "traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+    print(
+        f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
 
 
 def _interrupted() -> int:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -136,3 +137,60 @@ def call_in_child(func: Callable[[], tuple[bytes, ...]]) -> tuple[bytes, ...]:
         parts.append(data[pos + 8 : pos + 8 + size])
         pos += 8 + size
     return tuple(parts)
+
+
+def run_in_child(
+    func: Callable[[], int],
+    *,
+    exit_code: Callable[[BaseException], int],
+    cleanup: Callable[[], Any] | None = None,
+) -> int:
+    """Run a whole command step in a forked child and return its exit code.
+
+    For steps whose native part kills the process at Ctrl-C (Concrete's compiler): the child
+    ignores SIGINT (the parent reports it), the parent waits; at Ctrl-C the parent kills the
+    child, calls ``cleanup`` (e.g. removes the child's temporaries) and raises
+    ``KeyboardInterrupt``. Without ``fork`` or off the main thread, ``func`` runs here.
+
+    Args:
+        func: the step; returns an exit code.
+        exit_code: maps an exception raised by ``func`` in the child to an exit code (and
+            prints it).
+        cleanup: called in the parent after the child was killed.
+    """
+    if not hasattr(os, "fork") or threading.current_thread() is not threading.main_thread():
+        return func()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                code = func()
+            except BaseException as exc:  # the child reports like the parent would
+                code = exit_code(exc)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        if cleanup is not None:
+            cleanup()
+        raise
+    if os.WIFSIGNALED(status):
+        if cleanup is not None:
+            cleanup()
+        raise (
+            KeyboardInterrupt
+            if os.WTERMSIG(status) in (signal.SIGINT, signal.SIGKILL)
+            else (RuntimeError(f"the child process died of signal {os.WTERMSIG(status)}"))
+        )
+    return os.WEXITSTATUS(status)
