@@ -37,6 +37,9 @@ import numpy as np
 from .datasets import DATASETS
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_ACCUMULATOR = 0, 1, 2, 3
+#: Whether this process is the ``fheqnn`` program (not a caller of :func:`main` in Python):
+#: only then do steps run in child processes.
+AS_PROGRAM = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "fheqnn"
 #: Ctrl-C (128 + SIGINT), and a closed output pipe (128 + SIGPIPE), as shells report them.
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
@@ -465,6 +468,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     # Concrete's compiler replaces the SIGINT handler by one that kills the process outright
     # (and holds the GIL): compiling in a child lets Ctrl-C end the child alone, after which
     # the temporaries it left are removed here.
+    if not AS_PROGRAM:
+        return compile_and_save()
     return run_in_child(compile_and_save, exit_code=_exit_code, cleanup=lambda: clean_stale(out))
 
 
