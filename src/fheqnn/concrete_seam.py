@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .interrupts import call_interruptibly
+
 logger = logging.getLogger(__name__)
 
 
@@ -128,14 +130,16 @@ def native_stderr_to_log(what: str) -> Iterator[None]:
 
 def deserialize_keys(data: bytes) -> Any:
     """``fhe.Keys`` (secret and evaluation keys) from bytes, native noise sent to the log."""
+    # The capture is entered in the caller's thread, so that an interrupt that leaves the
+    # native call running restores stderr before the interrupt is reported.
     with native_stderr_to_log("secret key deserialization"):
-        return fhe().Keys.deserialize(data)
+        return call_interruptibly(fhe().Keys.deserialize, data)
 
 
 def deserialize_evaluation_keys(data: bytes) -> Any:
     """``fhe.EvaluationKeys`` from bytes, native noise sent to the log."""
     with native_stderr_to_log("evaluation key deserialization"):
-        return fhe().EvaluationKeys.deserialize(data)
+        return call_interruptibly(fhe().EvaluationKeys.deserialize, data)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..concrete_seam import KeySizes, deserialize_keys, key_sizes, load_client_s
 from ..concrete_seam import fhe as _fhe
 from ..contract import ClientContract, softmax
 from ..errors import InvalidParameterError
-from ..interrupts import call_in_child, call_interruptibly
+from ..interrupts import call_in_child
 from .artifacts import (
     CLIENT_FILE,
     CLIENT_FILES,
@@ -201,7 +201,7 @@ class FheModelClient:
         start = time.perf_counter()
         secret, evaluation = call_in_child(generate)
         seconds = time.perf_counter() - start
-        client.keys = call_interruptibly(deserialize_keys, secret)
+        client.keys = deserialize_keys(secret)
         key_id = key_id_of(evaluation)
         evaluation_blob = Envelope(
             "evaluation_keys", self.model_id, key_id, (evaluation,)
@@ -285,7 +285,7 @@ class FheModelClient:
                 "(truncated or corrupt)"
             )
         try:
-            keys = call_interruptibly(deserialize_keys, secret)
+            keys = deserialize_keys(secret)
         except RuntimeError as exc:
             raise ArtifactError(
                 f"{secret_path} cannot be read (truncated or corrupt): {exc}"

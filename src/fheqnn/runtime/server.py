@@ -17,7 +17,7 @@ from typing import Any
 
 from ..concrete_seam import deserialize_evaluation_keys, load_server
 from ..concrete_seam import fhe as _fhe
-from ..interrupts import call_interruptibly
+from ..interrupts import call_in_child
 from .artifacts import (
     CLIENT_SPECS_FILE,
     REPORT_FILE,
@@ -83,7 +83,7 @@ class FheModelServer:
                 self._keys.move_to_end(env.key_id)
                 return env.key_id
         try:
-            keys = call_interruptibly(deserialize_evaluation_keys, env.payloads[0])
+            keys = deserialize_evaluation_keys(env.payloads[0])
         except RuntimeError as exc:
             raise EnvelopeError(
                 f"evaluation keys {env.key_id} cannot be deserialized: {exc}"
@@ -133,14 +133,17 @@ class FheModelServer:
         def run_one(value: Any) -> bytes:
             return self._server.run(value, evaluation_keys=keys).serialize()
 
-        def run_all() -> list[bytes]:
+        def run_all() -> tuple[bytes, ...]:
             if len(values) > 1 and self.workers > 1:
                 with ThreadPoolExecutor(max_workers=min(self.workers, len(values))) as pool:
-                    return list(pool.map(run_one, values))
-            return [run_one(v) for v in values]
+                    return tuple(bytes(out) for out in pool.map(run_one, values))
+            return tuple(bytes(run_one(v)) for v in values)
 
         try:
-            outputs = call_interruptibly(run_all)
+            # Concrete's run kills the whole process at Ctrl-C (a native SIGINT handler): in the
+            # main thread it runs in a forked child, which inherits the loaded keys; in a
+            # server's request threads (no signals there) it runs directly.
+            outputs = call_in_child(run_all)
         except RuntimeError as exc:
             raise EnvelopeError(
                 f"the circuit cannot run on these inputs (not ciphertexts of this model?): {exc}"
