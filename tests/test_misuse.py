@@ -111,6 +111,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savetxt(root / "x.csv", x[:3], delimiter=",")
     inputs = client.encrypt(x[:3])
     (root / "in.bin").write_bytes(inputs)
+    (root / "in_many.bin").write_bytes(client.encrypt(x[:24]))  # a run long enough to interrupt
     (root / "out.bin").write_bytes(server.run(inputs, client.evaluation_keys()))
     inputs2 = client2.encrypt(x[:3, :3])
     (root / "in2.bin").write_bytes(inputs2)
@@ -879,7 +880,7 @@ def _interrupt_after(proc: subprocess.Popen[bytes], marker: bytes, delay: float)
                 "--evaluation-keys",
                 "k/evaluation.keys",
                 "--input",
-                "in.bin",
+                "in_many.bin",
                 "--out",
                 "new.bin",
             ],
