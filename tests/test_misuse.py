@@ -253,6 +253,7 @@ CLI_CASES: list[tuple[str, list[str], int]] = [
     ("train-out-is-a-file", ["train", "--dataset", "iris", "--out", "x.npy"], 2),
     ("train-over-model", ["train", "--dataset", "iris", "--out", "m", "--overwrite"], 2),
     ("train-out-dot", ["train", "--dataset", "iris", "--out", "."], 2),
+    ("train-readonly-destination", ["train", "--dataset", "iris", "--out", "/sys/fheqnn"], 2),
     ("train-out-holds-data", ["train", "--data", "x.csv", "--out", ".", "--overwrite"], 2),
     # output files
     (

@@ -194,11 +194,15 @@ def _check_writable(target: Path, what: str) -> None:
         place = place.parent
     if not place.is_dir():
         raise ArtifactError(f"{what} {target}: {place} is not a folder")
-    if not os.access(place, os.W_OK | os.X_OK):
+    try:
+        # A real probe (created and removed at once): permission bits do not tell for root, a
+        # read-only mount or a pseudo file system.
+        os.rmdir(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=place))
+    except OSError as exc:
         raise ArtifactError(
-            f"{what} {target} cannot be created: {place} is not writable by this user "
-            "(choose a folder you can write to)"
-        )
+            f"{what} {target} cannot be created: {place} is not writable "
+            f"({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
     if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
         raise ArtifactError(f"{what} {target} is not writable by this user")
 
