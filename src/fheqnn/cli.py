@@ -406,8 +406,6 @@ APPROXIMATE_NOTE = (
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler.api import compile_onnx
     from .contract import OutputSpec
-    from .fileio import clean_stale
-    from .interrupts import run_in_child
     from .runtime.artifacts import COMPILED_MODEL, check_destination
 
     onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
@@ -468,9 +466,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     # Concrete's compiler replaces the SIGINT handler by one that kills the process outright
     # (and holds the GIL): compiling in a child lets Ctrl-C end the child alone, after which
     # the temporaries it left are removed here.
-    if not AS_PROGRAM:
-        return compile_and_save()
-    return run_in_child(compile_and_save, exit_code=_exit_code, cleanup=lambda: clean_stale(out))
+    return compile_and_save()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -914,6 +910,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # From here on, Ctrl-C is a KeyboardInterrupt that unwinds (and cleans up) every step.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if AS_PROGRAM and args.command in NATIVE_COMMANDS:
+            return _in_child(args)
         return int(args.func(args))
     except KeyboardInterrupt:
         return _interrupted()
@@ -921,6 +919,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose and not isinstance(exc, CliError | OSError | FheqnnError):
             raise
         return _exit_code(exc)
+
+
+#: Commands that call Concrete's native code, which replaces the SIGINT handler by one that
+#: kills the process outright (and holds the GIL): as a program, they run in a child process.
+NATIVE_COMMANDS = ("compile", "keygen", "encrypt", "run", "decrypt", "predict", "demo")
+
+
+def _in_child(args: argparse.Namespace) -> int:
+    """Run the command in a forked child; at Ctrl-C, kill it and remove its temporaries.
+
+    The parent has not run any Concrete code yet, so the fork is safe (see
+    :func:`fheqnn.interrupts.run_in_child`).
+    """
+    from .fileio import clean_stale
+    from .interrupts import run_in_child
+
+    outputs = [getattr(args, name, None) for name in ("out", "keys", "circuits")]
+    if args.command == "demo":
+        outputs = [
+            Path(args.circuits) / f"demo_{args.dataset}",
+            Path(args.keys) / f"demo_{args.dataset}",
+        ]
+
+    def cleanup() -> None:
+        for path in outputs:
+            if path:
+                clean_stale(Path(path))
+
+    return run_in_child(lambda: int(args.func(args)), exit_code=_exit_code, cleanup=cleanup)
 
 
 def _exit_code(exc: BaseException) -> int:

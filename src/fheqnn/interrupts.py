@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -84,61 +83,6 @@ def native_work_running() -> bool:
     return any(worker.is_alive() for worker in _abandoned)
 
 
-def call_in_child(func: Callable[[], tuple[bytes, ...]]) -> tuple[bytes, ...]:
-    """``func()`` computed in a forked child process; its byte strings are handed back.
-
-    For native calls that hold the GIL and install a SIGINT handler that kills the whole
-    process (Concrete's key generation): in a child, Ctrl-C kills only the child, and the
-    parent, which waits on a pipe, gets a ``KeyboardInterrupt`` it can clean up after. Falls
-    back to :func:`call_interruptibly` where ``fork`` is not available or off the main thread.
-
-    Raises:
-        KeyboardInterrupt: Ctrl-C while waiting (the child is killed).
-        RuntimeError: the child failed; its error message is in the exception.
-    """
-    if not hasattr(os, "fork") or threading.current_thread() is not threading.main_thread():
-        return call_interruptibly(func)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
-        os.close(read_end)
-        code = 0
-        try:
-            try:
-                parts = func()
-                message = b"".join(struct.pack(">Q", len(p)) + p for p in parts)
-                status = b"K"
-            except BaseException as exc:  # reported to the parent, which raises it
-                message, status, code = f"{type(exc).__name__}: {exc}".encode(), b"E", 1
-            with os.fdopen(write_end, "wb") as out:
-                out.write(status + message)
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    try:
-        with os.fdopen(read_end, "rb") as source:
-            while chunk := source.read(1 << 20):
-                chunks.append(chunk)
-        os.waitpid(pid, 0)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise
-    data = b"".join(chunks)
-    if not data.startswith(b"K"):
-        reason = data[1:].decode(errors="replace") if data else "it ended without an answer"
-        raise RuntimeError(f"native call failed in the child process: {reason}")
-    parts, pos = [], 1
-    while pos < len(data):
-        (size,) = struct.unpack_from(">Q", data, pos)
-        parts.append(data[pos + 8 : pos + 8 + size])
-        pos += 8 + size
-    return tuple(parts)
-
-
 def run_in_child(
     func: Callable[[], int],
     *,
@@ -147,10 +91,15 @@ def run_in_child(
 ) -> int:
     """Run a whole command step in a forked child and return its exit code.
 
-    For steps whose native part kills the process at Ctrl-C (Concrete's compiler): the child
+    For steps whose native part kills the process at Ctrl-C (Concrete's compiler, key
+    generation and runs install a SIGINT handler that sends SIGKILL, and hold the GIL): the
+    child
     ignores SIGINT (the parent reports it), the parent waits; at Ctrl-C the parent kills the
     child, calls ``cleanup`` (e.g. removes the child's temporaries) and raises
     ``KeyboardInterrupt``. Without ``fork`` or off the main thread, ``func`` runs here.
+
+    Fork before any Concrete call in this process: Concrete's thread pool (rayon), once
+    started, does not survive a fork, and the child would wait for it forever.
 
     Args:
         func: the step; returns an exit code.

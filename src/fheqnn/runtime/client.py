@@ -19,7 +19,7 @@ from ..concrete_seam import KeySizes, deserialize_keys, key_sizes, load_client_s
 from ..concrete_seam import fhe as _fhe
 from ..contract import ClientContract, softmax
 from ..errors import InvalidParameterError
-from ..interrupts import call_in_child
+from ..interrupts import call_interruptibly
 from .artifacts import (
     CLIENT_FILE,
     CLIENT_FILES,
@@ -196,12 +196,12 @@ class FheModelClient:
             client.keys.generate(force=True, secret_seed=seed, encryption_seed=seed)
             return bytes(client.keys.serialize()), bytes(client.evaluation_keys.serialize())
 
-        # In a child process: Concrete's key generation holds the GIL and kills the whole
-        # process at Ctrl-C; a child dies alone, and the parent cleans up (see call_in_child).
+        # Concrete's key generation holds the GIL and, while it runs, a native SIGINT handler
+        # that kills the process: the command-line tool runs the whole command in a child
+        # process for that reason (see fheqnn.interrupts.run_in_child).
         start = time.perf_counter()
-        secret, evaluation = call_in_child(generate)
+        secret, evaluation = call_interruptibly(generate)
         seconds = time.perf_counter() - start
-        client.keys = deserialize_keys(secret)
         key_id = key_id_of(evaluation)
         evaluation_blob = Envelope(
             "evaluation_keys", self.model_id, key_id, (evaluation,)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..concrete_seam import deserialize_evaluation_keys, load_server
 from ..concrete_seam import fhe as _fhe
-from ..interrupts import call_in_child
+from ..interrupts import call_interruptibly
 from .artifacts import (
     CLIENT_SPECS_FILE,
     REPORT_FILE,
@@ -140,10 +140,9 @@ class FheModelServer:
             return tuple(bytes(run_one(v)) for v in values)
 
         try:
-            # Concrete's run kills the whole process at Ctrl-C (a native SIGINT handler): in the
-            # main thread it runs in a forked child, which inherits the loaded keys; in a
-            # server's request threads (no signals there) it runs directly.
-            outputs = call_in_child(run_all)
+            # Concrete's run installs a native SIGINT handler that kills the process: the
+            # command-line tool runs the whole command in a child process for that reason.
+            outputs = call_interruptibly(run_all)
         except RuntimeError as exc:
             raise EnvelopeError(
                 f"the circuit cannot run on these inputs (not ciphertexts of this model?): {exc}"
