@@ -132,7 +132,7 @@ def test_server_caches_evaluation_keys(workspace, data) -> None:
 def test_existing_keys_are_never_overwritten(workspace) -> None:
     keys = workspace["keys_a"]
     before = snapshot(keys)
-    with pytest.raises(ArtifactError, match="never overwritten silently"):
+    with pytest.raises(ArtifactError, match="overwritten silently"):
         FheModelClient(workspace["a"]).keygen(keys)
     assert snapshot(keys) == before
 
@@ -246,7 +246,7 @@ def test_missing_or_truncated_keys(workspace, tmp_path) -> None:
     os.chmod(secret, 0o600)
     secret.write_bytes(secret.read_bytes()[:1000])
     before = snapshot(keys)
-    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+    with pytest.raises(ArtifactError, match="truncated"):
         FheModelClient(workspace["a"], keys)
     assert snapshot(keys) == before
 
@@ -276,6 +276,7 @@ def test_evaluation_keys_under_a_stolen_key_id_are_refused(workspace) -> None:
 
 
 def test_malformed_envelope_headers(workspace) -> None:
+    import hashlib
     import struct
 
     from fheqnn.runtime.envelope import MAGIC
@@ -286,7 +287,8 @@ def test_malformed_envelope_headers(workspace) -> None:
         b'{"kind": "inputs"}',
         b'{"kind": "inputs", "model_id": "m", "key_id": "k", "count": "2"}',
     ):
-        blob = MAGIC + struct.pack(">I", len(header)) + header
+        body = struct.pack(">I", len(header)) + header
+        blob = MAGIC + hashlib.sha256(body).digest() + body
         with pytest.raises(EnvelopeError, match="malformed header"):
             server.run(blob)
 

@@ -4,16 +4,29 @@
     predict = encrypt -> run -> decrypt locally;  demo = everything on a shipped data set
 
 Library code logs; this module is the one place that prints. Exit codes: 0 success, 1 an
-unexpected failure, 2 bad input or usage, 3 accumulator budget exceeded.
+unexpected failure, 2 bad input or usage, 3 accumulator budget exceeded, 130 interrupted (Ctrl-C:
+one line, nothing half-written), 141 the output pipe closed (``fheqnn report M | head -1``).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "fheqnn":
+    # Ctrl-C while the modules below load (before main() can catch it): one line, no traceback.
+    def _interrupted_while_starting(*_: object) -> None:
+        os.write(2, b"fheqnn: interrupted\n")
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
 import argparse
+import contextlib
 import json
 import logging
 import pickle
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +37,11 @@ import numpy as np
 from .datasets import DATASETS
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_ACCUMULATOR = 0, 1, 2, 3
+#: Whether this process is the ``fheqnn`` program (not a caller of :func:`main` in Python):
+#: only then do steps run in child processes.
+AS_PROGRAM = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "fheqnn"
+#: Ctrl-C (128 + SIGINT), and a closed output pipe (128 + SIGPIPE), as shells report them.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 class CliError(Exception):
@@ -40,13 +58,21 @@ class _Step:
     def __init__(self, title: str) -> None:
         self.title = title
 
+    #: Whether a step's line is waiting for its end (an interrupt ends it).
+    open = False
+
     def __enter__(self) -> _Step:
         print(f"{self.title} ...", end="", flush=True)
+        _Step.open = True
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.seconds = time.perf_counter() - self.start
+        _Step.open = False
+        if exc_type is KeyboardInterrupt:
+            _Step.open = True  # _interrupted() ends the line
+            return
         print(f" {'done' if exc_type is None else 'failed'} ({self.seconds:.1f} s)", flush=True)
 
 
@@ -96,6 +122,35 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _check_output_file(path: str | Path, *, inputs: Sequence[Any] = (), envelope: bool) -> Path:
+    """Refuse an output file that is a folder, one of the command's inputs, or (for
+    ciphertext outputs, ``envelope``) an existing file that is not an envelope of ours."""
+    path = Path(path)
+    if str(path).strip() == "":
+        raise CliError("--out is empty: name a file to write")
+    if path.is_dir():
+        raise CliError(f"--out {path} is a folder: name a file to write")
+    for source in inputs:
+        if source and Path(source).exists() and path.exists() and os.path.samefile(source, path):
+            raise CliError(f"--out {path} is also an input of this command; write to another file")
+    if envelope and path.is_file():
+        from .runtime.envelope import MAGIC, MAGIC_V1
+
+        with open(path, "rb") as handle:
+            head = handle.read(len(MAGIC))
+        if head not in (MAGIC, MAGIC_V1):
+            raise CliError(
+                f"--out {path} exists and is not an fheqnn ciphertext file: it is never "
+                "replaced; remove it yourself or write to another file"
+            )
+    parent = path.resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {path}: {parent} is not writable by this user")
+    return path
+
+
 def _write_bytes(path: str | Path, data: bytes) -> None:
     from .fileio import atomic_write_bytes
 
@@ -104,11 +159,10 @@ def _write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def _read_bytes(path: str | Path, what: str) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise CliError(f"{what} file {str(path)!r} does not exist")
-    return path.read_bytes()
+def _read_envelope(path: str | Path, what: str, max_bytes: int) -> bytes:
+    from .runtime.envelope import read_envelope_file
+
+    return read_envelope_file(path, max_bytes=max_bytes, what=what)
 
 
 # ----------------------------------------------------------------------------- train / export
@@ -204,10 +258,13 @@ def _training_data(args: argparse.Namespace) -> tuple[tuple[np.ndarray, ...], di
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runtime.artifacts import check_destination
+    from .runtime.artifacts import TRAINING_RUN, check_destination
 
     out = Path(args.out)
-    check_destination(out, overwrite=args.overwrite, what="training folder")
+    inputs = tuple(p for p in (args.data, args.labels) if p)
+    check_destination(
+        out, overwrite=args.overwrite, what="training folder", kind=TRAINING_RUN, inputs=inputs
+    )
     (x_tr, x_te, y_tr, y_te), data_info = _training_data(args)
     est = _estimator(args, args.task)
     _say(f"training a {args.task} on {len(x_tr)} rows x {x_tr.shape[1]} features")
@@ -247,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         )
 
-    write_folder_atomically(out, write, overwrite=args.overwrite)
+    write_folder_atomically(out, write, overwrite=args.overwrite, kind=TRAINING_RUN, inputs=inputs)
     metric = "accuracy" if args.task == "classifier" else "R^2"
     _say(f"trained in {fit_s:.1f} s; test {metric} (clear, quantized): {score:.4f}")
     _say(
@@ -264,19 +321,28 @@ def _standardizer_of(est: Any) -> Any:
     return Standardizer(*est._input_standardization())
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"{what} {path} cannot be read as JSON: {exc}") from exc
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"estimator file {str(path)!r} does not exist")
-    est = pickle.loads(path.read_bytes())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder: name the ONNX file to write")
+    if out.exists() and os.path.samefile(out, path):
+        raise CliError(f"--out {out} is the estimator file itself; write to another file")
+    try:
+        # A pickle runs code when loaded: only load estimator.pkl files you wrote yourself.
+        est = pickle.loads(path.read_bytes())
+    except Exception as exc:
+        raise CliError(
+            f"{path} is not an estimator saved by 'fheqnn train' (cannot unpickle: "
+            f"{type(exc).__name__}: {exc})"
+        ) from exc
+    if not hasattr(est, "export_onnx"):
+        raise CliError(
+            f"{path} holds a {type(est).__name__}, not an estimator saved by 'fheqnn train'"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
     model = est.export_onnx(args.out)
     _say(
         f"exported {args.out}: opset {model.opset_import[0].version}, {len(model.graph.node)} nodes"
@@ -392,11 +458,29 @@ def _positive_int(value: str) -> int:
     return number
 
 
+#: What ``compile --approximate`` and ``report`` say about approximate rounding.
+def _nondeterminism_note(approximate: bool, p_error: Any) -> str | None:
+    """The line that says a circuit is not bit-exact, and why; ``None`` when it is."""
+    reasons = []
+    if approximate:
+        reasons.append("approximate rounding")
+    if p_error is not None:
+        reasons.append(f"an error probability of {p_error:g} per lookup")
+    if not reasons:
+        return None
+    return (
+        f"note: not bit-exact ({' and '.join(reasons)}): the same encrypted row can decrypt to a "
+        "different result from one run to the next (rare off-by-one lookups, whose cost in "
+        "accuracy was checked by simulation at compile time); compile with --exact --p-error "
+        "default for reproducible results"
+    )
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler.api import compile_onnx
     from .contract import OutputSpec, Standardizer
     from .errors import InvalidParameterError
-    from .runtime.artifacts import check_destination
+    from .runtime.artifacts import COMPILED_MODEL, check_destination, read_json_file
 
     onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
     std_path = args.standardizer
@@ -423,17 +507,28 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.output_spec and not Path(args.output_spec).is_file():
         raise CliError(f"output spec file {args.output_spec!r} does not exist")
     if spec_path and Path(spec_path).is_file():
-        spec = OutputSpec.from_dict(_read_json(Path(spec_path), "output spec"))
+        spec = OutputSpec.from_dict(read_json_file(Path(spec_path), "output spec"))
     standardizer = None
     if std_path is not None:
         if not Path(std_path).is_file():
             raise CliError(f"standardizer file {str(std_path)!r} does not exist")
         try:
-            standardizer = Standardizer.from_dict(_read_json(Path(std_path), "standardizer"))
+            standardizer = Standardizer.from_dict(read_json_file(Path(std_path), "standardizer"))
         except (InvalidParameterError, KeyError, TypeError, ValueError) as exc:
             raise CliError(f"{std_path} is not a standardizer (mean, scale): {exc}") from exc
         _say(f"input standardization: {std_path} (applied on the client, before quantization)")
     options = _compile_options(args, n_accum_bits=n_accum_bits)
+    out = Path(args.out)
+    inputs = tuple(
+        str(p) for p in (args.from_dir, onnx_path, calibration, spec_path, std_path) if p
+    )
+    check_destination(
+        out,
+        overwrite=args.overwrite,
+        what="compiled model folder",
+        kind=COMPILED_MODEL,
+        inputs=inputs,
+    )
     x_cal = load_matrix(calibration, what="calibration")
     labels_path = args.calibration_labels
     if labels_path is None and args.from_dir and (base / CALIBRATION_LABELS).is_file():
@@ -447,8 +542,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
             raise CliError(
                 f"{labels_path} has {len(y_cal)} labels for {len(x_cal)} calibration rows"
             )
-    out = Path(args.out)
-    check_destination(out, overwrite=args.overwrite, what="compiled model folder")
     with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
         model = _compile_speaking(
             lambda: compile_onnx(
@@ -461,6 +554,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
             )
         )
     _say(model.report.to_text())
+    note = _nondeterminism_note(
+        any(layer.round_lsbs and not layer.rounding_exact for layer in model.program.layers),
+        model.stats.p_error,
+    )
+    if note:
+        _say(note)
+    # Checked again: something may have appeared there while compiling.
+    check_destination(
+        out, overwrite=args.overwrite, what="compiled model folder", kind=COMPILED_MODEL,
+        inputs=inputs,
+    )  # fmt: skip
     model.save(out, overwrite=args.overwrite)
     _say(
         f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons; "
@@ -471,15 +575,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .compiler.report import BitWidthReport, LayerWidths
-    from .runtime.artifacts import REPORT_FILE, open_model_folder
+    from .runtime.artifacts import CLIENT_SPECS_FILE, PROGRAM_FILE, REPORT_FILE, open_model_folder
 
-    folder = open_model_folder(args.model, need=(REPORT_FILE,))
+    folder = open_model_folder(args.model, need=(REPORT_FILE, CLIENT_SPECS_FILE, PROGRAM_FILE))
     data = folder.read_json(REPORT_FILE)
     if args.json:
         _say(json.dumps(data, indent=2))
         return EXIT_OK
     fields = set(LayerWidths.__dataclass_fields__)
-    rows = tuple(LayerWidths(**{k: v for k, v in d.items() if k in fields}) for d in data["layers"])
+    try:
+        rows = tuple(
+            LayerWidths(**{k: v for k, v in d.items() if k in fields}) for d in data["layers"]
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CliError(f"{folder.file(REPORT_FILE)} is not a report of ours: {exc!r}") from exc
     _say(f"compiled model {folder.model_id} from {data['source']}")
     _say(BitWidthReport(rows, data["n_accum_bits"]).to_text())
     _say(
@@ -487,10 +596,27 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{data['removed_neurons']} dead neurons removed); max bit-width {data['max_bit_width']}; "
         f"compile {data['compile_seconds']:.1f} s"
     )
+    from .concrete_seam import key_sizes, load_client_specs
+
+    sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
     _say(
-        f"evaluation keys ~{data['evaluation_keys_bytes_estimate'] / 1e6:.1f} MB; ciphertext per "
+        f"evaluation keys: {sizes.evaluation / 1e6:.1f} MB as generated and sent to a server "
+        f"(evaluation.keys, {'compressed' if sizes.compressed else 'uncompressed'}), "
+        f"{sizes.evaluation_full / 1e6:.1f} MB expanded on the server; ciphertext per "
         f"row: {data['input_ciphertext_bytes']} B in, {data['output_ciphertext_bytes']} B out"
     )
+    program = folder.read_json(PROGRAM_FILE)  # checked against the manifest like every file
+    layers = program.get("layers") if isinstance(program, dict) else None
+    approximate = isinstance(layers, list) and any(
+        isinstance(layer, dict)
+        and layer.get("rounding_exact") is False
+        and (layer.get("round_lsbs") or 0) > 0
+        for layer in layers
+    )
+    p_error = data.get("p_error")
+    note = _nondeterminism_note(approximate, p_error if isinstance(p_error, float) else None)
+    if note:
+        _say(note)
     return EXIT_OK
 
 
@@ -513,13 +639,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient
 
+    out = _check_output_file(args.out, inputs=(args.input,), envelope=True)
     client = FheModelClient(args.model, args.keys)
     x = load_matrix(
         args.input, n_features=client.part.n_features, target=args.target, first_rows=args.rows
     )
     with _Step(f"encrypting {len(x)} rows"):
         blob = client.encrypt(x)
-    _write_bytes(args.out, blob)
+    _write_bytes(out, blob)
     _say(f"wrote {args.out} ({len(blob)} bytes)")
     return EXIT_OK
 
@@ -529,21 +656,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.ray:
         return _run_on_ray(args)
+    target = _check_output_file(args.out, inputs=(args.input, args.evaluation_keys), envelope=True)
     server = FheModelServer(args.model)
-    keys = _read_bytes(args.evaluation_keys, "evaluation keys")
-    inputs = _read_bytes(args.input, "encrypted input")
+    keys = _read_envelope(args.evaluation_keys, "evaluation keys", server.limits["evaluation_keys"])
+    inputs = _read_envelope(args.input, "encrypted input", server.limits["inputs"])
     with _Step("running on ciphertexts"):
         out = server.run(inputs, keys)
-    _write_bytes(args.out, out)
+    _write_bytes(target, out)
     _say(f"wrote {args.out} ({len(out)} bytes)")
     return EXIT_OK
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient
+    from .runtime.artifacts import envelope_limits
 
+    if args.out:
+        _check_output_file(args.out, inputs=(args.input,), envelope=False)
     client = FheModelClient(args.model, args.keys)
-    blob = _read_bytes(args.input, "encrypted result")
+    blob = _read_envelope(args.input, "encrypted result", envelope_limits(client.folder)["outputs"])
     pred = client.decrypt_proba(blob) if args.proba else client.decrypt(blob)
     if args.out:
         _save_array(Path(args.out), np.asarray(pred))
@@ -739,8 +870,12 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
 def _run_on_ray(args: argparse.Namespace) -> int:
     from .serving import ray_backend
 
-    keys = _read_bytes(args.evaluation_keys, "evaluation keys")
-    inputs = _read_bytes(args.input, "encrypted input")
+    from .runtime.artifacts import SERVER_FILE, envelope_limits, open_model_folder
+
+    target = _check_output_file(args.out, inputs=(args.input, args.evaluation_keys), envelope=True)
+    limits = envelope_limits(open_model_folder(args.model, need=(SERVER_FILE,)))
+    keys = _read_envelope(args.evaluation_keys, "evaluation keys", limits["evaluation_keys"])
+    inputs = _read_envelope(args.input, "encrypted input", limits["inputs"])
     try:
         nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
         _say(f"Ray: nodes {', '.join(nodes)}")
@@ -748,7 +883,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
             out = ray_backend.run_batch(args.model, inputs, keys, tasks=args.ray_tasks)
     finally:
         ray_backend.shutdown(serve_too=False)
-    _write_bytes(args.out, out)
+    _write_bytes(target, out)
     _say(f"wrote {args.out} ({len(out)} bytes)")
     return EXIT_OK
 
@@ -1133,25 +1268,104 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from .errors import FheqnnError
+
+    # From here on, Ctrl-C is a KeyboardInterrupt that unwinds (and cleans up) every step.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if AS_PROGRAM and args.command in NATIVE_COMMANDS:
+            return _in_child(args)
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception as exc:
+        if args.verbose and not isinstance(exc, CliError | OSError | FheqnnError):
+            raise
+        return _exit_code(exc)
+
+
+#: Commands that call Concrete's native code, which replaces the SIGINT handler by one that
+#: kills the process outright (and holds the GIL): as a program, they run in a child process.
+NATIVE_COMMANDS = ("compile", "keygen", "encrypt", "run", "decrypt", "predict", "demo")
+
+
+def _in_child(args: argparse.Namespace) -> int:
+    """Run the command in a forked child; at Ctrl-C, kill it and remove its temporaries.
+
+    The parent has not run any Concrete code yet, so the fork is safe (see
+    :func:`fheqnn.interrupts.run_in_child`).
+    """
+    from .fileio import clean_stale
+    from .interrupts import run_in_child
+
+    outputs = [getattr(args, name, None) for name in ("out", "keys", "circuits")]
+    if args.command == "demo":
+        outputs = [
+            Path(args.circuits) / f"demo_{args.dataset}",
+            Path(args.keys) / f"demo_{args.dataset}",
+        ]
+
+    def cleanup() -> None:
+        for path in outputs:
+            if path:
+                clean_stale(Path(path))
+
+    return run_in_child(lambda: int(args.func(args)), exit_code=_exit_code, cleanup=cleanup)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Print what went wrong (one line on stderr) and return the exit code for it."""
     from .errors import AccumulatorOverflowError, FheqnnError
 
-    try:
-        return int(args.func(args))
-    except AccumulatorOverflowError as exc:
+    if isinstance(exc, KeyboardInterrupt):
+        return _interrupted()
+    if isinstance(exc, BrokenPipeError):
+        return _broken_pipe()
+    if isinstance(exc, AccumulatorOverflowError):
         print(f"fheqnn: accumulator budget exceeded: {exc}", file=sys.stderr)
         return EXIT_ACCUMULATOR
-    except (FheqnnError, CliError) as exc:
+    if isinstance(exc, FheqnnError | CliError):
         print(f"fheqnn: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except Exception as exc:
-        if args.verbose:
-            raise
-        print(
-            f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the "
-            "traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+    if isinstance(exc, OSError):
+        # A path the user gave that cannot be read or written (permissions, a folder where a
+        # file was expected, a full disk): the cause, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fheqnn: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_INPUT
+    print(
+        f"fheqnn: unexpected error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
+
+
+def _interrupted() -> int:
+    """Ctrl-C: every ``finally`` has run (temporaries removed); say so in one line."""
+    from .interrupts import native_work_running
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+    with contextlib.suppress(OSError, ValueError):
+        if _Step.open:
+            print(" interrupted", flush=True)  # ends the step's "..." line
+        sys.stdout.flush()
+    print("fheqnn: interrupted", file=sys.stderr, flush=True)
+    if native_work_running():
+        # Concrete still runs in a worker thread that cannot be stopped; tearing the
+        # interpreter down around it can crash, so leave at once (nothing is half-written).
+        os._exit(EXIT_INTERRUPTED)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return EXIT_INTERRUPTED
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (``| head -1``): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit-time flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -8,12 +8,23 @@ program, the client specifications) are produced and read in one way.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import logging
+import os
+import signal
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .interrupts import call_interruptibly
+
+logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -27,7 +38,24 @@ def fhe() -> Any:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         from concrete import fhe as module
+    restore_python_sigint()
     return module
+
+
+def restore_python_sigint() -> None:
+    """Give SIGINT back to Python after Concrete's native library took it.
+
+    Loading Concrete's bindings (concrete-python 2.11) installs a native SIGINT handler in
+    place of Python's, and the process then dies at Ctrl-C without running any cleanup (the
+    interrupted key generation or write leaves its temporaries). Python's own handler raises
+    ``KeyboardInterrupt`` instead, which our callers turn into a clean exit. Only the main
+    thread can set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+        signal.signal(signal.SIGINT, handler)  # re-installs it at the C level too
 
 
 @contextlib.contextmanager
@@ -61,3 +89,103 @@ def load_server(path: str | Path) -> Any:
 def load_client_specs(data: bytes) -> Any:
     """``fhe.ClientSpecs`` from :func:`client_specs_bytes`."""
     return fhe().ClientSpecs.deserialize(data)
+
+
+_capture_lock = threading.Lock()
+
+
+def _flush_c_stdio() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # no libc symbols on this platform
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(what: str) -> Iterator[None]:
+    """Send what native code writes on file descriptor 2 to the log (first 2000 characters).
+
+    Concrete's deserializers print a native stack trace per nested reader on a truncated key
+    (megabytes of it) before raising; the exception says what matters. Process-wide, so calls
+    are serialized by a lock.
+
+    Args:
+        what: names the call in the log.
+    """
+    with _capture_lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                _flush_c_stdio()
+                os.dup2(saved, 2)
+                os.close(saved)
+                size = sink.seek(0, os.SEEK_END)
+                if size:
+                    sink.seek(0)
+                    text = sink.read(2000).decode(errors="replace").strip()
+                    logger.debug("%s wrote %d bytes on stderr: %s", what, size, text)
+
+
+def deserialize_keys(data: bytes) -> Any:
+    """``fhe.Keys`` (secret and evaluation keys) from bytes, native noise sent to the log."""
+    # The capture is entered in the caller's thread, so that an interrupt that leaves the
+    # native call running restores stderr before the interrupt is reported.
+    with native_stderr_to_log("secret key deserialization"):
+        return call_interruptibly(fhe().Keys.deserialize, data)
+
+
+def deserialize_evaluation_keys(data: bytes) -> Any:
+    """``fhe.EvaluationKeys`` from bytes, native noise sent to the log."""
+    with native_stderr_to_log("evaluation key deserialization"):
+        return call_interruptibly(fhe().EvaluationKeys.deserialize, data)
+
+
+@dataclass(frozen=True)
+class KeySizes:
+    """Sizes of a circuit's keys (bytes), from its client specifications.
+
+    Attributes:
+        secret: the LWE secret keys (8 bytes per coefficient).
+        evaluation: bootstrap and key-switching keys as serialized (seeded when compressed:
+            one body per ciphertext instead of the whole mask).
+        evaluation_full: the same keys expanded, as the server holds them in memory
+            (standard domain; Concrete's ``size_of_bootstrap_keys`` counts the Fourier domain,
+            twice this for the bootstrap keys).
+        compressed: whether the evaluation keys are serialized compressed.
+    """
+
+    secret: int
+    evaluation: int
+    evaluation_full: int
+    compressed: bool
+
+
+def key_sizes(specs: Any, *, compressed: bool = True) -> KeySizes:
+    """Expected key sizes of a circuit from its ``fhe.ClientSpecs`` (see :class:`KeySizes`).
+
+    A bootstrap key holds ``input_lwe_dimension x level x (glwe_dimension + 1)`` GLWE
+    ciphertexts of ``(glwe_dimension + 1) x polynomial_size`` 64-bit words (one polynomial
+    when seeded); a key-switching key ``input dimension x level`` LWE ciphertexts of
+    ``output dimension + 1`` words (one when seeded).
+    """
+    info = specs.program_info.get_keyset_info()
+    secret_dims = [int(k.dimension()) for k in info.secret_keys()]
+    word = 8
+    seeded = full = 0
+    for b in info.bootstrap_keys():
+        cts = int(b.input_lwe_dimension()) * int(b.level()) * (int(b.glwe_dimension()) + 1)
+        seeded += cts * int(b.polynomial_size()) * word
+        full += cts * (int(b.glwe_dimension()) + 1) * int(b.polynomial_size()) * word
+    for k in info.keyswitch_keys():
+        n_in = secret_dims[int(k.input_secret_key_id())]
+        n_out = secret_dims[int(k.output_secret_key_id())]
+        seeded += n_in * int(k.level()) * word
+        full += n_in * int(k.level()) * (n_out + 1) * word
+    return KeySizes(
+        secret=sum(secret_dims) * word,
+        evaluation=seeded if compressed else full,
+        evaluation_full=full,
+        compressed=compressed,
+    )

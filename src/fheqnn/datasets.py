@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn import datasets
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 from .errors import InvalidParameterError
 
+# scikit-learn's loader of each name; imported on use, so that the CLI (which lists the names)
+# starts without loading scikit-learn.
 _LOADERS = {
-    "breast_cancer": datasets.load_breast_cancer,
-    "digits": datasets.load_digits,
-    "iris": datasets.load_iris,
-    "wine": datasets.load_wine,
-    "diabetes": datasets.load_diabetes,
+    "breast_cancer": "load_breast_cancer",
+    "digits": "load_digits",
+    "iris": "load_iris",
+    "wine": "load_wine",
+    "diabetes": "load_diabetes",
 }
 
 #: The regression data sets among ``DATASETS`` (the others are classification).
@@ -40,7 +39,11 @@ def load_split(
     """
     if name not in _LOADERS:
         raise InvalidParameterError(f"unknown data set {name!r}; choose one of {ALL_DATASETS}")
-    x, y = _LOADERS[name](return_X_y=True)
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = getattr(datasets, _LOADERS[name])(return_X_y=True)
     stratify = None if name in REGRESSION else y
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=0.25, stratify=stratify, random_state=0

@@ -494,10 +494,26 @@ class _Reader:
         return Program(input_quantizer, tuple(layers), source=self.source)
 
 
-def load_onnx(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """Load and check an ONNX model; returns it and a label for messages."""
+def load_onnx(model: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Load and check an ONNX model (a path, a ModelProto, or its serialized bytes).
+
+    Returns:
+        The model and a label for messages.
+    """
+    if isinstance(model, bytes | bytearray | memoryview):
+        try:
+            model = onnx.load_from_string(bytes(model))
+        except Exception as exc:
+            raise InvalidModelError(
+                f"the bytes given ({len(model)}) are not a serialized ONNX model: {exc}"
+            ) from exc
     if isinstance(model, onnx.ModelProto):
         source = model.graph.name or "<onnx model>"
+    elif not isinstance(model, str | Path):
+        raise InvalidModelError(
+            f"expected an ONNX file path, an onnx.ModelProto or its serialized bytes, got "
+            f"{type(model).__name__}"
+        )
     else:
         path = Path(model)
         if not path.is_file():

@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import concrete_seam
 from ..errors import FheqnnError
+from ..fileio import clean_stale, old_name, temp_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -87,40 +88,161 @@ def model_id_of(files: dict[str, dict[str, Any]]) -> str:
     return sha256_bytes(joined.encode())[:32]
 
 
-def check_destination(target: Path, *, overwrite: bool = False, what: str = "folder") -> None:
-    """Refuse to write ``target`` when it is a file, or a non-empty folder without ``overwrite``.
+#: Folder kinds, by the file that marks them; ``--overwrite`` replaces a folder by one of its kind.
+COMPILED_MODEL, KEY_FOLDER, TRAINING_RUN = "compiled model", "key folder", "training run"
+KEY_INFO_FILE = "key.json"
+TRAIN_INFO_FILE = "train.json"
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What an existing folder holds: one of the kinds above, or ``None`` (anything else).
+
+    A compiled model has a ``manifest.json`` of our format, a key folder a ``key.json``, a
+    training run a ``train.json`` (or, written by older versions, ``estimator.pkl`` with
+    ``model.onnx``).
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_bytes()[: 1 << 20])
+        except (ValueError, OSError):
+            data = None
+        if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
+            return COMPILED_MODEL
+        return None
+    if (folder / KEY_INFO_FILE).is_file():
+        return KEY_FOLDER
+    if (folder / TRAIN_INFO_FILE).is_file() or (
+        (folder / "estimator.pkl").is_file() and (folder / "model.onnx").is_file()
+    ):
+        return TRAINING_RUN
+    return None
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_destination(
+    target: Path,
+    *,
+    overwrite: bool = False,
+    what: str = "folder",
+    kind: str | None = None,
+    inputs: tuple[str | Path, ...] = (),
+) -> None:
+    """Refuse a destination folder that cannot, or must not, be written.
 
     Called before any long step (training, compiling, key generation), so that a destination
-    that cannot be used is found before the work is done, not after.
+    that cannot be used is found before the work is done, not after. Refused: an existing file;
+    the current folder or one of its parents; a folder that is, or holds, one of ``inputs``
+    (the command's own inputs); a non-empty folder without ``overwrite``; with ``overwrite``,
+    a non-empty folder that is not of ``kind``; a place this user cannot write to.
+
+    Args:
+        target: the folder to create or replace.
+        overwrite: whether an existing folder of ``kind`` may be replaced.
+        what: how messages name the folder.
+        kind: the kind of folder written (:data:`COMPILED_MODEL`, :data:`KEY_FOLDER`,
+            :data:`TRAINING_RUN`); ``None`` lets ``overwrite`` replace only empty folders.
+        inputs: files or folders the command reads, which the write must not replace.
+
+    Raises:
+        ArtifactError: naming the destination and what to do instead.
     """
     target = Path(target)
+    if str(target).strip() == "":
+        raise ArtifactError(f"{what}: an empty path was given; name a folder to create")
+    resolved = target.resolve()
     if target.exists() and not target.is_dir():
-        raise ArtifactError(f"{what} {target} exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ArtifactError(
-            f"{what} {target} already exists and is not empty; it is never overwritten silently "
-            "(choose another folder, or pass overwrite=True / --overwrite to replace it)"
+            f"{what} {target} exists and is a file, not a folder: name a new folder"
         )
+    if _within(Path.cwd().resolve(), resolved):
+        raise ArtifactError(
+            f"{what} {target} is the current folder or one of its parents: name a new folder "
+            "inside it instead"
+        )
+    for source in inputs:
+        if _within(Path(source).resolve(), resolved):
+            raise ArtifactError(
+                f"{what} {target} is, or holds, {source}, an input of this command: it would be "
+                "replaced by its own output; write to another folder"
+            )
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ArtifactError(
+                f"{what} {target} already exists and is not empty: nothing is overwritten "
+                "silently (choose another folder, or pass overwrite=True / --overwrite to "
+                "replace it)"
+            )
+        found = folder_kind(target)
+        if kind is None or found != kind:
+            raise ArtifactError(
+                f"{what} {target} holds {'a ' + found if found else 'other files'}, not a "
+                f"{kind or 'folder of ours'}: --overwrite replaces only a {kind or 'folder'} of "
+                "the same kind; remove it yourself or choose another folder"
+            )
+    _check_writable(target, what)
+
+
+def _check_writable(target: Path, what: str) -> None:
+    """The nearest existing folder at or above ``target``'s parent must be writable by us."""
+    place = target.resolve().parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise ArtifactError(f"{what} {target}: {place} is not a folder")
+    try:
+        # A real probe (created and removed at once): permission bits do not tell for root, a
+        # read-only mount or a pseudo file system.
+        os.rmdir(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=place))
+    except OSError as exc:
+        raise ArtifactError(
+            f"{what} {target} cannot be created: {place} is not writable "
+            f"({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
+    if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+        raise ArtifactError(f"{what} {target} is not writable by this user")
 
 
 def write_folder_atomically(
-    target: Path, write: Any, *, overwrite: bool = False, mode: int | None = None
+    target: Path,
+    write: Any,
+    *,
+    overwrite: bool = False,
+    mode: int | None = None,
+    kind: str | None = None,
+    inputs: tuple[str | Path, ...] = (),
 ) -> None:
     """Create ``target`` by calling ``write(tmp_folder)`` then renaming the folder into place.
 
-    A failure anywhere leaves ``target`` as it was. An existing non-empty ``target`` is an error
-    unless ``overwrite``.
+    A failure or an interrupt anywhere leaves ``target`` as it was. The destination is checked
+    with :func:`check_destination` (``overwrite``, ``kind``, ``inputs``). Temporaries that
+    killed writers left next to ``target`` are removed first (see
+    :func:`fheqnn.fileio.clean_stale`).
+
+    Args:
+        target: the folder to create or replace.
+        write: called with the temporary folder to fill.
+        overwrite: replace an existing folder of the same ``kind``.
+        mode: permission bits of the folder (e.g. ``0o700`` for keys), set before anything is
+            written into it.
+        kind: the kind of folder written.
+        inputs: files or folders the command reads, which must not be replaced.
     """
     target = Path(target)
-    check_destination(target, overwrite=overwrite)
+    check_destination(target, overwrite=overwrite, kind=kind, inputs=inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    clean_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     try:
         if mode is not None:
             os.chmod(tmp, mode)
         write(tmp)
         if overwrite and target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+            old = target.with_name(old_name(target.name))
             os.rename(target, old)
             os.rename(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -164,7 +286,7 @@ def write_model_folder(
             (folder / name).write_bytes(data)
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
-    write_folder_atomically(Path(target), write, overwrite=overwrite)
+    write_folder_atomically(Path(target), write, overwrite=overwrite, kind=COMPILED_MODEL)
     return manifest
 
 
@@ -176,7 +298,9 @@ def save_compiled_model(model: Any, target: Path, *, overwrite: bool = False) ->
     """
     from ..compiler.serialize import program_to_dict
 
-    check_destination(target, overwrite=overwrite, what="compiled model folder")
+    check_destination(
+        target, overwrite=overwrite, what="compiled model folder", kind=COMPILED_MODEL
+    )
     files = {
         SERVER_FILE: concrete_seam.server_bytes(model.circuit),
         PROGRAM_FILE: json.dumps(program_to_dict(model.program)).encode(),
@@ -190,9 +314,49 @@ def save_compiled_model(model: Any, target: Path, *, overwrite: bool = False) ->
     return str(manifest["model_id"])
 
 
+#: Largest ``manifest.json`` / ``key.json`` we read (bytes): ours are a few kB.
+MAX_INFO_BYTES = 1 << 20
+
+
+def read_json_file(path: Path, what: str, *, max_bytes: int = MAX_INFO_BYTES) -> Any:
+    """Parse a small JSON file of ours; every failure is an :class:`ArtifactError`.
+
+    Args:
+        path: the file.
+        what: how messages name it.
+        max_bytes: larger files are refused before they are read.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ArtifactError(
+                f"{what} {path} has {size} bytes, more than the {max_bytes} such a file can have"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
+    return parse_json_bytes(data, f"{what} {path}")
+
+
+def parse_json_bytes(data: bytes, what: str) -> Any:
+    """Parse JSON bytes (UTF-8); a decoding error is an :class:`ArtifactError` naming ``what``."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{what} is not UTF-8 text (a binary or corrupt file?): {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{what} is not valid JSON (truncated or edited?): {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ModelFolder:
-    """A verified compiled-model folder."""
+    """A verified compiled-model folder.
+
+    Its files are read through :meth:`read_bytes` / :meth:`read_json`, which check the bytes
+    actually read against the manifest, so that no reader sees a file modified after the
+    folder was opened.
+    """
 
     path: Path
     manifest: dict[str, Any]
@@ -203,12 +367,66 @@ class ModelFolder:
         return str(self.manifest["model_id"])
 
     def file(self, name: str) -> Path:
-        """Path of one of the folder's files."""
+        """Path of one of the folder's files (for readers that need a path, e.g. Concrete's)."""
         return self.path / name
 
+    def read_bytes(self, name: str) -> bytes:
+        """The bytes of one of the folder's files, checked against the manifest."""
+        entry = self.manifest["files"].get(name)
+        if entry is None:
+            raise ArtifactError(f"{self.path}: the manifest does not list {name}")
+        file = self.path / name
+        try:
+            size = file.stat().st_size
+            if size != entry["bytes"]:
+                raise ArtifactError(
+                    f"{file}: {size} bytes, the manifest says {entry['bytes']} "
+                    "(truncated or replaced)"
+                )
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{file} cannot be read: {exc.strerror or exc}") from exc
+        if sha256_bytes(data) != entry["sha256"]:
+            raise ArtifactError(f"{file}: checksum mismatch: the file was modified after saving")
+        return data
+
     def read_json(self, name: str) -> Any:
-        """Parse one of the folder's JSON files."""
-        return json.loads(self.file(name).read_text())
+        """Parse one of the folder's JSON files, checked against the manifest."""
+        return parse_json_bytes(self.read_bytes(name), str(self.path / name))
+
+
+#: Most rows one envelope may hold (as many as an inference input file, see fheqnn.tabular).
+MAX_ENVELOPE_ROWS = 100_000
+
+
+def envelope_limits(folder: ModelFolder) -> dict[str, int]:
+    """The most bytes an envelope of each kind can hold for this model.
+
+    From the sizes the model implies: the ciphertext bytes per row in ``report.json`` (with
+    room for Concrete's framing), times :data:`MAX_ENVELOPE_ROWS`; for evaluation keys, the
+    expanded key size from the client specifications plus 1 MiB. Files are checked against
+    these limits before they are read into memory.
+    """
+    try:
+        report = folder.read_json(REPORT_FILE)
+    except ArtifactError:  # a client-only copy of the folder: generous per-row sizes
+        report = {}
+    report = report if isinstance(report, dict) else {}
+    sizes = concrete_seam.key_sizes(
+        concrete_seam.load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE))
+    )
+
+    def per_row(name: str) -> int:
+        value = report.get(name)
+        value = value if isinstance(value, int) and value > 0 else 1 << 20
+        return 4 * value + 4096
+
+    slack = 1 << 16
+    return {
+        "inputs": MAX_ENVELOPE_ROWS * per_row("input_ciphertext_bytes") + slack,
+        "outputs": MAX_ENVELOPE_ROWS * per_row("output_ciphertext_bytes") + slack,
+        "evaluation_keys": sizes.evaluation_full + (1 << 20),
+    }
 
 
 def open_model_folder(folder: str | Path, *, need: tuple[str, ...] = REQUIRED_FILES) -> ModelFolder:
@@ -227,18 +445,18 @@ def open_model_folder(folder: str | Path, *, need: tuple[str, ...] = REQUIRED_FI
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: {MANIFEST} is missing: not a compiled model folder")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    manifest = read_json_file(manifest_path, "manifest")
+    if not isinstance(manifest, dict):
         raise ArtifactError(
-            f"{manifest_path} is not valid JSON (truncated or edited?): {exc}"
-        ) from exc
+            f"{manifest_path} holds a {type(manifest).__name__}, expected an object: "
+            "not a manifest of ours"
+        )
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
             f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
         )
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    if not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path} does not describe a compiled model (no file list)")
     versions = manifest.get("versions")
     versions = versions if isinstance(versions, dict) else {}
@@ -251,24 +469,33 @@ def open_model_folder(folder: str | Path, *, need: tuple[str, ...] = REQUIRED_FI
             )
     files = manifest["files"]
     if not all(
-        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
+        isinstance(e, dict)
+        and isinstance(e.get("sha256"), str)
+        and isinstance(e.get("bytes"), int)
+        and not isinstance(e.get("bytes"), bool)
         for e in files.values()
     ):
         raise ArtifactError(f"{manifest_path}: malformed file entries")
     if model_id_of(files) != manifest.get("model_id"):
         raise ArtifactError(f"{manifest_path}: the model id does not match the file checksums")
     for name in need:
-        entry = files.get(name)
-        if entry is None:
+        if name not in files:
             raise ArtifactError(f"{path}: the manifest does not list {name}")
-        file = path / name
-        if not file.is_file():
+        if not (path / name).is_file():
             raise ArtifactError(f"{path}: {name} is missing")
+        if name not in (SERVER_FILE,):
+            continue  # the others are checked when read, by read_bytes
+        file = path / name
         size = file.stat().st_size
-        if size != entry["bytes"]:
+        if size != files[name]["bytes"]:
             raise ArtifactError(
-                f"{file}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+                f"{file}: {size} bytes, the manifest says {files[name]['bytes']} "
+                "(truncated or replaced)"
             )
-        if sha256_file(file) != entry["sha256"]:
+        if sha256_file(file) != files[name]["sha256"]:
             raise ArtifactError(f"{file}: checksum mismatch: the file was modified after saving")
-    return ModelFolder(path, manifest)
+    folder_ = ModelFolder(path, manifest)
+    for name in need:
+        if name != SERVER_FILE:
+            folder_.read_bytes(name)
+    return folder_

@@ -15,29 +15,32 @@ from typing import Any
 
 import numpy as np
 
+from ..concrete_seam import KeySizes, deserialize_keys, key_sizes, load_client_specs
 from ..concrete_seam import fhe as _fhe
-from ..concrete_seam import load_client_specs
 from ..contract import ClientContract, softmax
 from ..errors import InvalidParameterError
+from ..interrupts import call_interruptibly
 from .artifacts import (
     CLIENT_FILE,
     CLIENT_FILES,
     CLIENT_SPECS_FILE,
+    KEY_FOLDER,
+    KEY_INFO_FILE,
     ArtifactError,
     ModelFolder,
     check_destination,
     key_id_of,
     open_model_folder,
+    read_json_file,
     sha256_bytes,
     write_folder_atomically,
 )
-from .envelope import Envelope
+from .envelope import Envelope, EnvelopeError, read_envelope_file
 
 logger = logging.getLogger(__name__)
 
 SECRET_KEYS_FILE = "secret.keys"
 EVALUATION_KEYS_FILE = "evaluation.keys"
-KEY_INFO_FILE = "key.json"
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,76 @@ class KeyInfo:
     folder: Path
 
 
+#: ``key.json``'s format; key folders of older versions lack the sizes and are refused.
+KEY_FORMAT, KEY_FORMAT_VERSION = "fheqnn-keys", 2
+
+
 def _load_key_info(key_dir: Path) -> dict[str, Any]:
+    """Read and check the shape of a key folder's ``key.json`` (every field used later)."""
     info_path = key_dir / KEY_INFO_FILE
     if not key_dir.is_dir():
         raise ArtifactError(f"key folder {str(key_dir)!r} does not exist")
     if not info_path.is_file():
         raise ArtifactError(f"{key_dir}: {KEY_INFO_FILE} is missing: not a key folder")
+    info = read_json_file(info_path, "key information")
+    if not isinstance(info, dict):
+        raise ArtifactError(
+            f"{info_path} holds a {type(info).__name__}, expected an object: not a key.json "
+            "written by 'fheqnn keygen'"
+        )
+    if info.get("format") != KEY_FORMAT or info.get("format_version") != KEY_FORMAT_VERSION:
+        raise ArtifactError(
+            f"{info_path}: format {info.get('format')!r} v{info.get('format_version')!r}, "
+            f"expected {KEY_FORMAT!r} v{KEY_FORMAT_VERSION} (keys made by an older fheqnn?): "
+            "generate the keys again with 'fheqnn keygen'"
+        )
+    files = (SECRET_KEYS_FILE, EVALUATION_KEYS_FILE)
+    sums, sizes = info.get("sha256"), info.get("bytes")
+    well_formed = (
+        isinstance(info.get("key_id"), str)
+        and isinstance(info.get("model_id"), str)
+        and isinstance(sums, dict)
+        and isinstance(sizes, dict)
+        and all(isinstance(sums.get(f), str) for f in files)
+        and all(isinstance(sizes.get(f), int) and not isinstance(sizes.get(f), bool) for f in files)
+        and isinstance(info.get("keygen_seconds", 0.0), int | float)
+    )
+    if not well_formed:
+        raise ArtifactError(
+            f"{info_path} is malformed (expected key_id, model_id, and the sha256 and bytes "
+            f"of {files}): generate the keys again"
+        )
+    return info
+
+
+def _warn_if_exposed(key_dir: Path, secret_path: Path) -> None:
+    """Log a warning when the secret key is open to other users (group or others bits)."""
     try:
-        return json.loads(info_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{info_path} is not valid JSON: {exc}") from exc
+        file_mode = secret_path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if file_mode & 0o077:
+        logger.warning(
+            "%s is readable by other users (mode %o): it decrypts everything encrypted with "
+            "it; restrict it with 'chmod 600 %s'",
+            secret_path,
+            file_mode,
+            secret_path,
+        )
+
+
+def _checked_size(path: Path, expected: int, what: str) -> int:
+    """The size of ``path``, which must be ``expected`` (from ``key.json``)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    if size != expected:
+        raise ArtifactError(
+            f"{path} has {size} bytes, {KEY_INFO_FILE} says {expected} ({what} truncated or "
+            "replaced): generate the keys again"
+        )
+    return size
 
 
 class FheModelClient:
@@ -85,9 +148,15 @@ class FheModelClient:
             self.part: ClientContract = ClientContract.from_dict(self.folder.read_json(CLIENT_FILE))
         except InvalidParameterError as exc:
             raise ArtifactError(f"{self.folder.path / CLIENT_FILE}: {exc}") from exc
-        self._specs = load_client_specs(self.folder.file(CLIENT_SPECS_FILE).read_bytes())
+        try:
+            self._specs = load_client_specs(self.folder.read_bytes(CLIENT_SPECS_FILE))
+        except RuntimeError as exc:
+            raise ArtifactError(
+                f"{self.folder.file(CLIENT_SPECS_FILE)} cannot be read: {exc}"
+            ) from exc
         self._client = _fhe().Client(self._specs)
         self.key_info: KeyInfo | None = None
+        self._key_info_raw: dict[str, Any] = {}
         self._evaluation_keys: bytes | None = None
         if key_dir is not None:
             self.load_keys(key_dir)
@@ -97,38 +166,56 @@ class FheModelClient:
         """The compiled model's identity."""
         return self.folder.model_id
 
+    def key_sizes(self) -> KeySizes:
+        """Sizes of this model's keys (bytes), from its client specifications."""
+        return key_sizes(self._specs)
+
     # ------------------------------------------------------------------ keys
     def keygen(
         self, key_dir: str | Path, *, overwrite: bool = False, seed: int | None = None
     ) -> KeyInfo:
         """Generate keys into a new folder: secret key (owner-only) and evaluation keys.
 
-        An existing non-empty folder is refused unless ``overwrite``; the folder appears
-        complete or not at all.
+        An existing non-empty folder is refused unless ``overwrite`` and it is a key folder;
+        the model folder itself is never replaced. The folder appears complete or not at all,
+        Ctrl-C included; ``secret.keys`` is created ``0600`` in a ``0700`` folder whatever the
+        umask.
 
         Returns:
             The key information (id, time, evaluation key size).
         """
         key_dir = Path(key_dir)
-        check_destination(key_dir, overwrite=overwrite, what="key folder")
+        inputs = (self.folder.path,)
+        check_destination(
+            key_dir, overwrite=overwrite, what="key folder", kind=KEY_FOLDER, inputs=inputs
+        )
         fhe = _fhe()
         client = fhe.Client(self._specs)
+
+        def generate() -> tuple[bytes, bytes]:
+            client.keys.generate(force=True, secret_seed=seed, encryption_seed=seed)
+            return bytes(client.keys.serialize()), bytes(client.evaluation_keys.serialize())
+
+        # Concrete's key generation holds the GIL and, while it runs, a native SIGINT handler
+        # that kills the process: the command-line tool runs the whole command in a child
+        # process for that reason (see fheqnn.interrupts.run_in_child).
         start = time.perf_counter()
-        client.keys.generate(force=True, secret_seed=seed, encryption_seed=seed)
+        secret, evaluation = call_interruptibly(generate)
         seconds = time.perf_counter() - start
-        secret = client.keys.serialize()
-        evaluation = client.evaluation_keys.serialize()
         key_id = key_id_of(evaluation)
         evaluation_blob = Envelope(
             "evaluation_keys", self.model_id, key_id, (evaluation,)
         ).to_bytes()
         info = {
+            "format": KEY_FORMAT,
+            "format_version": KEY_FORMAT_VERSION,
             "key_id": key_id,
             "model_id": self.model_id,
             "sha256": {
                 SECRET_KEYS_FILE: sha256_bytes(secret),
                 EVALUATION_KEYS_FILE: sha256_bytes(evaluation_blob),
             },
+            "bytes": {SECRET_KEYS_FILE: len(secret), EVALUATION_KEYS_FILE: len(evaluation_blob)},
             "keygen_seconds": seconds,
             "evaluation_keys_bytes": len(evaluation_blob),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -138,12 +225,16 @@ class FheModelClient:
             secret_path = folder / SECRET_KEYS_FILE
             fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o600)  # a umask can only remove bits; never add any
                 handle.write(secret)
             (folder / EVALUATION_KEYS_FILE).write_bytes(evaluation_blob)
             (folder / KEY_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
 
-        write_folder_atomically(key_dir, write, overwrite=overwrite, mode=0o700)
+        write_folder_atomically(
+            key_dir, write, overwrite=overwrite, mode=0o700, kind=KEY_FOLDER, inputs=inputs
+        )
         self._client = client
+        self._key_info_raw = info
         self._evaluation_keys = evaluation_blob
         self.key_info = KeyInfo(key_id, self.model_id, seconds, len(evaluation_blob), key_dir)
         logger.info(
@@ -155,42 +246,60 @@ class FheModelClient:
         return self.key_info
 
     def load_keys(self, key_dir: str | Path) -> KeyInfo:
-        """Load a key folder; it must belong to this compiled model."""
+        """Load a key folder; it must belong to this compiled model.
+
+        The secret key's size is checked against ``key.json`` and against what this model's
+        key parameters imply, and its checksum against ``key.json``, before Concrete reads it.
+
+        Raises:
+            ArtifactError: missing, malformed, truncated or tampered files, keys of another
+                model.
+        """
         key_dir = Path(key_dir)
         info = _load_key_info(key_dir)
-        if info.get("model_id") != self.model_id:
+        if info["model_id"] != self.model_id:
             raise ArtifactError(
-                f"keys in {key_dir} belong to compiled model {info.get('model_id')}, not to "
+                f"keys in {key_dir} belong to compiled model {info['model_id']}, not to "
                 f"{self.folder.path} ({self.model_id}): generate keys for this model"
             )
         secret_path = key_dir / SECRET_KEYS_FILE
         if not secret_path.is_file():
             raise ArtifactError(f"{key_dir}: {SECRET_KEYS_FILE} is missing")
-        secret = secret_path.read_bytes()
-        checksums = info.get("sha256")
-        if not isinstance(checksums, dict) or not isinstance(info.get("key_id"), str):
-            raise ArtifactError(f"{key_dir / KEY_INFO_FILE} is malformed")
-        if sha256_bytes(secret) != checksums.get(SECRET_KEYS_FILE):
+        _warn_if_exposed(key_dir, secret_path)
+        size = _checked_size(secret_path, info["bytes"][SECRET_KEYS_FILE], "secret key")
+        sizes = self.key_sizes()
+        low = sizes.secret + key_sizes(self._specs, compressed=True).evaluation
+        high = sizes.secret + sizes.evaluation_full + (1 << 20)
+        if not low <= size <= high:
+            raise ArtifactError(
+                f"{secret_path} has {size} bytes, but this model's keys take {low} to {high} "
+                "bytes (truncated, or keys of another model): generate the keys again"
+            )
+        try:
+            secret = secret_path.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{secret_path} cannot be read: {exc.strerror or exc}") from exc
+        if sha256_bytes(secret) != info["sha256"][SECRET_KEYS_FILE]:
             raise ArtifactError(
                 f"{secret_path} does not match the checksum in {KEY_INFO_FILE} "
                 "(truncated or corrupt)"
             )
-        fhe = _fhe()
         try:
-            keys = fhe.Keys.deserialize(secret)
-        except Exception as exc:
+            keys = deserialize_keys(secret)
+        except RuntimeError as exc:
             raise ArtifactError(
                 f"{secret_path} cannot be read (truncated or corrupt): {exc}"
             ) from exc
-        client = fhe.Client(self._specs)
+        client = _fhe().Client(self._specs)
         client.keys = keys
         self._client = client
         self._evaluation_keys = None
+        self._key_info_raw = info
         self.key_info = KeyInfo(
             info["key_id"],
             self.model_id,
             float(info.get("keygen_seconds", 0.0)),
-            int(info.get("evaluation_keys_bytes", 0)),
+            int(info["bytes"][EVALUATION_KEYS_FILE]),
             key_dir,
         )
         return self.key_info
@@ -207,14 +316,19 @@ class FheModelClient:
             path = info.folder / EVALUATION_KEYS_FILE
             if not path.is_file():
                 raise ArtifactError(f"{info.folder}: {EVALUATION_KEYS_FILE} is missing")
-            blob = path.read_bytes()
-            env = Envelope.from_bytes(
-                blob,
-                kind="evaluation_keys",
-                model_id=self.model_id,
-                key_id=info.key_id,
-                what=str(path),
-            )
+            expected = self._key_info_raw["bytes"][EVALUATION_KEYS_FILE]
+            _checked_size(path, expected, "evaluation keys")
+            try:
+                blob = read_envelope_file(path, max_bytes=expected, what=str(path))
+                env = Envelope.from_bytes(
+                    blob,
+                    kind="evaluation_keys",
+                    model_id=self.model_id,
+                    key_id=info.key_id,
+                    what=str(path),
+                )
+            except EnvelopeError as exc:
+                raise ArtifactError(str(exc)) from exc
             if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != info.key_id:
                 raise ArtifactError(f"{path} does not hold the keys of key {info.key_id} (corrupt)")
             self._evaluation_keys = blob
@@ -241,10 +355,17 @@ class FheModelClient:
             results, kind="outputs", model_id=self.model_id, key_id=info.key_id, what="results"
         )
         fhe = _fhe()
-        rows = [
-            np.asarray(self._client.decrypt(fhe.Value.deserialize(p))).reshape(1, -1)
-            for p in env.payloads
-        ]
+        try:
+            rows = [
+                np.asarray(self._client.decrypt(fhe.Value.deserialize(p))).reshape(1, -1)
+                for p in env.payloads
+            ]
+        except RuntimeError as exc:
+            raise EnvelopeError(f"results cannot be decrypted (corrupt ciphertext): {exc}") from exc
+        if any(row.shape[1] != self.part.n_outputs for row in rows):
+            raise EnvelopeError(
+                f"results hold rows of {rows[0].shape[1]} values, expected {self.part.n_outputs}"
+            )
         # The circuit returns the output accumulators shifted to be non-negative.
         return self.part.unshift(np.concatenate(rows))
 

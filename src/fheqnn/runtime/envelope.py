@@ -1,26 +1,39 @@
 """Serialized ciphertexts and evaluation keys, labelled with the model and key they belong to.
 
-Layout: ``MAGIC``, a 4-byte big-endian header length, a JSON header, then for each payload an
-8-byte big-endian length and the bytes (Concrete's own serialization). The header says what the
-payload is (``kind``), for which compiled model (``model_id``) and which key (``key_id``), so that
-a ciphertext for another circuit or key is rejected before it reaches Concrete.
+Layout (format 2): ``MAGIC``, the 32-byte SHA-256 of everything that follows it, a 4-byte
+big-endian header length, a JSON header, then for each payload an 8-byte big-endian length and
+the bytes (Concrete's own serialization). The header says what the payloads are (``kind``), for
+which compiled model (``model_id``) and which key (``key_id``), so that a ciphertext for another
+circuit or key is refused before it reaches Concrete.
+
+The checksum covers the header and the payloads together: one flipped bit anywhere, or labels
+moved from one envelope to another's payloads, is refused before Concrete sees the bytes. It is
+an integrity check, not a signature: someone who rewrites the labels on purpose can recompute it
+(authenticating senders is the transport's job, e.g. TLS).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import FheqnnError
 
-MAGIC = b"FHEQNN-ENVELOPE\x01"
+MAGIC = b"FHEQNN-ENVELOPE\x02"
+#: Envelopes of format 1 (no checksum), written by fheqnn before the checksum was added.
+MAGIC_V1 = b"FHEQNN-ENVELOPE\x01"
 KINDS = ("inputs", "outputs", "evaluation_keys")
+DIGEST_BYTES = 32
+#: Largest header we read (bytes): ours are ~200 bytes.
+MAX_HEADER_BYTES = 1 << 16
 
 
 class EnvelopeError(FheqnnError, ValueError):
-    """Serialized data that is not ours, truncated, or for another model or key."""
+    """Serialized data that is not ours, truncated, corrupt, or for another model or key."""
 
 
 @dataclass(frozen=True)
@@ -34,23 +47,42 @@ class Envelope:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        """Serialize."""
+        """Serialize, with the checksum over header and payloads.
+
+        Raises:
+            EnvelopeError: an unknown kind, no payload, an empty payload, or labels or meta
+                that are not JSON strings / objects.
+        """
         if self.kind not in KINDS:
-            raise EnvelopeError(f"unknown envelope kind {self.kind!r}")
-        header = json.dumps(
-            {
-                "kind": self.kind,
-                "model_id": self.model_id,
-                "key_id": self.key_id,
-                "count": len(self.payloads),
-                "meta": self.meta,
-            },
-            sort_keys=True,
-        ).encode()
-        parts = [MAGIC, struct.pack(">I", len(header)), header]
+            raise EnvelopeError(f"unknown envelope kind {self.kind!r}, expected one of {KINDS}")
+        if not isinstance(self.model_id, str) or not isinstance(self.key_id, str):
+            raise EnvelopeError("model_id and key_id must be strings")
+        if not self.payloads or not all(
+            isinstance(p, bytes | bytearray) and len(p) > 0 for p in self.payloads
+        ):
+            raise EnvelopeError(
+                f"an envelope of {self.kind} needs at least one non-empty bytes payload, got "
+                f"{len(self.payloads)} payload(s)"
+            )
+        try:
+            header = json.dumps(
+                {
+                    "kind": self.kind,
+                    "model_id": self.model_id,
+                    "key_id": self.key_id,
+                    "count": len(self.payloads),
+                    "meta": dict(self.meta),
+                },
+                sort_keys=True,
+                allow_nan=False,
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise EnvelopeError(f"envelope meta must be plain JSON data: {exc}") from exc
+        parts = [struct.pack(">I", len(header)), header]
         for payload in self.payloads:
-            parts += [struct.pack(">Q", len(payload)), payload]
-        return b"".join(parts)
+            parts += [struct.pack(">Q", len(payload)), bytes(payload)]
+        body = b"".join(parts)
+        return MAGIC + hashlib.sha256(body).digest() + body
 
     @classmethod
     def from_bytes(
@@ -62,39 +94,70 @@ class Envelope:
         key_id: str | None = None,
         what: str = "data",
     ) -> Envelope:
-        """Parse and check labels; every mismatch is a clear :class:`EnvelopeError`."""
+        """Parse, verify the checksum, and check the labels.
+
+        Args:
+            data: the serialized envelope.
+            kind: the kind expected (``inputs``, ``outputs`` or ``evaluation_keys``).
+            model_id: the compiled model the payloads must belong to (``None``: any).
+            key_id: the key they must have been made with (``None``: any).
+            what: how messages name the data (a file name, say).
+
+        Raises:
+            EnvelopeError: every problem, named: not an envelope, an older format, truncated,
+                corrupt (checksum), malformed header, another kind, model or key.
+        """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise EnvelopeError(f"{what} must be bytes, got {type(data).__name__}")
         data = bytes(data)
+        if data.startswith(MAGIC_V1):
+            raise EnvelopeError(
+                f"{what} is an envelope of format 1, written by an older fheqnn without an "
+                "integrity check; it is no longer read: encrypt the rows again (or generate "
+                "the keys again) with this version"
+            )
         if not data.startswith(MAGIC):
-            raise EnvelopeError(f"{what} is not an fheqnn envelope (wrong magic bytes)")
+            raise EnvelopeError(
+                f"{what} is not an fheqnn envelope (wrong magic bytes): expected a file "
+                "written by 'fheqnn encrypt', 'run' or 'keygen'"
+            )
         pos = len(MAGIC)
-        if len(data) < pos + 4:
-            raise EnvelopeError(f"{what} is truncated (no header)")
+        if len(data) < pos + DIGEST_BYTES + 4:
+            raise EnvelopeError(f"{what} is truncated ({len(data)} bytes: no header)")
+        digest = data[pos : pos + DIGEST_BYTES]
+        pos += DIGEST_BYTES
+        if hashlib.sha256(memoryview(data)[pos:]).digest() != digest:
+            raise EnvelopeError(
+                f"{what} is corrupt: its checksum does not match its content (truncated, "
+                "modified, or labels moved from other data); nothing was decrypted or run"
+            )
         (header_len,) = struct.unpack_from(">I", data, pos)
         pos += 4
-        if len(data) < pos + header_len:
-            raise EnvelopeError(f"{what} is truncated (header cut)")
+        if header_len > MAX_HEADER_BYTES or len(data) < pos + header_len:
+            raise EnvelopeError(f"{what}: malformed header (length {header_len})")
         try:
-            header = json.loads(data[pos : pos + header_len])
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            header = json.loads(data[pos : pos + header_len].decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
             raise EnvelopeError(f"{what}: corrupt header: {exc}") from exc
         pos += header_len
         fields_ok = isinstance(header, dict) and all(
             isinstance(header.get(k), str) for k in ("kind", "model_id", "key_id")
         )
         count = header.get("count") if isinstance(header, dict) else None
-        if not fields_ok or not isinstance(count, int) or count < 0:
+        if not fields_ok or not isinstance(count, int) or isinstance(count, bool):
             raise EnvelopeError(f"{what}: malformed header")
-        if not isinstance(header.get("meta", {}), dict):
-            raise EnvelopeError(f"{what}: malformed header")
+        if count < 1:
+            raise EnvelopeError(f"{what} holds no payload (count {count}); expected at least one")
+        meta = header.get("meta", {})
+        if not isinstance(meta, dict):
+            raise EnvelopeError(f"{what}: malformed header (meta)")
         payloads = []
         for i in range(count):
             if len(data) < pos + 8:
                 raise EnvelopeError(f"{what} is truncated (payload {i} length missing)")
             (size,) = struct.unpack_from(">Q", data, pos)
             pos += 8
-            if len(data) < pos + size:
+            if size == 0 or len(data) < pos + size:
                 raise EnvelopeError(
                     f"{what} is truncated (payload {i}: {len(data) - pos} of {size} bytes)"
                 )
@@ -102,13 +165,7 @@ class Envelope:
             pos += size
         if pos != len(data):
             raise EnvelopeError(f"{what} has {len(data) - pos} unexpected trailing bytes")
-        env = cls(
-            header["kind"],
-            header["model_id"],
-            header["key_id"],
-            tuple(payloads),
-            header.get("meta", {}),
-        )
+        env = cls(header["kind"], header["model_id"], header["key_id"], tuple(payloads), meta)
         if env.kind != kind:
             raise EnvelopeError(f"{what} holds {env.kind}, expected {kind}")
         if model_id is not None and env.model_id != model_id:
@@ -118,3 +175,30 @@ class Envelope:
         if key_id is not None and env.key_id != key_id:
             raise EnvelopeError(f"{what} was made with key {env.key_id}, not with key {key_id}")
         return env
+
+
+def read_envelope_file(path: str | Path, *, max_bytes: int, what: str) -> bytes:
+    """The bytes of an envelope file, its size checked before it is read.
+
+    Args:
+        path: the file.
+        max_bytes: the most such a file can hold for this model (from the sizes the model
+            implies: ciphertext bytes per row, or evaluation key bytes).
+        what: how messages name it.
+
+    Raises:
+        EnvelopeError: missing, not a file, unreadable, or larger than ``max_bytes``.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise EnvelopeError(f"{what} file {str(path)!r} does not exist or is not a file")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise EnvelopeError(
+                f"{what} file {path} has {size} bytes, more than the {max_bytes} this model's "
+                "data can take: not a file written for this model"
+            )
+        return path.read_bytes()
+    except OSError as exc:
+        raise EnvelopeError(f"{what} file {path} cannot be read: {exc.strerror or exc}") from exc

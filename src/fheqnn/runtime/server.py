@@ -15,9 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..concrete_seam import deserialize_evaluation_keys, load_server
 from ..concrete_seam import fhe as _fhe
-from ..concrete_seam import load_server
-from .artifacts import SERVER_FILE, ModelFolder, key_id_of, open_model_folder
+from ..interrupts import call_interruptibly
+from .artifacts import (
+    CLIENT_SPECS_FILE,
+    REPORT_FILE,
+    SERVER_FILE,
+    ArtifactError,
+    ModelFolder,
+    envelope_limits,
+    key_id_of,
+    open_model_folder,
+)
 from .envelope import Envelope, EnvelopeError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +45,16 @@ class FheModelServer:
     def __init__(
         self, model_folder: str | Path, *, max_cached_keys: int = 4, workers: int | None = None
     ) -> None:
-        self.folder: ModelFolder = open_model_folder(model_folder, need=(SERVER_FILE,))
-        self._server = load_server(self.folder.file(SERVER_FILE))
+        self.folder: ModelFolder = open_model_folder(
+            model_folder, need=(SERVER_FILE, CLIENT_SPECS_FILE, REPORT_FILE)
+        )
+        try:
+            self._server = load_server(self.folder.file(SERVER_FILE))
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ArtifactError(f"{self.folder.file(SERVER_FILE)} cannot be loaded: {exc}") from exc
+        #: The most bytes an envelope of each kind can hold for this model (see
+        #: :func:`~fheqnn.runtime.artifacts.envelope_limits`).
+        self.limits: dict[str, int] = envelope_limits(self.folder)
         self._keys: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.max_cached_keys = max(1, int(max_cached_keys))
@@ -50,6 +68,7 @@ class FheModelServer:
 
     def register_evaluation_keys(self, evaluation_keys: bytes) -> str:
         """Deserialize and cache a client's evaluation keys; returns their key id."""
+        _check_size(evaluation_keys, self.limits["evaluation_keys"], "evaluation keys")
         env = Envelope.from_bytes(
             evaluation_keys, kind="evaluation_keys", model_id=self.model_id, what="evaluation keys"
         )
@@ -63,10 +82,9 @@ class FheModelServer:
             if env.key_id in self._keys:
                 self._keys.move_to_end(env.key_id)
                 return env.key_id
-        fhe = _fhe()
         try:
-            keys = fhe.EvaluationKeys.deserialize(env.payloads[0])
-        except Exception as exc:
+            keys = deserialize_evaluation_keys(env.payloads[0])
+        except RuntimeError as exc:
             raise EnvelopeError(
                 f"evaluation keys {env.key_id} cannot be deserialized: {exc}"
             ) from exc
@@ -90,6 +108,7 @@ class FheModelServer:
             evaluation_keys: the client's evaluation keys, needed only when they are not cached
                 yet (the inputs name their key id).
         """
+        _check_size(inputs, self.limits["inputs"], "inputs")
         env = Envelope.from_bytes(inputs, kind="inputs", model_id=self.model_id, what="inputs")
         if evaluation_keys is not None:
             key_id = self.register_evaluation_keys(evaluation_keys)
@@ -107,17 +126,33 @@ class FheModelServer:
         fhe = _fhe()
         try:
             values = [fhe.Value.deserialize(p) for p in env.payloads]
-        except Exception as exc:
+        except RuntimeError as exc:
             raise EnvelopeError(f"inputs cannot be deserialized: {exc}") from exc
         start = time.perf_counter()
 
         def run_one(value: Any) -> bytes:
             return self._server.run(value, evaluation_keys=keys).serialize()
 
-        if len(values) > 1 and self.workers > 1:
-            with ThreadPoolExecutor(max_workers=min(self.workers, len(values))) as pool:
-                outputs = list(pool.map(run_one, values))
-        else:
-            outputs = [run_one(v) for v in values]
+        def run_all() -> tuple[bytes, ...]:
+            if len(values) > 1 and self.workers > 1:
+                with ThreadPoolExecutor(max_workers=min(self.workers, len(values))) as pool:
+                    return tuple(bytes(out) for out in pool.map(run_one, values))
+            return tuple(bytes(run_one(v)) for v in values)
+
+        try:
+            # Concrete's run installs a native SIGINT handler that kills the process: the
+            # command-line tool runs the whole command in a child process for that reason.
+            outputs = call_interruptibly(run_all)
+        except RuntimeError as exc:
+            raise EnvelopeError(
+                f"the circuit cannot run on these inputs (not ciphertexts of this model?): {exc}"
+            ) from exc
         self.last_run_seconds = time.perf_counter() - start
         return Envelope("outputs", self.model_id, env.key_id, tuple(outputs), env.meta).to_bytes()
+
+
+def _check_size(data: Any, limit: int, what: str) -> None:
+    if isinstance(data, bytes | bytearray | memoryview) and len(data) > limit:
+        raise EnvelopeError(
+            f"{what}: {len(data)} bytes, more than the {limit} this model's data can take"
+        )
