@@ -868,11 +868,11 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:
-    from .runtime.artifacts import SERVER_FILE, envelope_limits, open_model_folder
+    from .runtime.artifacts import envelope_limits, open_model_folder
     from .serving import ray_backend
 
     target = _check_output_file(args.out, inputs=(args.input, args.evaluation_keys), envelope=True)
-    limits = envelope_limits(open_model_folder(args.model, need=(SERVER_FILE,)))
+    limits = envelope_limits(open_model_folder(args.model))
     keys = _read_envelope(args.evaluation_keys, "evaluation keys", limits["evaluation_keys"])
     inputs = _read_envelope(args.input, "encrypted input", limits["inputs"])
     try:

@@ -42,6 +42,8 @@ CLIENT_FILE = "client.json"
 REPORT_FILE = "report.json"
 REQUIRED_FILES = (SERVER_FILE, PROGRAM_FILE, CLIENT_SPECS_FILE, CLIENT_FILE, REPORT_FILE)
 CLIENT_FILES = (CLIENT_SPECS_FILE, CLIENT_FILE)
+#: What a server reads: the program, and the key parameters and sizes that bound its inputs.
+SERVER_FILES = (SERVER_FILE, CLIENT_SPECS_FILE, REPORT_FILE)
 
 # Packages whose version is recorded; a different concrete-python cannot load the server part.
 RECORDED_PACKAGES = ("fheqnn", "concrete-python", "numpy", "onnx", "torch", "brevitas")

@@ -19,9 +19,8 @@ from ..concrete_seam import deserialize_evaluation_keys, load_server
 from ..concrete_seam import fhe as _fhe
 from ..interrupts import call_interruptibly
 from .artifacts import (
-    CLIENT_SPECS_FILE,
-    REPORT_FILE,
     SERVER_FILE,
+    SERVER_FILES,
     ArtifactError,
     ModelFolder,
     envelope_limits,
@@ -45,9 +44,7 @@ class FheModelServer:
     def __init__(
         self, model_folder: str | Path, *, max_cached_keys: int = 4, workers: int | None = None
     ) -> None:
-        self.folder: ModelFolder = open_model_folder(
-            model_folder, need=(SERVER_FILE, CLIENT_SPECS_FILE, REPORT_FILE)
-        )
+        self.folder: ModelFolder = open_model_folder(model_folder, need=SERVER_FILES)
         try:
             self._server = load_server(self.folder.file(SERVER_FILE))
         except (RuntimeError, OSError, ValueError) as exc:

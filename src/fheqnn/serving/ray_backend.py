@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import InvalidParameterError
 from ..runtime.artifacts import (
     MANIFEST,
-    SERVER_FILE,
+    SERVER_FILES,
     ArtifactError,
     key_id_of,
     open_model_folder,
@@ -217,7 +217,7 @@ def run_batch(
     """
     import ray
 
-    folder = open_model_folder(model_folder, need=(SERVER_FILE,))
+    folder = open_model_folder(model_folder, need=SERVER_FILES)
     model_id = folder.model_id
     env = Envelope.from_bytes(inputs, kind="inputs", model_id=model_id, what="inputs")
     keys_env = Envelope.from_bytes(
@@ -234,7 +234,7 @@ def run_batch(
     if tasks is None:
         tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
     tasks = max(1, min(int(tasks), len(env.payloads)))
-    files = {name: folder.file(name).read_bytes() for name in (MANIFEST, SERVER_FILE)}
+    files = {name: folder.file(name).read_bytes() for name in (MANIFEST, *SERVER_FILES)}
     files_ref, keys_ref = ray.put(files), ray.put(evaluation_keys)
     bounds = [round(i * len(env.payloads) / tasks) for i in range(tasks + 1)]
     run_rows = ray.remote(_run_rows)
