@@ -266,7 +266,7 @@ def test_no_validation_split_trains_every_epoch(blobs) -> None:
         ValueError, match=r"validation_fraction must be None or a number in \[0, 1\)"
     ):
         NeuralNetClassifier(validation_fraction=1.5).fit(x, y)
-    with pytest.raises(ValueError, match="patience must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
         NeuralNetClassifier(patience=0).fit(x, y)
 
 

@@ -128,7 +128,15 @@ class _SparseQuantNetEstimator(BaseEstimator):
 
     def _training_config(self) -> TrainingConfig:
         if self.validation_fraction is not None:
-            check_number("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
+            try:
+                check_number(
+                    "validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True
+                )
+            except InvalidParameterError as exc:
+                raise InvalidParameterError(
+                    "validation_fraction must be None or a number in [0, 1), "
+                    f"got {self.validation_fraction!r}"
+                ) from exc
         check_int("patience", self.patience, 1)
         if self.callbacks is not None and not isinstance(self.callbacks, list | tuple):
             raise InvalidParameterError(
