@@ -33,6 +33,10 @@ from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 CONFIGS = {
     "defaults (3/3/8)": {},
     "4/4/12": {"module__n_w_bits": 4, "module__n_a_bits": 4, "module__n_accum_bits": 12},
+    # The seed's module defaults (3/3/8) with other training options:
+    "3/3/8, 100 ep, select after freeze": {"max_epochs": 100, "select_after_freeze": True},
+    "3/3/8, a2q": {"weight_quant": "a2q"},
+    "3/3/8, a2q+": {"weight_quant": "a2q+"},
 }
 DEFAULT_ORDER = ["breast_cancer", "wine", "digits", "iris", "diabetes"]
 

@@ -126,6 +126,23 @@ def test_measured_wider_than_proven_is_an_internal_error() -> None:
         check(report)
 
 
+def test_concrete_failing_without_a_message_gets_a_clear_error(monkeypatch) -> None:
+    # Concrete 2.11's server-library compile raised a bare RuntimeError() on a trained iris model
+    # (mixed 6/5-bit lookups, default p_error): the user gets the layers and what to try instead.
+    from fheqnn.compiler import backend
+    from fheqnn.concrete_seam import fhe
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(fhe().Compiler, "compile", fail)
+    rng = np.random.default_rng(5)
+    program = _relu_program(rng, rng.integers(-2, 2, size=(3, 4)), rng.integers(-2, 2, size=(2, 3)))
+    with pytest.raises(InternalError, match=r"p_error=1e-3.*rounding=5") as info:
+        backend.compile_circuit(program, [np.zeros((1, 4), dtype=np.int64)], None)
+    assert "fc0:" in str(info.value) and isinstance(info.value.__cause__, RuntimeError)
+
+
 # ----------------------------------------------------------------------------- Concrete
 
 

@@ -19,6 +19,7 @@ from fheqnn import (
 from fheqnn.datasets import load_split
 
 FAST = {"max_epochs": 4, "verbose": 0}
+FAST_KW = {"verbose": 0, "random_state": 0}
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +264,7 @@ def test_no_validation_split_trains_every_epoch(blobs) -> None:
     assert "valid_loss" not in clf.history_[-1]
     with pytest.raises(
         ValueError,
-        match=r"validation_fraction \(None: no validation split\) must be a number in \[0, 1\)",
+        match=r"validation_fraction must be None or a number in \[0, 1\)",
     ):
         NeuralNetClassifier(validation_fraction=1.5).fit(x, y)
     with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
@@ -285,3 +286,43 @@ def test_user_callbacks_run(blobs) -> None:
     counter = Count()
     NeuralNetClassifier(callbacks=[counter], random_state=0, **FAST).fit(x, y)
     assert counter.epochs == 4
+
+
+def test_select_after_freeze_keeps_an_epoch_with_frozen_masks(blobs) -> None:
+    x, y = blobs
+    clf = NeuralNetClassifier(
+        max_epochs=12, mask_freeze_fraction=0.5, select_after_freeze=True, patience=2, **FAST_KW
+    ).fit(x, y)
+    # Masks freeze after epoch 6: only epochs 7-12 compete, and early stopping waits for them.
+    assert clf.best_epoch_ > 6
+    assert len(clf.history_) >= 7
+    k = clf.module_.max_active_neurons()
+    assert all(int((w != 0).sum(dim=1).max()) <= k for w in clf.module_.integer_weights())
+
+
+@pytest.mark.parametrize("weight_quant", ["a2q", "a2q+"])
+def test_accumulator_aware_weight_quant_keeps_the_bound_and_compiles(blobs, weight_quant) -> None:
+    import pickle
+
+    x, y = blobs
+    clf = NeuralNetClassifier(weight_quant=weight_quant, max_epochs=30, **FAST_KW).fit(x, y)
+    assert isinstance(clf.module_, SparseQuantNeuralNetwork)
+    assert clf.score(x, y) > 0.9
+    # 3-bit signed inputs reach [-4, 3]: a neuron's accumulator stays within 8 signed bits when
+    # the L1 norm of its integer weights is at most 31 (A2Q's bound), whatever its non-zeros.
+    for weights in clf.module_.integer_weights():
+        assert int(weights.abs().sum(dim=1).max()) * 4 <= 127
+    copy = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(copy.predict_proba(x), clf.predict_proba(x))
+    clf.compile(x)
+    assert np.mean(clf.predict(x, fhe="simulate") == clf.predict(x)) >= 0.95
+
+
+def test_accumulator_aware_weight_quant_rejects_what_it_cannot_do(blobs) -> None:
+    x, y = blobs
+    with pytest.raises(ValueError, match="weight_quant must be one of"):
+        NeuralNetClassifier(weight_quant="l1", **FAST).fit(x, y)
+    with pytest.raises(ValueError, match="does not support n_prune_neurons_percentage"):
+        NeuralNetClassifier(weight_quant="a2q", module__n_prune_neurons_percentage=0.5, **FAST).fit(
+            x, y
+        )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..concrete_seam import fhe as _fhe
+from ..errors import InternalError
 from ..intervals import IntRange
 from .ir import Program
 
@@ -78,7 +79,22 @@ def compile_circuit(program: Program, inputset: list[np.ndarray], configuration:
     """Compile ``program`` with Concrete on integer input rows of shape ``(1, n_features)``."""
     fhe = _fhe()
     compiler = fhe.Compiler(circuit_function(program), {"q": "encrypted"})
-    return compiler.compile(inputset, configuration)
+    try:
+        return compiler.compile(inputset, configuration)
+    except RuntimeError as exc:
+        if str(exc).strip():
+            raise
+        # Concrete's server-library compile can fail with an empty RuntimeError when its
+        # optimizer finds no cryptographic parameters for the circuit's mix of lookup widths
+        # under the default error probability (seen on an iris model with 6- and 5-bit lookups;
+        # the same circuit compiles with an explicit p_error or one rounding width).
+        widths = ", ".join(f"{layer.name}: {layer.circuit_bits()} bits" for layer in program.layers)
+        raise InternalError(
+            "Concrete failed to compile the circuit without saying why (empty RuntimeError from "
+            f"its server library; accumulators {widths}). This usually means its optimizer "
+            "found no parameters for this mix of lookup widths: retry with an explicit "
+            "p_error (e.g. p_error=1e-3) or a single rounding width (e.g. rounding=5)"
+        ) from exc
 
 
 def measured_ranges(circuit: Any, program: Program) -> dict[str, IntRange]:

@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 
 _MODULE_PREFIX = "module__"
 _MASK_UPDATES = ("dynamic", "fixed")
+_WEIGHT_QUANTS = ("topk", "a2q", "a2q+")
+
+
+def _network_class(weight_quant: str) -> type[SparseQuantNeuralNetwork]:
+    """The network built for ``weight_quant``: top-k pruning, or brevitas' A2Q / A2Q+."""
+    if weight_quant == "topk":
+        return SparseQuantNeuralNetwork
+    from .a2q_module import A2QNeuralNetwork, A2QPlusNeuralNetwork
+
+    return A2QNeuralNetwork if weight_quant == "a2q" else A2QPlusNeuralNetwork
 
 
 class _SparseQuantNetEstimator(BaseEstimator):
@@ -54,6 +64,8 @@ class _SparseQuantNetEstimator(BaseEstimator):
         mask_updates: str = "dynamic",
         mask_freeze_fraction: float = 0.7,
         straight_through_masks: bool = True,
+        select_after_freeze: bool = False,
+        weight_quant: str = "topk",
         validation_fraction: float | None = 0.15,
         patience: int = 30,
         callbacks: list[Any] | None = None,
@@ -76,6 +88,8 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self.mask_updates = mask_updates
         self.mask_freeze_fraction = mask_freeze_fraction
         self.straight_through_masks = straight_through_masks
+        self.select_after_freeze = select_after_freeze
+        self.weight_quant = weight_quant
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.callbacks = callbacks
@@ -114,13 +128,15 @@ class _SparseQuantNetEstimator(BaseEstimator):
 
     def _training_config(self) -> TrainingConfig:
         if self.validation_fraction is not None:
-            check_number(
-                "validation_fraction (None: no validation split)",
-                self.validation_fraction,
-                0.0,
-                1.0,
-                high_open=True,
-            )
+            try:
+                check_number(
+                    "validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True
+                )
+            except InvalidParameterError as exc:
+                raise InvalidParameterError(
+                    "validation_fraction must be None or a number in [0, 1), "
+                    f"got {self.validation_fraction!r}"
+                ) from exc
         check_int("patience", self.patience, 1)
         if self.callbacks is not None and not isinstance(self.callbacks, list | tuple):
             raise InvalidParameterError(
@@ -136,6 +152,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
                 "mask_freeze_fraction", self.mask_freeze_fraction, 0.0, 1.0
             ),
             straight_through_masks=bool(self.straight_through_masks),
+            select_after_freeze=bool(self.select_after_freeze),
             verbose=bool(self.verbose),
         )
 
@@ -176,6 +193,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any, stratify: bool
     ) -> None:
         config = self._training_config()
+        network = _network_class(check_choice("weight_quant", self.weight_quant, _WEIGHT_QUANTS))
         seed = self._seed()
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
@@ -186,9 +204,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         x_std = self._standardize(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = SparseQuantNeuralNetwork(
-                input_dim=x.shape[1], n_outputs=n_outputs, **self.module_params()
-            )
+            module = network(input_dim=x.shape[1], n_outputs=n_outputs, **self.module_params())
             result = fit_with_skorch(
                 module,
                 x_std.astype(np.float32),
@@ -299,7 +315,12 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
     schedule) and :func:`~fheqnn.model.training_recipe.fit_with_skorch` (``validation_fraction``:
     rows held out, stratified, for early stopping on the validation loss with the best epoch
     restored, ``None`` to train on every row; ``patience``: epochs without improvement before
-    stopping; ``callbacks``: extra skorch callbacks). Raw features are fine: a per-feature
+    stopping; ``select_after_freeze``: only epochs after the masks froze compete for "best";
+    ``callbacks``: extra skorch callbacks). ``weight_quant`` chooses how accumulators are kept
+    within ``module__n_accum_bits``: ``"topk"`` (the seed's pruning: at most
+    ``max_active_neurons()`` non-zero weights per neuron), ``"a2q"`` or ``"a2q+"`` (brevitas'
+    accumulator-aware quantizers: a bounded L1 norm of each neuron's integer weights, no
+    pruning; see :mod:`fheqnn.model.a2q_module`). Raw features are fine: a per-feature
     standardization is learned in ``fit`` and applied before the network.
 
     Attributes:
@@ -362,7 +383,8 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
     """A sparse quantized MLP regressor trained with quantization-aware training.
 
     Targets are standardized for training (mean 0, variance 1 per output) and mapped back in
-    ``predict``; ``y`` may be 1-D or 2-D (several targets).
+    ``predict``; ``y`` may be 1-D or 2-D (several targets). Parameters as for
+    :class:`NeuralNetClassifier` (the validation split is not stratified).
 
     Attributes:
         module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).

@@ -490,7 +490,8 @@ class SparseQuantNeuralNetwork(nn.Module):
         pruning = state.get("pruning", {"enabled": False, "frozen": True, "neurons_pruned": True})
         # Plain layers of the pickled widths first, then the masks if they were on.
         for layer in self.linear_layers():
-            layer._fheqnn_hook.remove()
+            if hasattr(layer, "_fheqnn_hook"):
+                layer._fheqnn_hook.remove()
         widths = [self.input_dim, *state["hidden_widths"], self.n_outputs]
         for idx in range(self.n_layers):
             setattr(self.features, f"fc{idx}", self._make_linear(widths[idx], widths[idx + 1]))

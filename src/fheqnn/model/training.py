@@ -38,6 +38,8 @@ class TrainingConfig:
             the last epochs fine-tune a fixed topology.
         straight_through_masks: while masks change, give pruned weights the gradient of their
             masked copy so that they can grow back.
+        select_after_freeze: early stopping (and the choice of the epoch kept) only looks at
+            epochs after the masks froze, so the kept network has its final topology.
         verbose: show a progress bar (stderr) when true.
     """
 
@@ -48,6 +50,7 @@ class TrainingConfig:
     mask_updates: str = "dynamic"
     mask_freeze_fraction: float = 0.7
     straight_through_masks: bool = True
+    select_after_freeze: bool = False
     verbose: bool = False
 
 

@@ -10,7 +10,10 @@ quantized network needs around it:
 - early stopping on the validation loss, the best epoch restored. The restored state dict holds
   the dense weights *and* the masks of that epoch (``weight_mask`` buffers), so the restored
   network is the one that was scored and still keeps every neuron within
-  ``max_active_neurons()``; ``make_pruning_permanent`` then folds exactly those masks in.
+  ``max_active_neurons()``; ``make_pruning_permanent`` then folds exactly those masks in. With
+  ``select_after_freeze`` only epochs after the masks froze compete, so the kept network has
+  its final topology and a decayed learning rate (off by default: see
+  ``benchmarks/results/accuracy.md`` for what it measured).
 """
 
 from __future__ import annotations
@@ -152,6 +155,13 @@ def fit_with_skorch(
     calibration_steps = min(300, max(1, total_steps // 10))
     module.set_calibration_steps(calibration_steps)
     calibration_epochs = math.ceil(calibration_steps / steps_per_epoch)
+    freeze_epoch = math.ceil(config.mask_freeze_fraction * config.max_epochs)
+    # Only epochs with the final topology (masks frozen) and a decayed learning rate compete for
+    # "best": an earlier snapshot would be a network whose masks were still moving, trained at
+    # a high learning rate, which the schedule meant to fine-tune further.
+    selection_start = calibration_epochs
+    if config.mask_updates == "dynamic" and config.select_after_freeze:
+        selection_start = max(calibration_epochs, min(freeze_epoch, config.max_epochs - 1))
 
     ours: list[tuple[str, Callback]] = [
         (
@@ -164,13 +174,13 @@ def fit_with_skorch(
         ),
         (
             "mask_schedule",
-            _MaskSchedule(math.ceil(config.mask_freeze_fraction * config.max_epochs)),
+            _MaskSchedule(freeze_epoch),
         ),
     ]
     early: _EarlyStoppingAfter | None = None
     if validate:
         early = _EarlyStoppingAfter(
-            start_epoch=calibration_epochs,
+            start_epoch=selection_start,
             monitor="valid_loss",
             patience=patience,
             load_best=True,
