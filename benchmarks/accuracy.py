@@ -35,6 +35,7 @@ CONFIGS = {
     "4/4/12": {"module__n_w_bits": 4, "module__n_a_bits": 4, "module__n_accum_bits": 12},
     # The seed's module defaults (3/3/8) with other training options:
     "3/3/8, 100 ep, select after freeze": {"max_epochs": 100, "select_after_freeze": True},
+    "3/3/8, no validation split": {"validation_fraction": None},
     "3/3/8, a2q": {"weight_quant": "a2q"},
     "3/3/8, a2q+": {"weight_quant": "a2q+"},
 }

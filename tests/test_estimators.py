@@ -247,7 +247,13 @@ def test_best_epoch_is_restored_within_the_budget() -> None:
     x = rng.normal(size=(200, 6))
     y = (x[:, 0] + rng.normal(scale=1.5, size=200) > 0).astype(int)
     clf = NeuralNetClassifier(
-        max_epochs=60, patience=15, lr=0.03, weight_decay=0.0, verbose=0, random_state=0
+        max_epochs=60,
+        validation_fraction=0.15,
+        patience=15,
+        lr=0.03,
+        weight_decay=0.0,
+        verbose=0,
+        random_state=0,
     ).fit(x, y)
     valid = [row["valid_loss"] for row in clf.history_]
     assert clf.best_epoch_ < len(clf.history_)
@@ -291,7 +297,12 @@ def test_user_callbacks_run(blobs) -> None:
 def test_select_after_freeze_keeps_an_epoch_with_frozen_masks(blobs) -> None:
     x, y = blobs
     clf = NeuralNetClassifier(
-        max_epochs=12, mask_freeze_fraction=0.5, select_after_freeze=True, patience=2, **FAST_KW
+        max_epochs=12,
+        mask_freeze_fraction=0.5,
+        select_after_freeze=True,
+        validation_fraction=0.15,
+        patience=2,
+        **FAST_KW,
     ).fit(x, y)
     # Masks freeze after epoch 6: only epochs 7-12 compete, and early stopping waits for them.
     assert clf.best_epoch_ > 6

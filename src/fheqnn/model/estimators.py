@@ -66,7 +66,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         straight_through_masks: bool = True,
         select_after_freeze: bool = False,
         weight_quant: str = "topk",
-        validation_fraction: float | None = 0.15,
+        validation_fraction: float | None = None,
         patience: int = 30,
         callbacks: list[Any] | None = None,
         verbose: int = 1,
@@ -314,7 +314,9 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
     (``module__*``), :class:`~fheqnn.model.training.TrainingConfig` (the optimizer and mask
     schedule) and :func:`~fheqnn.model.training_recipe.fit_with_skorch` (``validation_fraction``:
     rows held out, stratified, for early stopping on the validation loss with the best epoch
-    restored, ``None`` to train on every row; ``patience``: epochs without improvement before
+    restored; ``None``, the default, trains on every row for ``max_epochs`` and keeps the last
+    epoch, which measured better at the seed's sizes: see ``benchmarks/results/accuracy.md``;
+    ``patience``: epochs without improvement before
     stopping; ``select_after_freeze``: only epochs after the masks froze compete for "best";
     ``callbacks``: extra skorch callbacks). ``weight_quant`` chooses how accumulators are kept
     within ``module__n_accum_bits``: ``"topk"`` (the seed's pruning: at most
