@@ -1285,7 +1285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Commands that call Concrete's native code, which replaces the SIGINT handler by one that
 #: kills the process outright (and holds the GIL): as a program, they run in a child process.
-NATIVE_COMMANDS = ("compile", "keygen", "encrypt", "run", "decrypt", "predict", "demo")
+#: ``serve`` too: every encrypted run re-installs that handler over uvicorn's, so a Ctrl-C after
+#: the first request would SIGKILL a server that runs in the foreground process.
+NATIVE_COMMANDS = ("compile", "keygen", "encrypt", "run", "decrypt", "predict", "demo", "serve")
 
 
 def _in_child(args: argparse.Namespace) -> int:
