@@ -341,6 +341,49 @@ def read_json_file(path: Path, what: str, *, max_bytes: int = MAX_INFO_BYTES) ->
     return parse_json_bytes(data, f"{what} {path}")
 
 
+def read_versioned_json(
+    folder: Path,
+    name: str,
+    *,
+    folder_what: str,
+    what: str,
+    not_ours: str,
+    fmt: str,
+    version: int,
+    format_where: Path | None = None,
+    hint: str = "",
+) -> dict[str, Any]:
+    """Read the JSON object ``folder/name`` that identifies a folder of ours, format checked.
+
+    Args:
+        folder: the folder (a compiled model, a key folder).
+        name: the file naming its format (``manifest.json``, ``key.json``).
+        folder_what: how messages name the folder ("compiled model folder").
+        what: how messages name the file ("manifest").
+        not_ours: what to say when the file holds no JSON object ("not a manifest of ours").
+        fmt, version: the expected ``format`` and ``format_version`` fields.
+        format_where: the path a format mismatch names (default: the file).
+        hint: appended to a format mismatch (what to do about it).
+
+    Raises:
+        ArtifactError: missing folder or file, unreadable JSON, not an object, other format.
+    """
+    path = folder / name
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder_what} {str(folder)!r} does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: {name} is missing: not a {folder_what}")
+    data = read_json_file(path, what)
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} holds a {type(data).__name__}, expected an object: {not_ours}")
+    if data.get("format") != fmt or data.get("format_version") != version:
+        raise ArtifactError(
+            f"{format_where or path}: format {data.get('format')!r} "
+            f"v{data.get('format_version')!r}, expected {fmt!r} v{version}{hint}"
+        )
+    return data
+
+
 def parse_json_bytes(data: bytes, what: str) -> Any:
     """Parse JSON bytes (UTF-8); a decoding error is an :class:`ArtifactError` naming ``what``."""
     try:
@@ -442,22 +485,17 @@ def open_model_folder(folder: str | Path, *, need: tuple[str, ...] = REQUIRED_FI
         ArtifactError: naming the missing, truncated or tampered file, or the version mismatch.
     """
     path = Path(folder)
-    if not path.is_dir():
-        raise ArtifactError(f"compiled model folder {str(path)!r} does not exist")
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{path}: {MANIFEST} is missing: not a compiled model folder")
-    manifest = read_json_file(manifest_path, "manifest")
-    if not isinstance(manifest, dict):
-        raise ArtifactError(
-            f"{manifest_path} holds a {type(manifest).__name__}, expected an object: "
-            "not a manifest of ours"
-        )
-    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-            f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
-        )
+    manifest = read_versioned_json(
+        path,
+        MANIFEST,
+        folder_what="compiled model folder",
+        what="manifest",
+        not_ours="not a manifest of ours",
+        fmt=FORMAT_NAME,
+        version=FORMAT_VERSION,
+        format_where=path,
+    )
     if not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path} does not describe a compiled model (no file list)")
     versions = manifest.get("versions")

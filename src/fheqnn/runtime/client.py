@@ -31,7 +31,7 @@ from .artifacts import (
     check_destination,
     key_id_of,
     open_model_folder,
-    read_json_file,
+    read_versioned_json,
     sha256_bytes,
     write_folder_atomically,
 )
@@ -69,22 +69,16 @@ KEY_FORMAT, KEY_FORMAT_VERSION = "fheqnn-keys", 2
 def _load_key_info(key_dir: Path) -> dict[str, Any]:
     """Read and check the shape of a key folder's ``key.json`` (every field used later)."""
     info_path = key_dir / KEY_INFO_FILE
-    if not key_dir.is_dir():
-        raise ArtifactError(f"key folder {str(key_dir)!r} does not exist")
-    if not info_path.is_file():
-        raise ArtifactError(f"{key_dir}: {KEY_INFO_FILE} is missing: not a key folder")
-    info = read_json_file(info_path, "key information")
-    if not isinstance(info, dict):
-        raise ArtifactError(
-            f"{info_path} holds a {type(info).__name__}, expected an object: not a key.json "
-            "written by 'fheqnn keygen'"
-        )
-    if info.get("format") != KEY_FORMAT or info.get("format_version") != KEY_FORMAT_VERSION:
-        raise ArtifactError(
-            f"{info_path}: format {info.get('format')!r} v{info.get('format_version')!r}, "
-            f"expected {KEY_FORMAT!r} v{KEY_FORMAT_VERSION} (keys made by an older fheqnn?): "
-            "generate the keys again with 'fheqnn keygen'"
-        )
+    info = read_versioned_json(
+        key_dir,
+        KEY_INFO_FILE,
+        folder_what="key folder",
+        what="key information",
+        not_ours="not a key.json written by 'fheqnn keygen'",
+        fmt=KEY_FORMAT,
+        version=KEY_FORMAT_VERSION,
+        hint=" (keys made by an older fheqnn?): generate the keys again with 'fheqnn keygen'",
+    )
     files = (SECRET_KEYS_FILE, EVALUATION_KEYS_FILE)
     sums, sizes = info.get("sha256"), info.get("bytes")
     well_formed = (
