@@ -10,7 +10,14 @@ import pytest
 from fheqnn import AccuracyLossError, CompileAccuracyWarning, CompileOptions, InvalidParameterError
 from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
 from fheqnn.compiler.lowering import lower_onnx
-from fheqnn.compiler.passes import MIN_GUARD_ROWS, estimated_cost_s, lookup_cost_s
+from fheqnn.compiler.passes import (
+    MIN_GUARD_ROWS,
+    AccuracyGuard,
+    GuardScore,
+    boundary_rows,
+    estimated_cost_s,
+    lookup_cost_s,
+)
 from helpers import tiny_classifier
 
 
@@ -90,8 +97,62 @@ def test_labels_must_match_the_rows(data, onnx_model) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"max_accuracy_loss": -0.1}, {"strict": "yes"}, {"rounding_exact": "no"}, {"p_error": "x"}],
+    [
+        {"max_accuracy_loss": -0.1},
+        {"strict": "yes"},
+        {"rounding_exact": "no"},
+        {"p_error": "x"},
+        {"min_boundary_agreement": 1.5},
+    ],
 )
 def test_new_options_are_validated(bad) -> None:
     with pytest.raises(InvalidParameterError):
         CompileOptions.from_kwargs(**bad)
+
+
+def test_boundary_rows_are_the_smallest_gaps() -> None:
+    rng = np.random.default_rng(0)
+    outputs = rng.normal(size=(1000, 3))
+    rows = boundary_rows(outputs)
+    top2 = np.sort(outputs, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    assert len(rows) == 100  # 10 % of the rows
+    assert gap[rows].max() <= np.delete(gap, rows).min()
+    # At least MIN_GUARD_ROWS rows (all of them when there are fewer), only among the first n.
+    assert len(boundary_rows(outputs[:200])) == MIN_GUARD_ROWS
+    assert len(boundary_rows(outputs[:20])) == 20
+    assert boundary_rows(outputs, 300).max() < 300
+    assert boundary_rows(outputs[:, :1]) is None  # one output: no decision boundary
+
+
+def test_flips_near_the_boundary_fail_the_guard_even_when_overall_agreement_is_high(
+    data, onnx_model
+) -> None:
+    x, _ = data
+    lowered = lower_onnx(onnx_model, x, CompileOptions(rounding="off"))
+    guard = lowered.guard
+    reference = guard.reference
+    near = boundary_rows(reference)
+    # Flip the predicted class of a quarter of the boundary rows (1.7 % of all rows): overall
+    # agreement stays above 0.98, agreement near the boundary drops to 0.75.
+    flipped = reference.copy()
+    chosen = near[: len(near) // 4]
+    flipped[chosen] = flipped[chosen][:, ::-1] * 1.0
+    changed = flipped[chosen].argmax(axis=1) != reference[chosen].argmax(axis=1)
+    chosen = chosen[changed]
+    measured = guard.score_outputs(flipped)
+    assert measured.agreement >= 1 - len(chosen) / len(x) - 1e-9 > 0.9
+    assert measured.boundary_agreement < 0.9
+    assert not guard.passes(measured)
+    # The same agreement without the boundary criterion would pass.
+    lenient = AccuracyGuard(
+        guard.program, guard.calibration_q, min_agreement=0.9, min_boundary_agreement=0.0
+    )
+    assert lenient.passes(GuardScore(measured.agreement, None, measured.boundary_agreement))
+
+
+def test_the_report_says_what_the_boundary_rows_measured(data, onnx_model) -> None:
+    x, y = data
+    lowered = lower_onnx(onnx_model, x, CompileOptions(), calibration_labels=y)
+    assert lowered.rounding.boundary_agreement is not None
+    assert lowered.rounding.boundary_agreement >= 0.98

@@ -180,6 +180,7 @@ class CompiledModel:
             "accuracy_guard": {
                 "ok": stats.rounding.guard_ok and stats.guard_message is None,
                 "agreement": stats.rounding.agreement,
+                "boundary_agreement": stats.rounding.boundary_agreement,
                 "calibration_score": stats.rounding.score,
                 "reference_calibration_score": stats.rounding.reference_score,
                 "fallback": stats.rounding.fallback,
@@ -323,8 +324,9 @@ def compile_onnx(
         calibration_inputs: float rows (n_rows, n_features) used to measure bit-widths and to
             choose the rounding.
         options: a :class:`CompileOptions`; or give its fields as keywords (``n_accum_bits``,
-            ``rounding``, ``rounding_exact``, ``min_agreement``, ``max_accuracy_loss``,
-            ``strict``, ``p_error``, ``global_p_error``), validated the same way.
+            ``rounding``, ``rounding_exact``, ``min_agreement``, ``min_boundary_agreement``,
+            ``max_accuracy_loss``, ``strict``, ``p_error``, ``global_p_error``), validated the
+            same way.
         output_spec: client post-processing (class labels, target scaling).
         standardizer: per-feature standardization applied on the client before quantization.
         configuration: a full ``fhe.Configuration`` (overrides ``p_error``/``global_p_error``).

@@ -105,6 +105,15 @@ def speak(choice: RoundingChoice, options: CompileOptions, n_rows: int) -> str |
             f"agreement with the unrounded program {choice.agreement:.4f} < min_agreement "
             f"{options.min_agreement}"
         )
+    if (
+        choice.boundary_agreement is not None
+        and choice.boundary_agreement < options.min_boundary_agreement - 1e-12
+    ):
+        problems.append(
+            f"agreement on the calibration rows nearest the decision boundary "
+            f"{choice.boundary_agreement:.4f} < min_boundary_agreement "
+            f"{options.min_boundary_agreement}"
+        )
     if any(choice.lsbs) and n_rows < MIN_GUARD_ROWS:
         problems.append(
             f"only {n_rows} calibration rows: too few to check a lossy rounding "
@@ -171,6 +180,7 @@ def lower_program(
         labels=labels,
         classifier=classifier,
         min_agreement=options.min_agreement,
+        min_boundary_agreement=options.min_boundary_agreement,
         max_score_loss=options.max_accuracy_loss,
     )
     if options.rounding == "off":

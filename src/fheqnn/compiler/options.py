@@ -42,6 +42,12 @@ class CompileOptions:
             ``rounding`` then uses approximate rounding.
         min_agreement: the guard without labels: least share of calibration rows whose
             prediction matches the unrounded program's, in [0, 1].
+        min_boundary_agreement: the guard for classifiers, with or without labels: least
+            agreement with the unrounded program on the calibration rows closest to the
+            decision boundary (the 10 %, at least 50, with the smallest gap between the two
+            largest outputs), in [0, 1]. A network fits its training rows with wide margins, so
+            agreement over all of them hides what rounding does to unseen rows; near the
+            boundary it shows.
         max_accuracy_loss: the guard with calibration labels: most calibration accuracy (R2
             for regressors) the compiled program may lose against the unrounded one, in
             [0, 1] (0.005: half a point).
@@ -60,6 +66,7 @@ class CompileOptions:
     rounding: str | int = "auto"
     rounding_exact: bool | None = None
     min_agreement: float = 0.99
+    min_boundary_agreement: float = 0.98
     max_accuracy_loss: float = 0.005
     strict: bool = False
     p_error: float | str | None = "auto"
@@ -84,6 +91,10 @@ class CompileOptions:
         if self.rounding_exact is not None:
             put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
         put("min_agreement", check_number("min_agreement", self.min_agreement, 0.0, 1.0))
+        put(
+            "min_boundary_agreement",
+            check_number("min_boundary_agreement", self.min_boundary_agreement, 0.0, 1.0),
+        )
         put(
             "max_accuracy_loss",
             check_number("max_accuracy_loss", self.max_accuracy_loss, 0.0, 1.0),

@@ -184,6 +184,12 @@ GUARD_DRAWS = 5
 #: Fewer calibration rows than this cannot guard a lossy rounding: one row is several points
 #: of agreement. "auto" then keeps lossless exact rounding, and says so.
 MIN_GUARD_ROWS = 50
+#: Share of the calibration rows, closest to the decision boundary (smallest gap between the
+#: unrounded program's two largest outputs), that the boundary criterion looks at; at least
+#: :data:`MIN_GUARD_ROWS` of them. The network fits its training rows with wide margins, so
+#: agreement over all of them barely sees what rounding does to unseen rows; the rows near the
+#: boundary are the ones it flips (measured in ``benchmarks/results/accuracy.md``).
+BOUNDARY_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -194,10 +200,13 @@ class GuardScore:
         agreement: share of rows whose prediction matches the unrounded program's.
         score: accuracy (classifier) or R2 (regressor) against the calibration labels; ``None``
             without labels.
+        boundary_agreement: agreement on the rows closest to the decision boundary
+            (:data:`BOUNDARY_FRACTION`); ``None`` for a single output.
     """
 
     agreement: float
     score: float | None = None
+    boundary_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,8 @@ class RoundingChoice:
         estimated_cost_s: estimated seconds per encrypted row (:func:`estimated_cost_s`).
         fallback: why the choice fell back to lossless exact rounding (``None``: it did not).
         guard_ok: whether the choice keeps the guard (agreement, and score when labelled).
+        boundary_agreement: mean agreement on the rows closest to the decision boundary
+            (``None``: a single output, or no rounding measured).
     """
 
     lsbs: list[int]
@@ -225,6 +236,22 @@ class RoundingChoice:
     estimated_cost_s: float | None = None
     fallback: str | None = None
     guard_ok: bool = True
+    boundary_agreement: float | None = None
+
+
+def boundary_rows(outputs: np.ndarray, n_rows: int | None = None) -> np.ndarray | None:
+    """Indices of the rows (among the first ``n_rows``) closest to the decision boundary.
+
+    The :data:`BOUNDARY_FRACTION` of rows (at least :data:`MIN_GUARD_ROWS`, at most all) with
+    the smallest gap between the two largest outputs; ``None`` for a single output.
+    """
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
+        return None
+    outputs = outputs if n_rows is None else outputs[:n_rows]
+    top2 = np.sort(outputs, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    count = min(len(gap), max(MIN_GUARD_ROWS, int(np.ceil(BOUNDARY_FRACTION * len(gap)))))
+    return np.argsort(gap, kind="stable")[:count]
 
 
 def _agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -255,6 +282,8 @@ class AccuracyGuard:
         labels: calibration labels (n_rows,) or ``None``.
         classifier: whether the labels are classes (accuracy) or values (R2).
         min_agreement: least agreement with the unrounded program, in [0, 1].
+        min_boundary_agreement: least agreement on the rows closest to the decision boundary
+            (:func:`boundary_rows`), in [0, 1]; classifiers (several outputs) only.
         max_score_loss: most accuracy / R2 a choice may lose against the reference (0.005 is
             half a point of accuracy).
         draws: random draws of approximate rounding scored per candidate (the mean counts).
@@ -270,6 +299,7 @@ class AccuracyGuard:
         labels: np.ndarray | None = None,
         classifier: bool = True,
         min_agreement: float = 0.99,
+        min_boundary_agreement: float = 0.98,
         max_score_loss: float = 0.005,
         draws: int = GUARD_DRAWS,
         seed: int = 0,
@@ -280,11 +310,21 @@ class AccuracyGuard:
         self.labels = None if labels is None else np.asarray(labels)
         self.classifier = classifier
         self.min_agreement = min_agreement
+        self.min_boundary_agreement = min_boundary_agreement
         self.max_score_loss = max_score_loss
         self.draws = max(1, int(draws))
         self.seed = seed
         self.reference = program.dequantize_output(program.run_integer(calibration_q))
         self.reference_score = self._score(self.reference)
+        self.boundary = boundary_rows(self.reference)
+
+    def _boundary_agreement(self, outputs: np.ndarray) -> float | None:
+        """Agreement on the boundary rows among the first ``len(outputs)`` calibration rows."""
+        n = len(outputs)
+        rows = self.boundary if n == len(self.reference) else boundary_rows(self.reference, n)
+        if rows is None or len(rows) == 0:
+            return None
+        return _agreement(self.reference[rows], outputs[rows])
 
     def _score(self, outputs: np.ndarray) -> float | None:
         if self.labels is None:
@@ -298,7 +338,7 @@ class AccuracyGuard:
             layer.round_lsbs and not layer.rounding_exact for layer in candidate.layers
         )
         rng = np.random.default_rng(self.seed)
-        agreements, scores = [], []
+        agreements, scores, boundary = [], [], []
         for _ in range(self.draws if random_rounding else 1):
             acc = candidate.run_integer(self.calibration_q, rng if random_rounding else None)
             outputs = candidate.dequantize_output(acc)
@@ -306,18 +346,26 @@ class AccuracyGuard:
             score = self._score(outputs)
             if score is not None:
                 scores.append(score)
-        return GuardScore(float(np.mean(agreements)), float(np.mean(scores)) if scores else None)
+            near = self._boundary_agreement(outputs)
+            if near is not None:
+                boundary.append(near)
+        return GuardScore(
+            float(np.mean(agreements)),
+            float(np.mean(scores)) if scores else None,
+            float(np.mean(boundary)) if boundary else None,
+        )
 
     def score_outputs(self, outputs: np.ndarray) -> GuardScore:
         """Agreement and score of float outputs of the first ``len(outputs)`` calibration rows
         (e.g. the simulated circuit's)."""
         n = len(outputs)
         agreement = _agreement(self.reference[:n], outputs)
+        near = self._boundary_agreement(outputs)
         if self.labels is None:
-            return GuardScore(agreement)
+            return GuardScore(agreement, None, near)
         predictions = self.postprocess(outputs)
         return GuardScore(
-            agreement, calibration_score(predictions, self.labels[:n], self.classifier)
+            agreement, calibration_score(predictions, self.labels[:n], self.classifier), near
         )
 
     def reference_score_of(self, n_rows: int) -> float | None:
@@ -329,7 +377,13 @@ class AccuracyGuard:
         )
 
     def passes(self, result: GuardScore, n_rows: int | None = None) -> bool:
-        """Whether a score keeps the guard: the score when labelled, else the agreement."""
+        """Whether a score keeps the guard: the score when labelled, else the agreement; and,
+        for classifiers, the agreement on the rows closest to the decision boundary."""
+        if (
+            result.boundary_agreement is not None
+            and result.boundary_agreement < self.min_boundary_agreement - 1e-12
+        ):
+            return False
         reference = self.reference_score if n_rows is None else self.reference_score_of(n_rows)
         if result.score is not None and reference is not None:
             return result.score >= reference - self.max_score_loss - 1e-12
@@ -351,11 +405,13 @@ def choose_rounding(
     precision (agreement is not monotonic in the precision, so each is tried), and from the
     cheapest of those each layer alone lowered one bit at a time. Among the candidates that keep
     the guard (mean calibration accuracy within ``max_score_loss`` of the unrounded program's
-    when labels are given, else ``min_agreement``; over several random draws when rounding is
-    approximate), the one of least estimated cost (:func:`estimated_cost_s`) wins; with
-    ``exact=None`` both exact and approximate rounding compete. When none keeps the guard, or
-    there are fewer than :data:`MIN_GUARD_ROWS` calibration rows, the choice falls back to
-    lossless exact rounding (bit-identical to the unrounded program) and says why.
+    when labels are given, else ``min_agreement``; for classifiers also
+    ``min_boundary_agreement`` on the rows closest to the decision boundary; over several random
+    draws when rounding is approximate), the one of least estimated cost
+    (:func:`estimated_cost_s`) wins; with ``exact=None`` both exact and approximate rounding
+    compete. When none keeps the guard, or there are fewer than :data:`MIN_GUARD_ROWS`
+    calibration rows, the choice falls back to lossless exact rounding (bit-identical to the
+    unrounded program) and says why.
 
     With ``target_bits``: every lookup input gets that precision (or its full width when
     narrower), approximate unless ``exact`` is true; the guard is only measured.
@@ -384,6 +440,7 @@ def choose_rounding(
             estimated_cost_s(candidate),
             fallback,
             guard.passes(measured),
+            measured.boundary_agreement,
         )
 
     if target_bits is not None:
