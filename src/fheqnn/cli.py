@@ -517,7 +517,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         except (InvalidParameterError, KeyError, TypeError, ValueError) as exc:
             raise CliError(f"{std_path} is not a standardizer (mean, scale): {exc}") from exc
         _say(f"input standardization: {std_path} (applied on the client, before quantization)")
-    options = _compile_options(args, n_accum_bits=n_accum_bits)
+    options = _compile_options(args, n_accum_bits=n_accum_bits, batch_size=args.batch_size)
     out = Path(args.out)
     inputs = tuple(
         str(p) for p in (args.from_dir, onnx_path, calibration, spec_path, std_path) if p
@@ -567,10 +567,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )  # fmt: skip
     model.save(out, overwrite=args.overwrite)
     _say(
-        f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons; "
-        f"saved to {out}/"
+        f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons, "
+        f"{_rows_per_call(model.batch_size)}; saved to {out}/"
     )
     return EXIT_OK
+
+
+def _rows_per_call(batch_size: int) -> str:
+    """How ``compile`` and ``report`` state the batch size."""
+    if batch_size == 1:
+        return "1 row per circuit call"
+    return (
+        f"{batch_size} rows per circuit call (clients encrypt rows in chunks of {batch_size}, "
+        "the last one padded)"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -596,6 +606,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{data['removed_neurons']} dead neurons removed); max bit-width {data['max_bit_width']}; "
         f"compile {data['compile_seconds']:.1f} s"
     )
+    batch_size = data.get("batch_size", 1)  # reports written before batching: one row
+    _say(f"batch size: {_rows_per_call(batch_size)}")
     from .concrete_seam import key_sizes, load_client_specs
 
     sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
@@ -1054,6 +1066,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fheqnn`` command."""
+    from .compiler.options import MAX_BATCH_SIZE
+
     parser = argparse.ArgumentParser(
         prog="fheqnn",
         description="Sparse quantized neural networks, from training to encrypted inference.",
@@ -1129,6 +1143,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when compile-time choices lose accuracy, instead of warning",
     )
     p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"rows per circuit call (default 1; at most {MAX_BATCH_SIZE}): the circuit takes "
+        "N rows at once and clients encrypt rows in chunks of N, the last one padded. Each call "
+        "pays a fixed cost (~0.1 s with large keys), so N > 1 raises throughput for many rows; "
+        "a single row still takes one call",
+    )
     p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
     p.add_argument("--overwrite", action="store_true")
 
