@@ -1003,6 +1003,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
+    from .compiler.options import MAX_BATCH_SIZE
 
     out = Path(args.out)
     if not args.report_only:
@@ -1018,13 +1019,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rounding=args.rounding,
             approximate=args.approximate,
             p_error=args.p_error,
+            throughput_rows=preset["throughput_rows"]
+            if args.throughput_rows is None
+            else args.throughput_rows,
+            throughput_batches=tuple(args.throughput_batches or bench.THROUGHPUT_BATCHES),
         )
         for p in opts.prune:
             if not 0.0 <= p < 1.0:
                 raise CliError(f"--prune values must be in [0, 1), got {p}")
+        if opts.throughput_rows < 0:
+            raise CliError(f"--throughput-rows must be >= 0, got {opts.throughput_rows}")
+        for size in opts.throughput_batches:
+            if not 1 <= size <= MAX_BATCH_SIZE:
+                raise CliError(
+                    f"--throughput-batches values must be in [1, {MAX_BATCH_SIZE}], got {size}"
+                )
+        throughput = (
+            f", throughput over {opts.throughput_rows} rows at "
+            f"{'/'.join(map(str, opts.throughput_batches))} rows per call"
+            if opts.throughput_rows
+            else ""
+        )
         _say(
             f"benchmark profile {args.profile}: {opts.datasets} x prune {opts.prune}, "
-            f"{opts.encrypt_rows} encrypted rows each; rows appended to {out}"
+            f"{opts.encrypt_rows} encrypted rows each{throughput}; rows appended to {out}"
         )
         rows = bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
         if args.compare_reference:
@@ -1262,6 +1280,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="training epochs, override")
     p.add_argument("--rows", type=int, default=None, help="encrypted test rows (0: none)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per latency (median)")
+    p.add_argument(
+        "--throughput-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test rows over which encrypted throughput (rows/s) is measured for circuits of "
+        "each --throughput-batches size (0: none; quick profile 0, full 32); each size costs a "
+        "compilation and a key generation",
+    )
+    p.add_argument(
+        "--throughput-batches",
+        nargs="+",
+        type=int,
+        metavar="B",
+        help="rows per circuit call to compare (default 1 8 32; 1 is one call per row)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounding", type=_rounding, default="auto")
     p.add_argument("--approximate", action="store_true", help="approximate rounding")
