@@ -226,6 +226,58 @@ def test_report_text_and_json(ws: Workspace, capsys: pytest.CaptureFixture[str])
     assert f"{data['pbs_count']} PBS per row" in ws.compile_out
 
 
+def test_compile_with_batch_size(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "circuits" / "b2"
+    code = main([
+        "compile", "--from", str(ws.train), "--rounding", "off", "--p-error", "default",
+        "--batch-size", "2", "--out", str(out),
+    ])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "2 rows per circuit call" in text
+    contract = json.loads((out / "client.json").read_text())
+    assert (contract["format"], contract["batch_size"]) == (3, 2)
+    report = json.loads((out / "report.json").read_text())
+    assert report["batch_size"] == 2
+    # Per row, as for one row per call.
+    single = json.loads((ws.model / "report.json").read_text())
+    assert report["pbs_count"] == single["pbs_count"]
+    assert main(["report", str(out)]) == 0
+    assert "batch size: 2 rows per circuit call" in capsys.readouterr().out
+    assert main(["report", str(ws.model)]) == 0
+    assert "batch size: 1 row per circuit call" in capsys.readouterr().out
+    assert "1 row per circuit call" in ws.compile_out
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    assert "--batch-size N" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1025"])
+def test_compile_refuses_a_bad_batch_size(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    before = snapshot(tmp_path, ws.train)
+    code = main([
+        "compile", "--from", str(ws.train), "--batch-size", value,
+        "--out", str(tmp_path / "circuits" / "bad"),
+    ])  # fmt: skip
+    assert_input_error(capsys, code, "batch_size must be in [1, 1024]", f"got {value}")
+    assert snapshot(tmp_path, ws.train) == before
+
+
+def test_compile_refuses_a_batch_size_that_is_not_a_number(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "--from", str(ws.train), "--batch-size", "many",
+              "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert exc.value.code == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_keygen_writes_an_owner_only_secret_key(ws: Workspace) -> None:
     assert {p.name for p in ws.keys.iterdir()} == {"secret.keys", "evaluation.keys", "key.json"}
     assert stat.S_IMODE(os.stat(ws.keys / "secret.keys").st_mode) == 0o600

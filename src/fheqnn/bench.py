@@ -4,7 +4,8 @@ For each data set and ``n_prune_neurons_percentage``: train the default network,
 measure cost and quality side by side (one JSON line per configuration): accuracy in the clear,
 simulated and encrypted, PBS count, lookup precision, accumulator widths against the budget,
 compile and key generation time, evaluation key and ciphertext sizes, latency per row (single
-row and batch), the float MLP's accuracy, and the ratio of latency to a measured lookup floor.
+row and batch), the float MLP's accuracy, the ratio of latency to a measured lookup floor, and
+the encrypted throughput (rows/s) of circuits that take 1, 8 or 32 rows per call.
 
 Models are trained, compiled, saved and run through the public API (estimators, compiled-model
 folders, client and server); the lookup-cost floor builds its own small circuits through our
@@ -36,6 +37,7 @@ PROFILES = {
         "encrypt_rows": 0,
         "repeats": 0,
         "float_baseline": True,
+        "throughput_rows": 0,
     },
     # Real encryption: run by hand on a quiet machine.
     "full": {
@@ -45,13 +47,23 @@ PROFILES = {
         "encrypt_rows": 10,
         "repeats": 5,
         "float_baseline": True,
+        "throughput_rows": 32,
     },
 }
 
 
+#: Rows per circuit call whose encrypted throughput is measured (``throughput_rows`` > 0).
+THROUGHPUT_BATCHES = (1, 8, 32)
+
+
 @dataclass
 class BenchOptions:
-    """What to measure (see ``PROFILES`` for the presets)."""
+    """What to measure (see ``PROFILES`` for the presets).
+
+    ``throughput_rows``: test rows over which :func:`throughput` measures encrypted rows/s for
+    each of ``throughput_batches`` (0: not measured; each batch size costs a compilation and
+    a key generation on top).
+    """
 
     datasets: list[str]
     prune: list[float]
@@ -63,6 +75,8 @@ class BenchOptions:
     rounding: Any = "auto"
     approximate: bool = False
     p_error: float | str | None = "auto"
+    throughput_rows: int = 0
+    throughput_batches: tuple[int, ...] = THROUGHPUT_BATCHES
 
 
 def _load(name: str) -> tuple[np.ndarray, ...]:
@@ -232,6 +246,10 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
     row["simulate_s_per_row"] = (time.perf_counter() - start) / len(x_te)
     if opts.encrypt_rows > 0:
         row.update(_encrypted_measures(model, x_te, y_te, opts, FheModelClient, FheModelServer))
+    if opts.throughput_rows > 0:
+        rows = x_te[: opts.throughput_rows]
+        row.update(throughput(model, rows, opts.throughput_batches, FheModelClient, FheModelServer))
+    if opts.encrypt_rows > 0 or opts.throughput_rows > 0:
         bits = row["lookup_bits_max"] or 1
         if bits not in floors:
             floors[bits] = lookup_floor(bits, repeats=max(1, opts.repeats))
@@ -239,7 +257,10 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
         row["lookup_cost_s"] = floor["per_lookup_s"]
         row["lone_lookup_s"] = floor["single_lookup_s"]
         row["floor_s"] = row["pbs"] * floor["per_lookup_s"]
-        row["latency_over_floor"] = row["latency_single_s"] / row["floor_s"]
+        # The most rows per second the lookups alone allow, every core busy.
+        row["floor_rows_s"] = 1.0 / row["floor_s"]
+        if "latency_single_s" in row:
+            row["latency_over_floor"] = row["latency_single_s"] / row["floor_s"]
     row["load_after"] = machine_load()
     return row
 
@@ -280,6 +301,58 @@ def _encrypted_measures(model, x_te, y_te, opts, client_cls, server_cls) -> dict
     return out
 
 
+def throughput(
+    model: Any,
+    x: np.ndarray,
+    batch_sizes: tuple[int, ...],
+    client_cls: Any,
+    server_cls: Any,
+) -> dict[str, Any]:
+    """Encrypted rows per second of ``x`` for circuits that take each of ``batch_sizes`` rows.
+
+    Each batch size is the same lowered program compiled for it (``model`` itself when it
+    has that batch size; otherwise :meth:`~fheqnn.compiler.api.CompiledModel.with_batch_size`,
+    which keeps its rounding and error probability), saved and given keys (neither timed).
+    Then encrypt -> run -> decrypt of every row through the client and server classes, after
+    one untimed call: batch size 1 as the single-row loop (one call per row, one after the
+    other); larger ones as one request of ceil(n / B) ciphertexts, which the server runs on
+    its threads.
+
+    Returns:
+        ``throughput_rows`` (n), ``throughput_rows_s`` (rows/s by batch size, keys are strings
+        for JSON), ``throughput_agreement`` (share of rows whose prediction, by batch size,
+        equals the first batch size's: below 1 only from approximate rounding or bootstrap
+        errors).
+    """
+    rates: dict[str, float] = {}
+    agreement: dict[str, float] = {}
+    first: np.ndarray | None = None
+    for size in batch_sizes:
+        compiled = model if model.batch_size == size else model.with_batch_size(size)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "model"
+            compiled.save(folder)
+            client = client_cls(folder)
+            client.keygen(Path(tmp) / "keys")
+            server = server_cls(folder)
+            server.register_evaluation_keys(client.evaluation_keys())
+            parts = [x[i : i + 1] for i in range(len(x))] if size == 1 else [x]
+            client.decrypt(server.run(client.encrypt(x[:1])))  # warm-up, not timed
+            start = time.perf_counter()
+            predictions = [client.decrypt(server.run(client.encrypt(part))) for part in parts]
+            seconds = time.perf_counter() - start
+        pred = np.concatenate(predictions)
+        first = pred if first is None else first
+        rates[str(size)] = len(x) / seconds
+        agreement[str(size)] = float(np.mean(pred == first))
+        logger.info("throughput, %d row(s) per call: %.3f rows/s", size, rates[str(size)])
+    return {
+        "throughput_rows": len(x),
+        "throughput_rows_s": rates,
+        "throughput_agreement": agreement,
+    }
+
+
 def run_bench(opts: BenchOptions, out: Path, progress: Any = None) -> list[dict]:
     """Measure every (data set, pruning) pair; append each row to ``out`` (JSON lines)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -304,6 +377,13 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _throughput_cell(rates: dict[str, float] | None) -> str:
+    """``1: 1.85, 8: 2.47, 32: 2.61`` (rows per call: rows/s)."""
+    if not rates:
+        return "-"
+    return ", ".join(f"{size}: {rate:.2f}" for size, rate in rates.items())
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One line per configuration, cost and quality side by side."""
     head = [
@@ -326,6 +406,8 @@ def markdown_table(rows: list[dict]) -> str:
         "batch s/row",
         "floor s",
         "ratio",
+        "rows/s by rows per call",
+        "floor rows/s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -365,6 +447,8 @@ def markdown_table(rows: list[dict]) -> str:
                     _fmt(r.get("latency_batch_s_per_row")),
                     _fmt(r.get("floor_s")),
                     _fmt(r.get("latency_over_floor"), ".2f"),
+                    _throughput_cell(r.get("throughput_rows_s")),
+                    _fmt(r.get("floor_rows_s"), ".2f"),
                 ]
             )
             + " |"
@@ -423,7 +507,9 @@ def write_report(rows: list[dict], folder: Path, stem: str = "bench") -> tuple[P
         f"# fheqnn benchmark\n\n{len(rows)} configurations; machine load (1-min average) "
         f"before runs: {min(loads, default=0):.2f} to {max(loads, default=0):.2f}.\n"
         "ratio = single-row latency / (PBS x measured cost of one lookup at the circuit's "
-        "lookup precision, batched).\n\n"
+        "lookup precision, batched). rows/s by rows per call: encrypted throughput (encrypt, "
+        "run, decrypt) over the same test rows of circuits compiled for 1, 8, ... rows per "
+        "call (1: one call per row); floor rows/s = 1 / floor s.\n\n"
     )
     atomic_write_bytes(md, (header + markdown_table(rows) + "\n").encode())
     png = folder / f"{stem}.png"

@@ -517,7 +517,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         except (InvalidParameterError, KeyError, TypeError, ValueError) as exc:
             raise CliError(f"{std_path} is not a standardizer (mean, scale): {exc}") from exc
         _say(f"input standardization: {std_path} (applied on the client, before quantization)")
-    options = _compile_options(args, n_accum_bits=n_accum_bits)
+    options = _compile_options(args, n_accum_bits=n_accum_bits, batch_size=args.batch_size)
     out = Path(args.out)
     inputs = tuple(
         str(p) for p in (args.from_dir, onnx_path, calibration, spec_path, std_path) if p
@@ -567,10 +567,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )  # fmt: skip
     model.save(out, overwrite=args.overwrite)
     _say(
-        f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons; "
-        f"saved to {out}/"
+        f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons, "
+        f"{_rows_per_call(model.batch_size)}; saved to {out}/"
     )
     return EXIT_OK
+
+
+def _rows_per_call(batch_size: int) -> str:
+    """How ``compile`` and ``report`` state the batch size."""
+    if batch_size == 1:
+        return "1 row per circuit call"
+    return (
+        f"{batch_size} rows per circuit call (clients encrypt rows in chunks of {batch_size}, "
+        "the last one padded)"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -596,6 +606,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{data['removed_neurons']} dead neurons removed); max bit-width {data['max_bit_width']}; "
         f"compile {data['compile_seconds']:.1f} s"
     )
+    batch_size = data.get("batch_size", 1)  # reports written before batching: one row
+    _say(f"batch size: {_rows_per_call(batch_size)}")
     from .concrete_seam import key_sizes, load_client_specs
 
     sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
@@ -991,6 +1003,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
+    from .compiler.options import MAX_BATCH_SIZE
 
     out = Path(args.out)
     if not args.report_only:
@@ -1006,13 +1019,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rounding=args.rounding,
             approximate=args.approximate,
             p_error=args.p_error,
+            throughput_rows=preset["throughput_rows"]
+            if args.throughput_rows is None
+            else args.throughput_rows,
+            throughput_batches=tuple(args.throughput_batches or bench.THROUGHPUT_BATCHES),
         )
         for p in opts.prune:
             if not 0.0 <= p < 1.0:
                 raise CliError(f"--prune values must be in [0, 1), got {p}")
+        if opts.throughput_rows < 0:
+            raise CliError(f"--throughput-rows must be >= 0, got {opts.throughput_rows}")
+        for size in opts.throughput_batches:
+            if not 1 <= size <= MAX_BATCH_SIZE:
+                raise CliError(
+                    f"--throughput-batches values must be in [1, {MAX_BATCH_SIZE}], got {size}"
+                )
+        throughput = (
+            f", throughput over {opts.throughput_rows} rows at "
+            f"{'/'.join(map(str, opts.throughput_batches))} rows per call"
+            if opts.throughput_rows
+            else ""
+        )
         _say(
             f"benchmark profile {args.profile}: {opts.datasets} x prune {opts.prune}, "
-            f"{opts.encrypt_rows} encrypted rows each; rows appended to {out}"
+            f"{opts.encrypt_rows} encrypted rows each{throughput}; rows appended to {out}"
         )
         rows = bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
         if args.compare_reference:
@@ -1054,6 +1084,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fheqnn`` command."""
+    from .compiler.options import MAX_BATCH_SIZE
+
     parser = argparse.ArgumentParser(
         prog="fheqnn",
         description="Sparse quantized neural networks, from training to encrypted inference.",
@@ -1129,6 +1161,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when compile-time choices lose accuracy, instead of warning",
     )
     p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"rows per circuit call (default 1; at most {MAX_BATCH_SIZE}): the circuit takes "
+        "N rows at once and clients encrypt rows in chunks of N, the last one padded. Each call "
+        "pays a fixed cost (~0.1 s with large keys), so N > 1 raises throughput for many rows; "
+        "a single row still takes one call",
+    )
     p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
     p.add_argument("--overwrite", action="store_true")
 
@@ -1238,6 +1280,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="training epochs, override")
     p.add_argument("--rows", type=int, default=None, help="encrypted test rows (0: none)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per latency (median)")
+    p.add_argument(
+        "--throughput-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test rows over which encrypted throughput (rows/s) is measured for circuits of "
+        "each --throughput-batches size (0: none; quick profile 0, full 32); each size costs a "
+        "compilation and a key generation",
+    )
+    p.add_argument(
+        "--throughput-batches",
+        nargs="+",
+        type=int,
+        metavar="B",
+        help="rows per circuit call to compare (default 1 8 32; 1 is one call per row)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounding", type=_rounding, default="auto")
     p.add_argument("--approximate", action="store_true", help="approximate rounding")

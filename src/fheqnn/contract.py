@@ -1,7 +1,8 @@
 """The client contract: everything the client side of a compiled model does, in the clear.
 
-Before encryption: validate float rows, standardize each feature, quantize. After decryption:
-remove the clear shift the circuit added to the output accumulators, dequantize (offset, rescale,
+Before encryption: validate float rows, standardize each feature, quantize, cut the rows into
+chunks of the circuit's batch size. After decryption: drop the padding of the last chunk, remove
+the clear shift the circuit added to the output accumulators, dequantize (offset, rescale,
 bias, output activation), then post-process (class labels, target scaling). The compiler builds
 one :class:`ClientContract` from the program it compiled; ``CompiledModel`` and
 ``FheModelClient`` both use it, and ``client.json`` is its :meth:`ClientContract.to_dict`.
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .compiler.ir import Elementwise, Program, Quantizer, accumulator_value
+from .compiler.options import MAX_BATCH_SIZE
 from .compiler.serialize import (
     chain_from_dict,
     chain_to_dict,
@@ -24,11 +26,15 @@ from .compiler.serialize import (
     quantizer_to_dict,
 )
 from .errors import InvalidParameterError
-from .validation import check_features
+from .validation import check_features, check_int
 
-#: Version of :meth:`ClientContract.to_dict`. 1: no input standardization; 2: adds it.
-CLIENT_FORMAT = 2
-_READABLE_FORMATS = (1, 2)
+#: Version of :meth:`ClientContract.to_dict`. 1: no input standardization; 2: adds it; 3: adds
+#: ``batch_size``. A contract of one row per call is still written as format 2, which fheqnn
+#: versions before batching read; they refuse format 3 instead of encrypting single rows for a
+#: circuit that takes several.
+CLIENT_FORMAT = 3
+_ONE_ROW_FORMAT = 2
+_READABLE_FORMATS = (1, 2, 3)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -141,6 +147,8 @@ class ClientContract:
             dequantization, applied to the (unshifted) accumulators.
         output_spec: post-processing of the float outputs.
         standardizer: per-feature standardization before quantization (``None``: none).
+        batch_size: rows per circuit call: the client encrypts rows in chunks of this many,
+            the last chunk padded (see :meth:`chunks`), and drops the padding after decryption.
     """
 
     n_features: int
@@ -153,8 +161,12 @@ class ClientContract:
     output_activation: Elementwise | None
     output_spec: OutputSpec
     standardizer: Standardizer | None = None
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        )
         if self.standardizer is not None and len(self.standardizer.mean) != self.n_features:
             raise InvalidParameterError(
                 f"standardization has {len(self.standardizer.mean)} features, the model "
@@ -196,7 +208,38 @@ class ClientContract:
         """Validate, standardize and quantize float rows: int64 ``(n_rows, n_features)``."""
         return self.input_quantizer.quantize(self.standardize(self.check(x, what)))
 
+    def chunks(self, q: np.ndarray) -> list[np.ndarray]:
+        """Quantized rows cut into the circuit's input shape ``(batch_size, n_features)``.
+
+        The last chunk is padded with copies of its last row: a valid input by construction,
+        whatever the input range (zeros need not be). Its results are dropped by
+        :meth:`trim`.
+        """
+        q = np.asarray(q, dtype=np.int64)
+        size = self.batch_size
+        out = []
+        for start in range(0, len(q), size):
+            part = q[start : start + size]
+            if len(part) < size:
+                part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
+            out.append(part)
+        return out
+
+    def n_chunks(self, n_rows: int) -> int:
+        """Circuit calls (ciphertexts) that ``n_rows`` rows take."""
+        return -(-int(n_rows) // self.batch_size)
+
     # ------------------------------------------------------------------ after decryption
+    def trim(self, outputs: list[np.ndarray], n_rows: int) -> np.ndarray:
+        """Circuit outputs of :meth:`chunks`, joined, without the padding: ``(n_rows, ...)``.
+
+        Args:
+            outputs: one array of ``batch_size`` rows per chunk.
+            n_rows: the rows that were asked for.
+        """
+        joined = np.concatenate([np.asarray(o).reshape(self.batch_size, -1) for o in outputs])
+        return joined[:n_rows]
+
     def unshift(self, raw: np.ndarray) -> np.ndarray:
         """Circuit outputs to the output layer's accumulators (int64)."""
         return np.asarray(raw, dtype=np.int64) - self.output_shift
@@ -216,9 +259,15 @@ class ClientContract:
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``client.json``)."""
+        """JSON-ready form (``client.json``).
+
+        Format 3 with ``batch_size`` when it is not 1, else format 2 (which fheqnn versions
+        before batching read too).
+        """
+        batched = {} if self.batch_size == 1 else {"batch_size": self.batch_size}
         return {
-            "format": CLIENT_FORMAT,
+            "format": CLIENT_FORMAT if batched else _ONE_ROW_FORMAT,
+            **batched,
             "n_features": self.n_features,
             "n_outputs": self.n_outputs,
             "input_quantizer": quantizer_to_dict(self.input_quantizer),
@@ -236,6 +285,8 @@ class ClientContract:
     @classmethod
     def from_dict(cls, d: Any) -> ClientContract:
         """Inverse of :meth:`to_dict`; also reads format 1 (before standardization existed).
+
+        Formats 1 and 2 mean one row per call; format 3 must give ``batch_size``.
 
         Raises:
             InvalidParameterError: an unknown format version or a malformed contract.
@@ -255,6 +306,9 @@ class ClientContract:
             standardization = d.get("standardization")
             if quantizer is None:
                 raise ValueError("no input quantizer")
+            batched = d["format"] > _ONE_ROW_FORMAT
+            if not batched and "batch_size" in d:
+                raise ValueError(f"batch_size in a contract of format {d['format']}")
             return cls(
                 n_features=int(d["n_features"]),
                 n_outputs=int(d["n_outputs"]),
@@ -268,6 +322,7 @@ class ClientContract:
                 standardizer=None
                 if standardization is None
                 else Standardizer.from_dict(standardization),
+                batch_size=d["batch_size"] if batched else 1,
             )
         except InvalidParameterError:
             raise

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,12 @@ def output_spec_from_dict(d: dict[str, Any]) -> OutputSpec:
 
 @dataclass
 class CompileStats:
-    """Measured facts of one compilation."""
+    """Measured facts of one compilation.
+
+    Attributes:
+        pbs_count: programmable bootstraps per row (the circuit's count over its batch size).
+        statistics: Concrete's statistics of the circuit, per call (``batch_size`` rows).
+    """
 
     compile_seconds: float
     pbs_count: int
@@ -67,6 +73,8 @@ class CompiledModel:
 
     ``predict(X, fhe="disable" | "simulate" | "execute")``: the IR interpreter, Concrete's
     simulation of the circuit, or real encryption (keys are generated on first use, in memory).
+    The circuit takes ``batch_size`` rows per call; simulation and encryption cut the rows
+    into such chunks and drop the padding of the last one.
     """
 
     def __init__(
@@ -76,12 +84,17 @@ class CompiledModel:
         report: BitWidthReport,
         stats: CompileStats,
         contract: ClientContract,
+        *,
+        lowered: Lowered | None = None,
+        configuration: Any = None,
     ) -> None:
         self.program = program
         self.circuit = circuit
         self.report = report
         self.stats = stats
         self.contract = contract
+        self._lowered = lowered
+        self._configuration = configuration
         self._keys_ready = False
         self._simulation_ready = False
 
@@ -90,6 +103,11 @@ class CompiledModel:
     def n_features(self) -> int:
         """Features per input row."""
         return self.program.n_features
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per circuit call."""
+        return self.contract.batch_size
 
     @property
     def pbs_count(self) -> int:
@@ -117,12 +135,11 @@ class CompiledModel:
             if not self._simulation_ready:
                 self.circuit.enable_fhe_simulation()
                 self._simulation_ready = True
-            rows = [self.circuit.simulate(row[None, :]) for row in q]
+            call = self.circuit.simulate
         else:
             self.keygen()
-            rows = [self.circuit.encrypt_run_decrypt(row[None, :]) for row in q]
-        raw = np.concatenate([np.asarray(r, dtype=np.int64).reshape(1, -1) for r in rows])
-        return self.contract.unshift(raw)
+            call = self.circuit.encrypt_run_decrypt
+        return self.contract.unshift(run_in_chunks(call, q, self.contract))
 
     def keygen(self, force: bool = False) -> float:
         """Generate keys in memory (once); returns the seconds it took (0 when already done)."""
@@ -145,6 +162,27 @@ class CompiledModel:
         """Predictions after post-processing: class labels, regression values or raw outputs."""
         return self.contract.postprocess(self.predict_raw(x, fhe))
 
+    def with_batch_size(self, batch_size: int) -> CompiledModel:
+        """The same program compiled again for another number of rows per call.
+
+        Nothing is lowered again: the rounding and the error probability chosen for this model
+        are kept (no new ``p_error`` search), so the two circuits compute the same thing.
+
+        Raises:
+            InvalidParameterError: ``batch_size`` out of range, or a model that was not built
+                by :func:`compile_program` (no lowered program to compile again).
+        """
+        if self._lowered is None:
+            raise InvalidParameterError(
+                "this compiled model does not hold its lowered program; compile it with "
+                "compile_onnx(..., batch_size=N) instead"
+            )
+        values: dict[str, Any] = {"batch_size": batch_size}
+        if self._lowered.options.p_error == "auto":
+            values["p_error"] = self.stats.p_error
+        lowered = replace(self._lowered, options=self._lowered.options.replace(**values))
+        return compile_program(lowered, self._configuration)
+
     # ------------------------------------------------------------------ saving
     def save(self, folder: str | Path, *, overwrite: bool = False) -> str:
         """Save the compiled model to a folder (see :mod:`fheqnn.runtime.artifacts`).
@@ -161,6 +199,7 @@ class CompiledModel:
         stats = self.stats
         return {
             "source": self.program.source,
+            "batch_size": self.batch_size,
             "n_accum_bits": self.report.n_accum_bits,
             "layers": self.report.as_dicts(),
             "pbs_count": stats.pbs_count,
@@ -190,19 +229,59 @@ class CompiledModel:
                 stats.statistics.get("size_of_bootstrap_keys", 0)
                 + stats.statistics.get("size_of_keyswitch_keys", 0)
             ),
-            "input_ciphertext_bytes": int(stats.statistics.get("size_of_inputs", 0)),
-            "output_ciphertext_bytes": int(stats.statistics.get("size_of_outputs", 0)),
+            # Per row, as the PBS count: a call's ciphertexts hold batch_size rows.
+            "input_ciphertext_bytes": int(stats.statistics.get("size_of_inputs", 0))
+            // self.batch_size,
+            "output_ciphertext_bytes": int(stats.statistics.get("size_of_outputs", 0))
+            // self.batch_size,
         }
 
     def __repr__(self) -> str:
         return (
             f"CompiledModel({self.program.source}: {self.n_features} features, "
-            f"{self.program.hidden_neurons()} lookups/row, {self.pbs_count} PBS/row)"
+            f"{self.program.hidden_neurons()} lookups/row, {self.pbs_count} PBS/row, "
+            f"{self.batch_size} row(s)/call)"
         )
+
+
+def run_in_chunks(
+    call: Callable[[np.ndarray], Any], q: np.ndarray, contract: ClientContract
+) -> np.ndarray:
+    """``call`` (one circuit call) over integer rows in chunks of the contract's batch size.
+
+    Returns:
+        The circuit outputs of the ``len(q)`` rows (int64), the last chunk's padding dropped.
+    """
+    outputs = [np.asarray(call(chunk), dtype=np.int64) for chunk in contract.chunks(q)]
+    return contract.trim(outputs, len(q))
+
+
+def calibration_inputset(lowered: Lowered, batch_size: int) -> list[np.ndarray]:
+    """What Concrete measures ranges on: ``(batch_size, n_features)`` integer arrays.
+
+    The calibration rows in chunks (the last one completed by cycling from the first rows, so
+    that every chunk holds real rows), then one chunk of the input quantizer's lowest value and
+    one of its highest, so that every legal input can be encrypted.
+    """
+    program = lowered.program
+    q = np.asarray(lowered.calibration_q, dtype=np.int64)
+    chunks = [
+        q[np.arange(start, start + batch_size) % len(q)] for start in range(0, len(q), batch_size)
+    ]
+    in_range = program.input_quantizer.range
+    shape = (batch_size, program.n_features)
+    chunks += [
+        np.full(shape, in_range.lo, dtype=np.int64),
+        np.full(shape, in_range.hi, dtype=np.int64),
+    ]
+    return chunks
 
 
 def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledModel:
     """Compile a lowered program with Concrete and check what Concrete measured.
+
+    The circuit takes ``(options.batch_size, n_features)`` integers per call; the client
+    contract of the result records that batch size.
 
     Args:
         lowered: the output of :func:`~fheqnn.compiler.lowering.lower_onnx`.
@@ -213,13 +292,9 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         AccumulatorOverflowError: an accumulator measured wider than the budget.
     """
     program, options = lowered.program, lowered.options
-    in_range = program.input_quantizer.range
-    inputset = [row[None, :] for row in lowered.calibration_q]
-    # Cover the whole input quantizer range so that every legal input can be encrypted.
-    inputset += [
-        np.full((1, program.n_features), in_range.lo, dtype=np.int64),
-        np.full((1, program.n_features), in_range.hi, dtype=np.int64),
-    ]
+    batch_size = options.batch_size
+    lowered = replace(lowered, contract=replace(lowered.contract, batch_size=batch_size))
+    inputset = calibration_inputset(lowered, batch_size)
     start = time.perf_counter()
     p_error_curve: list[dict[str, Any]] = []
     if configuration is not None:
@@ -238,7 +313,7 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     check(report)
     stats = CompileStats(
         compile_seconds=seconds,
-        pbs_count=int(circuit.programmable_bootstrap_count),
+        pbs_count=int(circuit.programmable_bootstrap_count) // batch_size,
         hidden_neurons=program.hidden_neurons(),
         removed_neurons=lowered.removed_neurons,
         rounding=lowered.rounding,
@@ -249,13 +324,22 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         p_error_curve=p_error_curve,
     )
     logger.info(
-        "compiled %s in %.1f s: %d PBS per row, max %d bits",
+        "compiled %s in %.1f s: %d PBS per row, %d row(s) per call, max %d bits",
         program.source,
         seconds,
         stats.pbs_count,
+        batch_size,
         stats.max_bit_width,
     )
-    return CompiledModel(program, circuit, report, stats, lowered.contract)
+    return CompiledModel(
+        program,
+        circuit,
+        report,
+        stats,
+        lowered.contract,
+        lowered=lowered,
+        configuration=configuration,
+    )
 
 
 #: Calibration rows the ``p_error="auto"`` search simulates per candidate (simulation costs
@@ -278,12 +362,13 @@ def _choose_p_error(
 
     options, guard = lowered.options, lowered.guard
     q = lowered.calibration_q[:P_ERROR_GUARD_ROWS]
+    batch_size = lowered.contract.batch_size
     for p_error in (*P_ERROR_CANDIDATES, None):
         configuration = backend.make_configuration(**options.concrete_options(p_error))
         circuit = backend.compile_circuit(lowered.program, inputset, configuration)
         entry: dict[str, Any] = {
             "p_error": p_error,
-            "pbs": int(circuit.programmable_bootstrap_count),
+            "pbs": int(circuit.programmable_bootstrap_count) // batch_size,
             "evaluation_keys_bytes_estimate": int(
                 circuit.statistics.get("size_of_bootstrap_keys", 0)
                 + circuit.statistics.get("size_of_keyswitch_keys", 0)
@@ -293,9 +378,7 @@ def _choose_p_error(
             curve.append(entry)
             return circuit, p_error
         circuit.enable_fhe_simulation()
-        raw = np.concatenate(
-            [np.asarray(circuit.simulate(row[None, :]), dtype=np.int64).reshape(1, -1) for row in q]
-        )
+        raw = run_in_chunks(circuit.simulate, q, lowered.contract)
         measured = guard.score_outputs(lowered.contract.dequantize(lowered.contract.unshift(raw)))
         entry.update(simulated_agreement=measured.agreement, simulated_score=measured.score)
         curve.append(entry)
@@ -325,8 +408,8 @@ def compile_onnx(
             choose the rounding.
         options: a :class:`CompileOptions`; or give its fields as keywords (``n_accum_bits``,
             ``rounding``, ``rounding_exact``, ``min_agreement``, ``min_boundary_agreement``,
-            ``max_accuracy_loss``, ``strict``, ``p_error``, ``global_p_error``), validated the
-            same way.
+            ``max_accuracy_loss``, ``strict``, ``p_error``, ``global_p_error``,
+            ``batch_size``), validated the same way.
         output_spec: client post-processing (class labels, target scaling).
         standardizer: per-feature standardization applied on the client before quantization.
         configuration: a full ``fhe.Configuration`` (overrides ``p_error``/``global_p_error``).

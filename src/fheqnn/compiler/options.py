@@ -19,6 +19,9 @@ P_ERROR_RANGE = (2.0**-64, 0.5)
 #: error moves a lookup's input by about one step, so a few in a row rarely change a prediction;
 #: the simulated calibration rows decide.
 P_ERROR_CANDIDATES = (1e-2, 1e-3, 1e-4)
+#: Most rows one circuit call may take. Compile time, ciphertexts per call and the lookups the
+#: optimizer places grow with it; past a few dozen rows the fixed cost per call is paid off.
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,16 @@ class CompileOptions:
             :data:`P_ERROR_CANDIDATES` whose simulated circuit keeps the guard on the
             calibration rows (larger means smaller keys and faster lookups), else Concrete's
             default; ``None``: Concrete's default.
-        global_p_error: error probability per circuit run (``None``: not set).
+        global_p_error: error probability per circuit run (``None``: not set). A run holds
+            ``batch_size`` rows.
+        batch_size: rows per circuit call, in [1, :data:`MAX_BATCH_SIZE`]. The circuit takes
+            ``(batch_size, n_features)`` integers; the client encrypts rows in chunks of that
+            many (the last one padded, its padding dropped after decryption). Each call pays a
+            fixed cost (Concrete's runtime context and the bootstrap keys' conversion to the
+            Fourier domain, ~0.1 s with large keys) that batching shares among its rows:
+            throughput grows, one row's latency does not shrink. Concrete's default error
+            bound applies per call, so with neither ``p_error`` nor ``global_p_error`` set, a
+            larger batch may get slightly larger keys.
     """
 
     n_accum_bits: int | None = None
@@ -71,6 +83,7 @@ class CompileOptions:
     strict: bool = False
     p_error: float | str | None = "auto"
     global_p_error: float | None = None
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -106,6 +119,7 @@ class CompileOptions:
                 continue
             if value is not None:
                 put(name, check_number(name, value, *P_ERROR_RANGE))
+        put("batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> CompileOptions:

@@ -5,7 +5,8 @@ Folder layout (every file listed in ``manifest.json`` with its size and SHA-256)
 - ``server.zip``: the Concrete server (compiled via MLIR, portable): what a server needs.
 - ``program.json``: our integer IR (weights included): the interpreter and the reports.
 - ``client.specs``: Concrete's client specifications (key and encoding parameters).
-- ``client.json``: our client part: input quantizer, output dequantization, post-processing.
+- ``client.json``: our client part: input quantizer, rows per circuit call, output
+  dequantization, post-processing.
 - ``report.json``: the per-layer bit-width report and compile statistics.
 - ``manifest.json``: format, versions of the packages that made it, checksums, the model id.
 
@@ -447,10 +448,12 @@ MAX_ENVELOPE_ROWS = 100_000
 def envelope_limits(folder: ModelFolder) -> dict[str, int]:
     """The most bytes an envelope of each kind can hold for this model.
 
-    From the sizes the model implies: the ciphertext bytes per row in ``report.json`` (with
-    room for Concrete's framing), times :data:`MAX_ENVELOPE_ROWS`; for evaluation keys, the
-    expanded key size from the client specifications plus 1 MiB. Files are checked against
-    these limits before they are read into memory.
+    From the sizes the model implies: a ciphertext payload holds ``batch_size`` rows of the
+    ciphertext bytes per row in ``report.json`` (with room for Concrete's framing, once per
+    payload), and :data:`MAX_ENVELOPE_ROWS` rows take that many payloads, the last one padded;
+    for evaluation keys, the expanded key size from the client specifications plus 1 MiB.
+    Files are checked against these limits before they are read into memory. Reports written
+    before batching have no ``batch_size``: one row per payload.
     """
     try:
         report = folder.read_json(REPORT_FILE)
@@ -460,16 +463,19 @@ def envelope_limits(folder: ModelFolder) -> dict[str, int]:
     sizes = concrete_seam.key_sizes(
         concrete_seam.load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE))
     )
+    batch = report.get("batch_size", 1)
+    batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else 1
+    payloads = -(-MAX_ENVELOPE_ROWS // batch)
 
-    def per_row(name: str) -> int:
+    def per_payload(name: str) -> int:
         value = report.get(name)
         value = value if isinstance(value, int) and value > 0 else 1 << 20
-        return 4 * value + 4096
+        return 4 * value * batch + 4096
 
     slack = 1 << 16
     return {
-        "inputs": MAX_ENVELOPE_ROWS * per_row("input_ciphertext_bytes") + slack,
-        "outputs": MAX_ENVELOPE_ROWS * per_row("output_ciphertext_bytes") + slack,
+        "inputs": payloads * per_payload("input_ciphertext_bytes") + slack,
+        "outputs": payloads * per_payload("output_ciphertext_bytes") + slack,
         "evaluation_keys": sizes.evaluation_full + (1 << 20),
     }
 

@@ -333,35 +333,69 @@ class FheModelClient:
         """Validate, standardize and quantize float rows (int64, (n_rows, n_features))."""
         return self.part.quantize(x)
 
+    @property
+    def batch_size(self) -> int:
+        """Rows per circuit call: :meth:`encrypt` makes one ciphertext per chunk of this many."""
+        return self.part.batch_size
+
     def encrypt(self, x: Any) -> bytes:
-        """Quantize, encrypt and serialize a batch of float rows."""
+        """Quantize, encrypt and serialize float rows.
+
+        One ciphertext payload per chunk of :attr:`batch_size` rows, the last chunk padded with
+        copies of its last row; the envelope's ``n_rows`` tells :meth:`decrypt_integers` how
+        many results to keep.
+        """
         info = self._require_keys()
         q = self.quantize(x)
-        payloads = tuple(self._client.encrypt(row[None, :]).serialize() for row in q)
+        payloads = tuple(self._client.encrypt(chunk).serialize() for chunk in self.part.chunks(q))
         return Envelope(
             "inputs", self.model_id, info.key_id, payloads, {"n_rows": len(q)}
         ).to_bytes()
 
     def decrypt_integers(self, results: bytes) -> np.ndarray:
-        """Deserialize and decrypt results: output accumulators, int64 (n_rows, n_outputs)."""
+        """Deserialize and decrypt results: output accumulators, int64 (n_rows, n_outputs).
+
+        Raises:
+            EnvelopeError: results of another model or key, corrupt, or whose payload count
+                does not match their ``n_rows`` and the batch size.
+        """
         info = self._require_keys()
         env = Envelope.from_bytes(
             results, kind="outputs", model_id=self.model_id, key_id=info.key_id, what="results"
         )
+        n_rows = self._rows_of(env)
         fhe = _fhe()
         try:
-            rows = [
-                np.asarray(self._client.decrypt(fhe.Value.deserialize(p))).reshape(1, -1)
-                for p in env.payloads
+            chunks = [
+                np.asarray(self._client.decrypt(fhe.Value.deserialize(p))) for p in env.payloads
             ]
         except RuntimeError as exc:
             raise EnvelopeError(f"results cannot be decrypted (corrupt ciphertext): {exc}") from exc
-        if any(row.shape[1] != self.part.n_outputs for row in rows):
-            raise EnvelopeError(
-                f"results hold rows of {rows[0].shape[1]} values, expected {self.part.n_outputs}"
-            )
+        expected = self.batch_size * self.part.n_outputs
+        for chunk in chunks:
+            if chunk.size != expected:
+                raise EnvelopeError(
+                    f"results hold ciphertexts of {chunk.size} values, expected {expected} "
+                    f"({self.batch_size} row(s) of {self.part.n_outputs} outputs)"
+                )
         # The circuit returns the output accumulators shifted to be non-negative.
-        return self.part.unshift(np.concatenate(rows))
+        return self.part.unshift(self.part.trim(chunks, n_rows))
+
+    def _rows_of(self, env: Envelope) -> int:
+        """The rows a result envelope answers for, checked against its payload count."""
+        n_rows = env.meta.get("n_rows")
+        if n_rows is None and self.batch_size == 1:
+            return len(env.payloads)  # one row per payload: nothing to trim
+        if not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows < 1:
+            raise EnvelopeError(
+                f"results: malformed row count {n_rows!r} (expected the n_rows that encrypt wrote)"
+            )
+        if self.part.n_chunks(n_rows) != len(env.payloads):
+            raise EnvelopeError(
+                f"results hold {len(env.payloads)} ciphertexts for {n_rows} rows, expected "
+                f"{self.part.n_chunks(n_rows)} ({self.batch_size} row(s) per ciphertext)"
+            )
+        return n_rows
 
     def decrypt_raw(self, results: bytes) -> np.ndarray:
         """Decrypted and dequantized float outputs (n_rows, n_outputs)."""

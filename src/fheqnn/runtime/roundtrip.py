@@ -44,18 +44,23 @@ def encrypted_predict(
     chunk: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RoundTrip:
-    """Encrypt -> run -> decrypt ``x`` in chunks (the server runs a chunk's rows in parallel).
+    """Encrypt -> run -> decrypt ``x`` in chunks (a chunk's ciphertexts run in parallel).
+
+    A ciphertext holds the model's ``batch_size`` rows: a chunk of k rows is ceil(k / batch_size)
+    circuit calls.
 
     Args:
         client: a :class:`~fheqnn.runtime.client.FheModelClient` with keys loaded.
         server: a :class:`~fheqnn.runtime.server.FheModelServer`; the client's evaluation keys
             are registered with it first when it does not hold them yet.
         x: float rows (n_rows, n_features).
-        chunk: rows per server call (default: the server's worker count).
+        chunk: rows per server call (default: the server's worker count times the batch size,
+            one circuit call per worker).
         progress: called with the number of rows finished after each chunk.
     """
     x = np.asarray(x)
-    step = max(1, chunk or getattr(server, "workers", 1))
+    batch = getattr(client, "batch_size", 1)
+    step = max(1, chunk or getattr(server, "workers", 1) * batch)
     outputs, server_s = [], 0.0
     key_id = client.key_info.key_id if client.key_info is not None else None
     if key_id is None or not server.has_keys(key_id):

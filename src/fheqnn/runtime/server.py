@@ -38,7 +38,8 @@ class FheModelServer:
     Args:
         model_folder: the compiled model (verified against its manifest on load).
         max_cached_keys: how many clients' evaluation keys stay deserialized in memory.
-        workers: rows of a batch run in parallel on this many threads (default: all cores).
+        workers: the ciphertexts of a request (one per chunk of the model's ``batch_size``
+            rows) run in parallel on this many threads (default: all cores).
     """
 
     def __init__(
@@ -99,6 +100,9 @@ class FheModelServer:
 
     def run(self, inputs: bytes, evaluation_keys: bytes | None = None) -> bytes:
         """Run the circuit on serialized encrypted rows; return the serialized encrypted results.
+
+        One circuit call per payload (a chunk of the model's ``batch_size`` rows), in parallel
+        threads; the results keep the payloads' order and the inputs' meta (``n_rows``).
 
         Args:
             inputs: an inputs envelope made by the client.

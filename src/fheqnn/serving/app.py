@@ -90,6 +90,7 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
         "name": folder.path.name,
         "n_features": manifest.get("n_features"),
         "n_outputs": manifest.get("n_outputs"),
+        "batch_size": report.get("batch_size", 1),  # reports before batching: one row
         "pbs_count": report.get("pbs_count"),
         "hidden_neurons": report.get("hidden_neurons"),
         "n_accum_bits": report.get("n_accum_bits"),

@@ -181,7 +181,7 @@ def _worker_server(model_id: str, files: dict[str, bytes]) -> Any:
         folder = Path(tempfile.mkdtemp(prefix=f"fheqnn-{model_id[:8]}-"))
         for name, data in files.items():
             (folder / name).write_bytes(data)
-        # One row per task at a time: Ray spreads the parallelism over tasks.
+        # One circuit call per task at a time: Ray spreads the parallelism over tasks.
         server = FheModelServer(folder, workers=1)
         _WORKER_SERVERS[model_id] = server
     return server
@@ -207,9 +207,10 @@ def run_batch(
 
     Args:
         model_folder: the compiled model (its server program is shipped to the workers).
-        inputs: an inputs envelope of one or more rows.
+        inputs: an inputs envelope of one or more ciphertexts (each a chunk of the model's
+            ``batch_size`` rows).
         evaluation_keys: the client's evaluation-key envelope.
-        tasks: how many Ray tasks to split the rows into (default: the cluster's CPUs).
+        tasks: how many Ray tasks to split the ciphertexts into (default: the cluster's CPUs).
 
     Raises:
         ArtifactError: the model folder is bad.
@@ -252,5 +253,7 @@ def run_batch(
         part = Envelope.from_bytes(blob, kind="outputs", model_id=model_id, key_id=env.key_id)
         outputs.extend(part.payloads)
     if len(outputs) != len(env.payloads):
-        raise ArtifactError(f"Ray returned {len(outputs)} rows for {len(env.payloads)}")
+        raise ArtifactError(
+            f"Ray returned {len(outputs)} results for {len(env.payloads)} ciphertexts"
+        )
     return Envelope("outputs", model_id, env.key_id, tuple(outputs), env.meta).to_bytes()
