@@ -127,11 +127,15 @@ def float_mlp_accuracy(clf: Any, x_tr, y_tr, x_te, y_te, seed: int) -> float:
     return float(np.mean(classes[pred] == y_te))
 
 
-def lookup_floor(bits: int, repeats: int = 3, batch: int = 64) -> dict[str, float]:
+def lookup_floor(
+    bits: int, repeats: int = 3, batch: int = 64, p_error: float | None = None
+) -> dict[str, float]:
     """Cost of table lookups at ``bits`` input precision, measured in this process.
 
     A circuit of ``batch`` independent lookups (so every core works) and one of a single lookup,
-    both encrypted and run ``repeats`` times; medians.
+    both encrypted and run ``repeats`` times; medians. ``p_error``: the error probability per
+    lookup of the model it is a floor for (``None``: Concrete's default, as such a model has);
+    a stricter one would pick larger parameters and make the floor look slower than it is.
 
     Returns:
         ``per_lookup_s`` (batched, per lookup), ``single_lookup_s`` (one lookup alone, fixed
@@ -151,7 +155,8 @@ def lookup_floor(bits: int, repeats: int = 3, batch: int = 64) -> dict[str, floa
 
         inputset = [rng.integers(-top, top, size=(1, size)) for _ in range(20)]
         inputset += [np.full((1, size), -top), np.full((1, size), top - 1)]
-        compiled = fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset, make_configuration())
+        configuration = make_configuration(**({} if p_error is None else {"p_error": p_error}))
+        compiled = fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset, configuration)
         compiled.keygen()
         sample = rng.integers(-top, top, size=(1, size))
         args = compiled.encrypt(sample)
@@ -169,7 +174,7 @@ def lookup_floor(bits: int, repeats: int = 3, batch: int = 64) -> dict[str, floa
     }
 
 
-def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, dict]) -> dict:
+def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[Any, dict]) -> dict:
     """Train, compile and measure one configuration; returns its JSON row."""
     from . import FheModelClient, FheModelServer, NeuralNetClassifier
 
@@ -250,13 +255,23 @@ def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[int, 
         rows = x_te[: opts.throughput_rows]
         row.update(throughput(model, rows, opts.throughput_batches, FheModelClient, FheModelServer))
     if opts.encrypt_rows > 0 or opts.throughput_rows > 0:
-        bits = row["lookup_bits_max"] or 1
-        if bits not in floors:
-            floors[bits] = lookup_floor(bits, repeats=max(1, opts.repeats))
-        floor = floors[bits]
-        row["lookup_cost_s"] = floor["per_lookup_s"]
-        row["lone_lookup_s"] = floor["single_lookup_s"]
-        row["floor_s"] = row["pbs"] * floor["per_lookup_s"]
+        # Each layer's lookups at their own precision (approximate rounding: one lookup per
+        # neuron); exact rounding's extra rounding lookups are counted at the widest precision.
+        per_layer = [(r["neurons"], r["lookup_bits"]) for r in row["layers"] if r["lookup_bits"]]
+        if sum(n for n, _ in per_layer) != row["pbs"]:
+            per_layer = [(row["pbs"], row["lookup_bits_max"] or 1)]
+        floor_s = 0.0
+        for count, bits in per_layer:
+            key = (bits, row["p_error"])
+            if key not in floors:
+                floors[key] = lookup_floor(
+                    bits, repeats=max(1, opts.repeats), p_error=row["p_error"]
+                )
+            floor_s += count * floors[key]["per_lookup_s"]
+        widest = floors[(max(b for _, b in per_layer), row["p_error"])]
+        row["lookup_cost_s"] = widest["per_lookup_s"]
+        row["lone_lookup_s"] = widest["single_lookup_s"]
+        row["floor_s"] = floor_s
         # The most rows per second the lookups alone allow, every core busy.
         row["floor_rows_s"] = 1.0 / row["floor_s"]
         if "latency_single_s" in row:
