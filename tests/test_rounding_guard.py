@@ -156,3 +156,24 @@ def test_the_report_says_what_the_boundary_rows_measured(data, onnx_model) -> No
     lowered = lower_onnx(onnx_model, x, CompileOptions(), calibration_labels=y)
     assert lowered.rounding.boundary_agreement is not None
     assert lowered.rounding.boundary_agreement >= 0.98
+
+
+def test_auto_p_error_keeps_the_fastest_candidate_that_keeps_the_guard(data) -> None:
+    x, y = data
+    clf = tiny_classifier(x, y, max_epochs=30)
+    clf.compile(x, y)
+    stats = clf.fhe_model_.stats
+    curve = stats.p_error_curve
+    assert curve[0]["p_error"] == 1e-2  # the largest candidate is simulated first
+    simulated = [e for e in curve if "simulated_agreement" in e]
+    assert simulated[-1]["simulated_agreement"] >= 0.99  # the last one simulated kept the guard
+    timed = [e for e in curve if "seconds_per_call" in e]
+    if timed:
+        # Every contender with its own parameters was timed on real keys; the one compiled is
+        # within 10 % of the fastest, and the most accurate of those.
+        fastest = min(e["seconds_per_call"] for e in timed)
+        close = [e["p_error"] for e in timed if e["seconds_per_call"] <= 1.1 * fastest]
+        assert stats.p_error == min(close)
+    else:
+        assert stats.p_error == simulated[-1]["p_error"]
+    assert clf.fhe_model_.summary()["p_error"] == stats.p_error

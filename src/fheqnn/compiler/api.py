@@ -347,23 +347,60 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
 P_ERROR_GUARD_ROWS = 200
 
 
+def _parameters(circuit: Any) -> str:
+    """The cryptographic parameters of a circuit's lookups (bootstrap and key-switch keys)."""
+    stats = circuit.statistics
+    keys = [
+        *stats.get("programmable_bootstrap_count_per_parameter", {}),
+        *stats.get("key_switch_count_per_parameter", {}),
+    ]
+    return "|".join(sorted(str(key) for key in keys))
+
+
+#: Timed runs per candidate when ``p_error="auto"`` compares the speed of candidates (the
+#: fastest counts; one untimed run before them).
+P_ERROR_TIMED_RUNS = 2
+
+
+def _seconds_per_call(circuit: Any, chunk: np.ndarray) -> float:
+    """Measured seconds of one encrypted call of ``circuit`` on ``chunk`` (keys made first)."""
+    circuit.keygen()
+    args = circuit.encrypt(chunk)
+    circuit.run(args)  # the first call pays one-off set-up costs
+    times = []
+    for _ in range(P_ERROR_TIMED_RUNS):
+        start = time.perf_counter()
+        circuit.run(args)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def _choose_p_error(
     lowered: Lowered, inputset: list[np.ndarray], curve: list[dict[str, Any]]
 ) -> tuple[Any, float | None]:
-    """Compile with the largest error probability per lookup whose simulation keeps the guard.
+    """Compile with the fastest error probability per lookup whose simulation keeps the guard.
 
     Tries :data:`~fheqnn.compiler.options.P_ERROR_CANDIDATES`, largest first, then Concrete's
     default. Each candidate's simulated calibration rows (the approximate rounding's randomness
     and the bootstrap errors included) are scored against the unrounded program by the same
-    guard as the rounding; ``curve`` receives one entry per candidate tried (p_error, PBS,
-    estimated evaluation key bytes, simulated agreement and score).
+    guard as the rounding, until one keeps it. A larger error probability is not always
+    faster: Concrete's optimizer may answer it with parameters that its cost model ranks
+    cheaper and this CPU runs slower (measured on breast cancer: 1e-2 chose 512-coefficient
+    polynomials of GLWE dimension 4 and ran 1.45 x slower than 1e-3's 1024 / 2). So the smaller
+    candidates, which keep the guard at least as well (fewer bootstrap errors), are compiled
+    too, and when their parameters differ, every such candidate is timed (keys made, one
+    encrypted call) and the fastest wins; among those within 10 % of it (timing noise), the
+    smallest error probability. ``curve``
+    receives one entry per candidate (p_error, PBS, estimated evaluation key bytes, simulated
+    agreement and score, measured seconds per call when timed).
     """
     from .options import P_ERROR_CANDIDATES
 
     options, guard = lowered.options, lowered.guard
     q = lowered.calibration_q[:P_ERROR_GUARD_ROWS]
     batch_size = lowered.contract.batch_size
-    for p_error in (*P_ERROR_CANDIDATES, None):
+
+    def compiled(p_error: float | None) -> tuple[Any, dict[str, Any]]:
         configuration = backend.make_configuration(**options.concrete_options(p_error))
         circuit = backend.compile_circuit(lowered.program, inputset, configuration)
         entry: dict[str, Any] = {
@@ -374,19 +411,51 @@ def _choose_p_error(
                 + circuit.statistics.get("size_of_keyswitch_keys", 0)
             ),
         }
+        curve.append(entry)
+        return circuit, entry
+
+    chosen_at = 0
+    for position, p_error in enumerate((*P_ERROR_CANDIDATES, None)):
+        circuit, entry = compiled(p_error)
         if p_error is None or guard is None:
-            curve.append(entry)
             return circuit, p_error
         circuit.enable_fhe_simulation()
         raw = run_in_chunks(circuit.simulate, q, lowered.contract)
         measured = guard.score_outputs(lowered.contract.dequantize(lowered.contract.unshift(raw)))
-        entry.update(simulated_agreement=measured.agreement, simulated_score=measured.score)
-        curve.append(entry)
+        entry.update(
+            simulated_agreement=measured.agreement,
+            simulated_score=measured.score,
+            simulated_boundary_agreement=measured.boundary_agreement,
+        )
         ok = guard.passes(measured, len(q))
         logger.info("p_error %g: simulated %s -> %s", p_error, measured, "kept" if ok else "no")
         if ok:
-            return circuit, p_error
-    raise AssertionError("unreachable")  # pragma: no cover
+            chosen_at = position
+            break
+    # The first candidate that keeps the guard, and the smaller ones with other parameters.
+    contenders = [(circuit, entry)]
+    seen = {_parameters(circuit)}
+    for smaller in P_ERROR_CANDIDATES[chosen_at + 1 :]:
+        other, other_entry = compiled(smaller)
+        if _parameters(other) in seen:
+            other_entry["same_parameters_as_larger"] = True
+            continue
+        seen.add(_parameters(other))
+        contenders.append((other, other_entry))
+    if len(contenders) == 1:
+        return circuit, p_error
+    chunk = lowered.contract.chunks(lowered.calibration_q[:batch_size])[0]
+    for candidate, candidate_entry in contenders:
+        candidate_entry["seconds_per_call"] = _seconds_per_call(candidate, chunk)
+    fastest = min(entry["seconds_per_call"] for _, entry in contenders)
+    # Within timing noise of the fastest, the smallest error probability (fewest wrong lookups).
+    close = [item for item in contenders if item[1]["seconds_per_call"] <= 1.1 * fastest]
+    best, best_entry = min(close, key=lambda item: item[1]["p_error"])
+    logger.info(
+        "p_error: %s",
+        ", ".join(f"{e['p_error']:g}: {e['seconds_per_call']:.3f} s" for _, e in contenders),
+    )
+    return best, best_entry["p_error"]
 
 
 def compile_onnx(
