@@ -25,17 +25,14 @@ from fheqnn import (
 from fheqnn.compiler.options import MAX_BATCH_SIZE
 from fheqnn.contract import ClientContract
 from fheqnn.runtime.envelope import Envelope
-from helpers import tiny_classifier
+from helpers import blobs, tiny_classifier
 
 BATCH = 3
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(3)
-    centers = rng.normal(scale=2.0, size=(3, 4))
-    y = rng.integers(0, 3, size=90)
-    return centers[y] + rng.normal(scale=0.6, size=(90, 4)), y
+    return blobs(3, 90, 4, 0.6)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from fheqnn.compiler.ir import Layer, Program, Quantizer, round_lsbs
 from fheqnn.compiler.passes import choose_rounding, drop_dead_neurons, lossless_round_lsbs
 from fheqnn.compiler.report import analyse, check
 from fheqnn.intervals import IntRange
+from helpers import blobs
 from helpers import tiny_classifier as make_tiny_classifier
 
 # ----------------------------------------------------------------------------- IR level
@@ -148,10 +149,7 @@ def test_concrete_failing_without_a_message_gets_a_clear_error(monkeypatch) -> N
 
 @pytest.fixture(scope="module")
 def small_data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    centers = rng.normal(scale=2.0, size=(3, 5))
-    y = rng.integers(0, 3, size=120)
-    return centers[y] + rng.normal(scale=0.7, size=(120, 5)), y
+    return blobs(0, 120, 5, 0.7)
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,12 @@ from fheqnn.compiler.passes import (
     estimated_cost_s,
     lookup_cost_s,
 )
-from helpers import tiny_classifier
+from helpers import blobs, tiny_classifier
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    centers = rng.normal(scale=2.0, size=(3, 5))
-    y = rng.integers(0, 3, size=150)
-    return centers[y] + rng.normal(scale=0.7, size=(150, 5)), y
+    return blobs(1, 150, 5, 0.7)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from fheqnn import (
     InvalidInputError,
 )
 from fheqnn.runtime.envelope import Envelope
-from helpers import tiny_classifier
+from helpers import blobs, tiny_classifier
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -32,10 +32,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    centers = rng.normal(scale=2.0, size=(3, 4))
-    y = rng.integers(0, 3, size=90)
-    return centers[y] + rng.normal(scale=0.6, size=(90, 4)), np.array(["a", "b", "c"])[y]
+    x, y = blobs(1, 90, 4, 0.6)
+    return x, np.array(["a", "b", "c"])[y]
 
 
 @pytest.fixture(scope="module")
