@@ -174,3 +174,16 @@ def test_auto_p_error_keeps_the_fastest_candidate_that_keeps_the_guard(data) -> 
     else:
         assert stats.p_error == simulated[-1]["p_error"]
     assert clf.fhe_model_.summary()["p_error"] == stats.p_error
+
+
+def test_a_classifier_may_lose_one_calibration_row_but_not_two(data, onnx_model) -> None:
+    x, y = data
+    lowered = lower_onnx(onnx_model, x, CompileOptions(rounding="off"), calibration_labels=y)
+    guard = lowered.guard
+    one_row = 1 / len(x)  # 0.67 point on these 150 rows: more than max_accuracy_loss (0.5)
+    assert one_row > guard.max_score_loss
+    ref = guard.reference_score
+    assert guard.passes(GuardScore(1.0, ref - one_row, 1.0))
+    assert not guard.passes(GuardScore(1.0, ref - 2 * one_row, 1.0))
+    # The boundary rows still have their say.
+    assert not guard.passes(GuardScore(1.0, ref, 0.9))

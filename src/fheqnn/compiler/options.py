@@ -53,7 +53,8 @@ class CompileOptions:
             boundary it shows.
         max_accuracy_loss: the guard with calibration labels: most calibration accuracy (R2
             for regressors) the compiled program may lose against the unrounded one, in
-            [0, 1] (0.005: half a point).
+            [0, 1] (0.005: half a point); for classifiers never less than one calibration row
+            (1 / n_rows), the finest loss their accuracy can show.
         strict: a choice that breaks the guard (e.g. an explicit ``rounding`` that loses
             accuracy, or too few calibration rows to check it) is an
             :class:`~fheqnn.errors.AccuracyLossError` instead of a
