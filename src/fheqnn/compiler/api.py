@@ -360,6 +360,10 @@ def _parameters(circuit: Any) -> str:
 #: Timed runs per candidate when ``p_error="auto"`` compares the speed of candidates (the
 #: fastest counts; one untimed run before them).
 P_ERROR_TIMED_RUNS = 2
+#: Above this many bytes of expanded evaluation keys (Concrete's estimate) a candidate is not
+#: timed: keys and runs that large make the comparison cost more than a compile should, so the
+#: largest error probability that keeps the guard is kept, as without timing.
+P_ERROR_TIMING_MAX_KEY_BYTES = 500_000_000
 
 
 def _seconds_per_call(circuit: Any, chunk: np.ndarray) -> float:
@@ -390,7 +394,9 @@ def _choose_p_error(
     candidates, which keep the guard at least as well (fewer bootstrap errors), are compiled
     too, and when their parameters differ, every such candidate is timed (keys made, one
     encrypted call) and the fastest wins; among those within 10 % of it (timing noise), the
-    smallest error probability. ``curve``
+    smallest error probability. Candidates whose keys would exceed
+    :data:`P_ERROR_TIMING_MAX_KEY_BYTES` are not timed (the largest one that keeps the guard is
+    kept). ``curve``
     receives one entry per candidate (p_error, PBS, estimated evaluation key bytes, simulated
     agreement and score, measured seconds per call when timed).
     """
@@ -442,7 +448,10 @@ def _choose_p_error(
             continue
         seen.add(_parameters(other))
         contenders.append((other, other_entry))
-    if len(contenders) == 1:
+    too_large = any(
+        e["evaluation_keys_bytes_estimate"] > P_ERROR_TIMING_MAX_KEY_BYTES for _, e in contenders
+    )
+    if len(contenders) == 1 or too_large:
         return circuit, p_error
     chunk = lowered.contract.chunks(lowered.calibration_q[:batch_size])[0]
     for candidate, candidate_entry in contenders:
