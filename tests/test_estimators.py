@@ -270,9 +270,11 @@ def test_no_validation_split_trains_every_epoch(blobs) -> None:
     assert "valid_loss" not in clf.history_[-1]
     with pytest.raises(
         ValueError,
-        match=r"validation_fraction must be None or a number in \[0, 1\)",
+        match=r"validation_fraction must be 'auto', None or a number in \[0, 1\)",
     ):
         NeuralNetClassifier(validation_fraction=1.5).fit(x, y)
+    with pytest.raises(ValueError, match="validation_fraction must be 'auto'"):
+        NeuralNetClassifier(validation_fraction="sometimes").fit(x, y)
     with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
         NeuralNetClassifier(patience=0).fit(x, y)
 
@@ -337,3 +339,21 @@ def test_accumulator_aware_weight_quant_rejects_what_it_cannot_do(blobs) -> None
         NeuralNetClassifier(weight_quant="a2q", module__n_prune_neurons_percentage=0.5, **FAST).fit(
             x, y
         )
+
+
+def test_auto_validation_is_none_for_the_classifier_and_15_percent_for_the_regressor(
+    blobs,
+) -> None:
+    x, y = blobs
+    clf = NeuralNetClassifier(random_state=0, **FAST).fit(x, y)
+    assert clf.validation_fraction == "auto"
+    assert "valid_loss" not in clf.history_[-1]
+    reg = NeuralNetRegressor(random_state=0, **FAST).fit(x, x[:, 0] - 2 * x[:, 1])
+    assert reg.validation_fraction == "auto"
+    assert "valid_loss" in reg.history_[-1]
+    # The regressor's validation rows are held out of training: 15 % of 150 rows.
+    batches = reg.history_[-1, "batches"]
+    assert sum(b.get("valid_batch_size", 0) for b in batches) == 23
+    assert sum(b.get("train_batch_size", 0) for b in batches) == 150 - 23
+    plain = NeuralNetRegressor(validation_fraction=None, random_state=0, **FAST)
+    assert "valid_loss" not in plain.fit(x, x[:, 0]).history_[-1]

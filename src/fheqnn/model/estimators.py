@@ -66,7 +66,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         straight_through_masks: bool = True,
         select_after_freeze: bool = False,
         weight_quant: str = "topk",
-        validation_fraction: float | None = None,
+        validation_fraction: float | str | None = "auto",
         patience: int = 30,
         callbacks: list[Any] | None = None,
         verbose: int = 1,
@@ -126,17 +126,25 @@ class _SparseQuantNetEstimator(BaseEstimator):
             if key.startswith(_MODULE_PREFIX)
         }
 
+    #: What ``validation_fraction="auto"`` means for this estimator (see the class docstrings).
+    _auto_validation_fraction: float | None = None
+
+    def _validation_fraction(self) -> float | None:
+        """The validation share in force: ``None`` (train on every row) or a number in [0, 1)."""
+        value = self.validation_fraction
+        if isinstance(value, str) and value == "auto":
+            return self._auto_validation_fraction
+        if value is None:
+            return None
+        try:
+            return check_number("validation_fraction", value, 0.0, 1.0, high_open=True)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(
+                f"validation_fraction must be 'auto', None or a number in [0, 1), got {value!r}"
+            ) from exc
+
     def _training_config(self) -> TrainingConfig:
-        if self.validation_fraction is not None:
-            try:
-                check_number(
-                    "validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True
-                )
-            except InvalidParameterError as exc:
-                raise InvalidParameterError(
-                    "validation_fraction must be None or a number in [0, 1), "
-                    f"got {self.validation_fraction!r}"
-                ) from exc
+        self._validation_fraction()
         check_int("patience", self.patience, 1)
         if self.callbacks is not None and not isinstance(self.callbacks, list | tuple):
             raise InvalidParameterError(
@@ -212,9 +220,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
                 loss_fn,
                 config,
                 seed=seed,
-                validation_fraction=(
-                    None if self.validation_fraction is None else float(self.validation_fraction)
-                ),
+                validation_fraction=self._validation_fraction(),
                 patience=int(self.patience),
                 stratify=stratify,
                 callbacks=list(self.callbacks or []),
@@ -314,8 +320,9 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
     (``module__*``), :class:`~fheqnn.model.training.TrainingConfig` (the optimizer and mask
     schedule) and :func:`~fheqnn.model.training_recipe.fit_with_skorch` (``validation_fraction``:
     rows held out, stratified, for early stopping on the validation loss with the best epoch
-    restored; ``None``, the default, trains on every row for ``max_epochs`` and keeps the last
-    epoch, which measured better at the seed's sizes: see ``benchmarks/results/accuracy.md``;
+    restored; ``None`` trains on every row for ``max_epochs`` and keeps the last epoch;
+    ``"auto"``, the default, is ``None`` for the classifier, which measured better at the seed's
+    sizes: see ``benchmarks/results/accuracy.md``;
     ``patience``: epochs without improvement before
     stopping; ``select_after_freeze``: only epochs after the masks froze compete for "best";
     ``callbacks``: extra skorch callbacks). ``weight_quant`` chooses how accumulators are kept
@@ -386,7 +393,10 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
 
     Targets are standardized for training (mean 0, variance 1 per output) and mapped back in
     ``predict``; ``y`` may be 1-D or 2-D (several targets). Parameters as for
-    :class:`NeuralNetClassifier` (the validation split is not stratified).
+    :class:`NeuralNetClassifier` (the validation split is not stratified), but
+    ``validation_fraction="auto"`` (the default) holds out 15 % for early stopping: on
+    cross-validation of the diabetes training part it gave R2 0.44 mean (0.11 worst fold)
+    against 0.34 (-0.10) when training on every row (``benchmarks/results/accuracy.md``).
 
     Attributes:
         module_: the trained :class:`SparseQuantNeuralNetwork` (pruning made permanent).
@@ -398,6 +408,8 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
         n_features_in_: number of features seen in ``fit``.
         y_mean_, y_scale_: the target standardization, shape (n_outputs,).
     """
+
+    _auto_validation_fraction = 0.15
 
     def fit(self, X: Any, y: Any) -> NeuralNetRegressor:
         """Train on ``X`` (n_rows, n_features) and ``y`` (n_rows,) or (n_rows, n_targets)."""
