@@ -252,9 +252,16 @@ def check_training_rows(
         )
     rare = [c.item() for c, k in zip(classes, counts, strict=True) if k < 2]
     if rare:
+        hint = ""
+        if len(classes) > 20 and np.issubdtype(np.asarray(y).dtype, np.number):
+            # Many numeric "classes", most of them rare: a quantity to predict, not a label.
+            hint = (
+                f" (a numeric target with {len(classes)} values: for a regressor, give "
+                "--task regressor)"
+            )
         raise InvalidInputError(
             f"{source}: class {rare[0]!r} has a single row ({len(rare)} such classes); each "
-            "class needs at least 2 rows for a stratified train/test split"
+            f"class needs at least 2 rows for a stratified train/test split{hint}"
         )
     if n_test < len(classes) or n - n_test < len(classes):
         raise InvalidInputError(
