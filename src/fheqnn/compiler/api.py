@@ -225,10 +225,7 @@ class CompiledModel:
                 "fallback": stats.rounding.fallback,
                 "message": stats.guard_message,
             },
-            "evaluation_keys_bytes_estimate": int(
-                stats.statistics.get("size_of_bootstrap_keys", 0)
-                + stats.statistics.get("size_of_keyswitch_keys", 0)
-            ),
+            "evaluation_keys_bytes_estimate": key_bytes_estimate(stats.statistics),
             # Per row, as the PBS count: a call's ciphertexts hold batch_size rows.
             "input_ciphertext_bytes": int(stats.statistics.get("size_of_inputs", 0))
             // self.batch_size,
@@ -347,6 +344,16 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
 P_ERROR_GUARD_ROWS = 200
 
 
+def key_bytes_estimate(statistics: dict[str, Any]) -> int:
+    """Concrete's estimate of the evaluation keys (bootstrap + key-switch), in bytes.
+
+    It counts the expanded (Fourier-domain) keys, 5-8 x what is generated and sent.
+    """
+    return int(
+        statistics.get("size_of_bootstrap_keys", 0) + statistics.get("size_of_keyswitch_keys", 0)
+    )
+
+
 def _parameters(circuit: Any) -> str:
     """The cryptographic parameters of a circuit's lookups (bootstrap and key-switch keys)."""
     stats = circuit.statistics
@@ -412,10 +419,7 @@ def _choose_p_error(
         entry: dict[str, Any] = {
             "p_error": p_error,
             "pbs": int(circuit.programmable_bootstrap_count) // batch_size,
-            "evaluation_keys_bytes_estimate": int(
-                circuit.statistics.get("size_of_bootstrap_keys", 0)
-                + circuit.statistics.get("size_of_keyswitch_keys", 0)
-            ),
+            "evaluation_keys_bytes_estimate": key_bytes_estimate(circuit.statistics),
         }
         curve.append(entry)
         return circuit, entry
@@ -438,19 +442,21 @@ def _choose_p_error(
         if ok:
             chosen_at = position
             break
-    # The first candidate that keeps the guard, and the smaller ones with other parameters.
+    # The first candidate that keeps the guard, and the smaller ones with other parameters;
+    # none is compiled for nothing once one has keys too large to time.
     contenders = [(circuit, entry)]
     seen = {_parameters(circuit)}
-    for smaller in P_ERROR_CANDIDATES[chosen_at + 1 :]:
+    too_large = entry["evaluation_keys_bytes_estimate"] > P_ERROR_TIMING_MAX_KEY_BYTES
+    for smaller in () if too_large else P_ERROR_CANDIDATES[chosen_at + 1 :]:
         other, other_entry = compiled(smaller)
+        if other_entry["evaluation_keys_bytes_estimate"] > P_ERROR_TIMING_MAX_KEY_BYTES:
+            too_large = True
+            break
         if _parameters(other) in seen:
             other_entry["same_parameters_as_larger"] = True
             continue
         seen.add(_parameters(other))
         contenders.append((other, other_entry))
-    too_large = any(
-        e["evaluation_keys_bytes_estimate"] > P_ERROR_TIMING_MAX_KEY_BYTES for _, e in contenders
-    )
     if len(contenders) == 1 or too_large:
         return circuit, p_error
     chunk = lowered.contract.chunks(lowered.calibration_q[:batch_size])[0]
