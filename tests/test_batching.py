@@ -292,3 +292,16 @@ def test_report_without_batch_size_means_one_row(saved, tmp_path: Path) -> None:
     extra = {k: source.manifest[k] for k in ("n_features", "n_outputs")}
     write_model_folder(tmp_path / "old", files, extra)
     assert envelope_limits(open_model_folder(tmp_path / "old")) == envelope_limits(source)
+
+
+def test_predict_server_sends_whole_circuit_calls_per_request(capsys) -> None:
+    """``predict --server``: by default each request fills whole circuit calls (at least 8
+    rows); an explicit count that pads calls is kept and the padding is pointed out."""
+    from fheqnn.cli import CliError, request_rows
+
+    assert [request_rows(b, None) for b in (1, 3, 8, 32)] == [8, 9, 8, 32]
+    assert request_rows(32, 64) == 64 and "pads" not in capsys.readouterr().out
+    assert request_rows(32, 8) == 8
+    assert "pads every request to 32 rows" in capsys.readouterr().out
+    with pytest.raises(CliError, match="--batch-rows must be >= 1"):
+        request_rows(4, 0)

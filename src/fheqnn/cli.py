@@ -37,6 +37,8 @@ import numpy as np
 from .datasets import DATASETS
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_ACCUMULATOR = 0, 1, 2, 3
+#: Least rows per request of `predict --server` (rounded up to whole circuit calls).
+DEFAULT_REQUEST_ROWS = 8
 #: Whether this process is the ``fheqnn`` program (not a caller of :func:`main` in Python):
 #: only then do steps run in child processes.
 AS_PROGRAM = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "fheqnn"
@@ -447,6 +449,16 @@ def _trained_n_accum_bits(folder: Path) -> tuple[int | None, str]:
     return None, f"{folder} records no n_accum_bits"
 
 
+def _batch_size(value: str) -> int:
+    """argparse type of ``--batch-size``: rows per circuit call, in [1, MAX_BATCH_SIZE]."""
+    from .compiler.options import MAX_BATCH_SIZE
+
+    number = _positive_int(value)
+    if number > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BATCH_SIZE} rows, got {number}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     """argparse type of a row count: an integer >= 1."""
     try:
@@ -854,6 +866,27 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
         ray_backend.shutdown(serve_too=True)
 
 
+def request_rows(batch_size: int, requested: int | None) -> int:
+    """Rows per request of ``predict --server`` for a model of ``batch_size`` rows per call.
+
+    Default: whole circuit calls (a part-filled call is padded: paid for, then dropped), at
+    least :data:`DEFAULT_REQUEST_ROWS` rows. A requested count that is not a multiple of the
+    batch size is kept, with a note on what the padding costs.
+    """
+    if requested is None:
+        return batch_size * -(-DEFAULT_REQUEST_ROWS // batch_size)
+    if requested < 1:
+        raise CliError(f"--batch-rows must be >= 1, got {requested}")
+    if requested % batch_size:
+        padded = batch_size * -(-requested // batch_size)
+        _say(
+            f"note: this model runs {batch_size} rows per circuit call; --batch-rows "
+            f"{requested} pads every request to {padded} rows (a multiple of {batch_size} "
+            "wastes nothing)"
+        )
+    return requested
+
+
 def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> Any:
     """``predict --server``: the same round trip as the local one, through the HTTP service."""
     from tqdm.auto import tqdm
@@ -861,8 +894,7 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
     from .runtime import RoundTrip
     from .serving.client import HttpClient
 
-    if args.batch_rows < 1:
-        raise CliError(f"--batch-rows must be >= 1, got {args.batch_rows}")
+    rows_per_request = request_rows(client.batch_size, args.batch_rows)
     outputs, run_s = [], 0.0
     with (
         HttpClient(args.server, token=_token(args.token_env)) as http,
@@ -870,8 +902,8 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
             total=len(x), desc="encrypted rows", unit="row", disable=args.quiet, leave=False
         ) as bar,
     ):
-        for start in range(0, len(x), args.batch_rows):
-            part = x[start : start + args.batch_rows]
+        for start in range(0, len(x), rows_per_request):
+            part = x[start : start + rows_per_request]
             outputs.append(http.predict_raw(client, part))
             run_s += http.last_run_seconds
             bar.update(len(part))
@@ -1163,7 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_batch_size,
         default=1,
         metavar="N",
         help=f"rows per circuit call (default 1; at most {MAX_BATCH_SIZE}): the circuit takes "
@@ -1224,7 +1256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
     p.add_argument(
-        "--batch-rows", type=int, default=8, help="rows per request with --server (default 8)"
+        "--batch-rows",
+        type=int,
+        default=None,
+        help=f"rows per request with --server (default: the smallest multiple of the model's "
+        f"rows per circuit call that is at least {DEFAULT_REQUEST_ROWS})",
     )
 
     p = add("serve", "serve compiled models over HTTP (encrypted inference)", cmd_serve)
