@@ -185,6 +185,8 @@ def test_report_facts(compiled) -> None:
         assert row.max_nonzeros <= compiled.module_.max_active_neurons()
     # one table lookup per hidden neuron, nothing else, when no rounding is asked for
     assert model.pbs_count == model.program.hidden_neurons()
+    hidden = [layer for layer in model.program.layers if layer.is_hidden]
+    assert model.summary()["rounding_grid_moved"] == [0] * len(hidden)  # nothing rounded
     text = report.to_text()
     assert "proven range" in text and model.program.layers[0].name in text
     assert {"layer", "proven_bits", "measured_bits", "lookup_bits", "ok"} <= set(

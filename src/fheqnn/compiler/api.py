@@ -210,6 +210,12 @@ class CompiledModel:
             "rounding_lsbs": stats.rounding.lsbs,
             "rounding_agreement": stats.rounding.agreement,
             "rounding_exact": stats.rounding.exact,
+            # Per hidden layer: neurons whose rounding grid was moved (align_rounding).
+            "rounding_grid_moved": [
+                int(np.count_nonzero(layer.grid_offset))
+                for layer in self.program.layers
+                if layer.is_hidden
+            ],
             "lookup_bits": [
                 layer.lookup_bits() for layer in self.program.layers if layer.is_hidden
             ],

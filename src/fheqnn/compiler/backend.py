@@ -26,10 +26,10 @@ def tag_of(name: str) -> str:
 
 
 def _shifted_lookup(layer: Any) -> Callable[[np.ndarray], np.ndarray]:
-    shift = layer.shift
+    added = layer.shift + layer.grid_offset
 
     def lookup(acc: np.ndarray) -> np.ndarray:
-        return layer.lookup(np.asarray(acc, dtype=np.int64) - shift)
+        return layer.lookup(np.asarray(acc, dtype=np.int64) - added)
 
     return lookup
 
@@ -55,6 +55,9 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
                 # the width that holds every possible value, whatever the calibration rows were.
                 if layer.shift:
                     acc = acc + layer.shift
+                if layer.grid_offset.any():
+                    # Per-neuron rounding grid (passes.align_rounding_grid): a clear addition.
+                    acc = acc + layer.grid_offset
                 acc = fhe.hint(acc, bit_width=layer.circuit_bits())
                 if not layer.is_hidden:
                     return acc

@@ -202,6 +202,12 @@ class Layer:
             accumulator is returned to the client and dequantized there.
         round_lsbs: low accumulator bits dropped (rounded) before the lookup.
         rounding_exact: exact rounding (bit-exact, extra lookups) or Concrete's approximate one.
+        grid_offset: int64 ``(n_out,)`` in ``(-2**round_lsbs, 2**round_lsbs)``, a clear
+            constant added to each neuron's accumulator before rounding and removed inside its
+            lookup. It moves
+            the rounding grid of each neuron so that the steps of its activation fall near the
+            edges of rounding cells rather than inside them (chosen on calibration rows by
+            :func:`fheqnn.compiler.passes.align_rounding_grid`); all zero without rounding.
     """
 
     name: str
@@ -214,11 +220,17 @@ class Layer:
     output_quantizer: Quantizer | None
     round_lsbs: int = 0
     rounding_exact: bool = True
+    grid_offset: np.ndarray | int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight", _as_array(self.weight, np.int64))
         n_out = self.weight.shape[0]
-        for attr, dtype in (("offset", np.int64), ("acc_scale", np.float64), ("bias", np.float64)):
+        for attr, dtype in (
+            ("offset", np.int64),
+            ("acc_scale", np.float64),
+            ("bias", np.float64),
+            ("grid_offset", np.int64),
+        ):
             value = np.broadcast_to(np.asarray(getattr(self, attr), dtype=dtype), (n_out,))
             object.__setattr__(self, attr, _as_array(value, dtype))
 
@@ -260,23 +272,25 @@ class Layer:
 
         Concrete decides whether an encrypted integer is signed from the values it sees on the
         calibration rows; a value of the other sign at run time would then be misread. Adding
-        ``shift`` (at least ``-proven lo``, a multiple of ``2**round_lsbs`` so that rounding
-        commutes with it) makes every possible accumulator non-negative by construction, whatever
-        the calibration rows were. The lookup (or the client, for the output layer) subtracts it.
+        ``shift`` (at least ``-proven lo`` of every neuron, grid offset included, and a multiple
+        of ``2**round_lsbs`` so that rounding commutes with it) makes every possible accumulator
+        non-negative by construction, whatever the calibration rows were. The lookup (or the
+        client, for the output layer) subtracts it.
         """
-        lo = self.proven_range().lo
-        if lo >= 0:
+        lo, _ = self.neuron_ranges()
+        low = int((lo + self.grid_offset).min(initial=0))
+        if low >= 0:
             return 0
         step = 1 << self.round_lsbs
-        return -(lo // step) * step
+        return -(low // step) * step
 
     def circuit_range(self) -> IntRange:
         """Values the circuit's (shifted, rounded) lookup input can take, over every input.
 
         Approximate rounding may land one step above exact rounding, so it gets one more step.
         """
-        proven = self.proven_range()
-        top = proven.hi + self.shift
+        _, hi = self.neuron_ranges()
+        top = int((hi + self.grid_offset).max(initial=0)) + self.shift
         if self.round_lsbs:
             top = int(round_lsbs(np.array([top]), self.round_lsbs)[0])
             if not self.rounding_exact:
@@ -308,6 +322,20 @@ class Layer:
         if self.output_quantizer is None:
             raise ValueError(f"layer {self.name!r} is the output layer: it has no table lookup")
         return self.output_quantizer.quantize(self.activate(self.pre_activation(acc)))
+
+    def round_and_lookup(
+        self, acc: np.ndarray, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """What the circuit does after the matmul of a hidden layer: add the grid offset, round
+        ``round_lsbs`` bits away (approximately, with random off-by-one steps, when ``rng`` is
+        given and the rounding is approximate), then look up with the offset removed."""
+        acc = np.asarray(acc, dtype=np.int64) + self.grid_offset
+        if rng is not None and not self.rounding_exact and self.round_lsbs:
+            # The shift is a multiple of the step: rounding commutes with it.
+            rounded = round_lsbs_approx(acc, self.round_lsbs, rng)
+        else:
+            rounded = round_lsbs(acc, self.round_lsbs)
+        return self.lookup(rounded - self.grid_offset)
 
     def dequantize_output(self, acc: np.ndarray) -> np.ndarray:
         """Client-side end of the output layer: accumulators to float outputs."""
@@ -360,12 +388,7 @@ class Program:
             acc = layer.accumulate(q)
             if not layer.is_hidden:
                 return acc
-            if rng is not None and not layer.rounding_exact and layer.round_lsbs:
-                # The shift is a multiple of the step: rounding commutes with it.
-                rounded = round_lsbs_approx(acc, layer.round_lsbs, rng)
-            else:
-                rounded = round_lsbs(acc, layer.round_lsbs)
-            q = layer.lookup(rounded)
+            q = layer.round_and_lookup(acc, rng)
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
     def dequantize_output(self, acc: np.ndarray) -> np.ndarray:
@@ -376,15 +399,38 @@ class Program:
         """The exact interpreter: float features to float outputs."""
         return self.dequantize_output(self.run_integer(self.quantize_input(x)))
 
-    def with_rounding(self, lsbs: list[int], exact: bool = True) -> Program:
-        """A copy with ``lsbs[i]`` accumulator bits rounded before hidden layer ``i``'s lookup."""
+    def with_rounding(
+        self,
+        lsbs: list[int],
+        exact: bool = True,
+        grid_offsets: list[np.ndarray] | None = None,
+    ) -> Program:
+        """A copy with ``lsbs[i]`` accumulator bits rounded before hidden layer ``i``'s lookup,
+        on a grid moved by ``grid_offsets[i]`` (default: not moved)."""
         hidden = [i for i, layer in enumerate(self.layers) if layer.is_hidden]
         if len(lsbs) != len(hidden):
             raise ValueError(f"expected {len(hidden)} rounding values, got {len(lsbs)}")
+        offsets = grid_offsets if grid_offsets is not None else [0] * len(hidden)
         layers = list(self.layers)
-        for i, r in zip(hidden, lsbs, strict=True):
-            layers[i] = replace(layers[i], round_lsbs=int(r), rounding_exact=exact)
+        for i, r, g in zip(hidden, lsbs, offsets, strict=True):
+            if np.any(np.abs(np.asarray(g)) >= (1 << int(r))):
+                raise ValueError(
+                    f"grid offsets of layer {self.layers[i].name!r} outside (-2**{r}, 2**{r})"
+                )
+            layers[i] = replace(layers[i], round_lsbs=int(r), rounding_exact=exact, grid_offset=g)
         return replace(self, layers=tuple(layers))
+
+    def hidden_accumulators(self, q: np.ndarray) -> list[np.ndarray]:
+        """Accumulators of every hidden layer on input integers ``q`` (exact rounding)."""
+        accs = []
+        q = np.asarray(q, dtype=np.int64)
+        for layer in self.layers:
+            if not layer.is_hidden:
+                break
+            acc = layer.accumulate(q)
+            accs.append(acc)
+            q = layer.round_and_lookup(acc)
+        return accs
 
     def __str__(self) -> str:
         lines = [f"program from {self.source}"]
@@ -405,6 +451,8 @@ class Program:
             activation = layer.activation.describe() if layer.activation else "identity"
             if layer.output_quantizer is not None:
                 mode = "exact" if layer.rounding_exact else "approx"
+                moved = int(np.count_nonzero(layer.grid_offset))
+                mode += f", {moved} grids moved" if moved else ""
                 rounding = f"round {layer.round_lsbs} lsbs ({mode}), " if layer.round_lsbs else ""
                 lines.append(
                     f"    lookup x{layer.n_outputs}: {rounding}{layer.lookup_bits()}-bit input, "

@@ -202,9 +202,10 @@ def lower_program(
             target_bits=None if options.rounding == "auto" else int(options.rounding),
             exact=options.rounding_exact,
             guard=guard,
+            align=options.align_rounding,
         )
     message = speak(choice, options, len(q_cal))
-    program = program.with_rounding(choice.lsbs, exact=choice.exact)
+    program = choice.apply(program)
     logger.info(
         "rounding %s (%s): lookup bits %s, agreement %.4f, estimated %.3f s per row",
         choice.lsbs,

@@ -73,6 +73,12 @@ class CompileOptions:
             throughput grows, one row's latency does not shrink. Concrete's default error
             bound applies per call, so with neither ``p_error`` nor ``global_p_error`` set, a
             larger batch may get slightly larger keys.
+        align_rounding: move each neuron's rounding grid by a clear constant chosen on the
+            calibration rows (:func:`fheqnn.compiler.passes.align_rounding_grid`) so that
+            rounding changes fewer lookup outputs at the same precision; free under
+            encryption. With ``rounding="auto"`` the guard scores moved grids out of fold and
+            falls back to unmoved ones when only those pass (``choose_rounding``). ``False``:
+            every grid stays where it was (the rounding of earlier versions).
     """
 
     n_accum_bits: int | None = None
@@ -85,6 +91,7 @@ class CompileOptions:
     p_error: float | str | None = "auto"
     global_p_error: float | None = None
     batch_size: int = 1
+    align_rounding: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -121,6 +128,7 @@ class CompileOptions:
             if value is not None:
                 put(name, check_number(name, value, *P_ERROR_RANGE))
         put("batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
+        put("align_rounding", check_bool("align_rounding", self.align_rounding))
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> CompileOptions:

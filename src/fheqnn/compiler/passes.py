@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.special import ndtr
 
 from ..errors import InvalidModelError
-from .ir import Layer, Program, round_lsbs
+from .ir import APPROX_ROUNDING_SPREAD, Layer, Program, round_lsbs
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def _keep_neurons(layer: Layer, keep: np.ndarray) -> Layer:
         offset=layer.offset[keep],
         acc_scale=layer.acc_scale[keep],
         bias=layer.bias[keep],
+        grid_offset=layer.grid_offset[keep],
         activation=None if layer.activation is None else layer.activation.select(keep, width),
         output_quantizer=None
         if layer.output_quantizer is None
@@ -58,7 +60,7 @@ def drop_dead_neurons(program: Program) -> tuple[Program, int]:
             offset = nxt.offset.copy()
             if const_index.size:
                 zero_acc = np.zeros((1, layer.n_outputs), dtype=np.int64)
-                values = layer.lookup(round_lsbs(zero_acc, layer.round_lsbs))[0]
+                values = layer.round_and_lookup(zero_acc)[0]
                 offset = offset + nxt.weight[:, const_index] @ values[const_index]
             layers[i] = _keep_neurons(layer, keep)
             layers[i + 1] = replace(nxt, weight=nxt.weight[:, keep], offset=offset)
@@ -133,6 +135,82 @@ def capped_lsbs(layer: Layer, lsbs: int, exact: bool = True) -> int:
             return lsbs
         lsbs -= 1
     return 0
+
+
+#: Largest number of grid offsets tried per neuron by :func:`align_rounding_grid` (evenly
+#: spaced over one rounding step).
+MAX_GRID_OFFSETS = 16
+
+
+def _expected_lookup_change(
+    layer: Layer, acc: np.ndarray, lsbs: int, offset: int | np.ndarray, exact: bool
+) -> np.ndarray:
+    """Per neuron: the expected sum over rows of ``|rounded lookup - unrounded lookup|`` when
+    ``lsbs`` bits are rounded on a grid moved by ``offset`` (one for all, or one per neuron).
+
+    Each accumulator lands on the cell below or above it: exact rounding picks the nearer (ties
+    upward); approximate rounding picks the upper one with the probability of the noise model
+    of :func:`fheqnn.compiler.ir.round_lsbs_approx` (normal, ``APPROX_ROUNDING_SPREAD`` of a
+    step).
+    """
+    step = 1 << lsbs
+    moved = acc + offset
+    lower = (moved >> lsbs) << lsbs  # floor to the grid (arithmetic shift)
+    reference = layer.lookup(acc)
+    change_down = np.abs(layer.lookup(lower - offset) - reference)
+    change_up = np.abs(layer.lookup(lower + step - offset) - reference)
+    distance = (moved - lower) - step / 2  # >= 0: the upper cell is nearer (or a tie)
+    if exact:
+        up = (distance >= 0).astype(np.float64)
+    else:
+        up = ndtr(distance / (APPROX_ROUNDING_SPREAD * step))
+    return (up * change_up + (1.0 - up) * change_down).sum(axis=0)
+
+
+def align_rounding_grid(layer: Layer, acc: np.ndarray, lsbs: int, exact: bool = True) -> np.ndarray:
+    """Per-neuron grid offsets that make rounding ``lsbs`` bits change the fewest lookups.
+
+    Rounding maps every accumulator of a cell of ``2**lsbs`` values to one table entry; the
+    activation's steps (where the quantized output changes) rarely fall where they would do
+    least harm, so accumulators on the wrong side of a step get the neighbouring output. Adding
+    a clear per-neuron constant before rounding (and removing it inside the table) slides the
+    cells: for each neuron, the grid position is kept whose rounding changes the lookup
+    outputs of the calibration accumulators ``acc`` (shape ``(rows, neurons)``) the least in
+    expectation (:func:`_expected_lookup_change`, which knows that approximate rounding is
+    random near cell edges); ties keep the unmoved grid, so a rounding that changes nothing
+    keeps offset 0.
+
+    A position ``g`` in ``[0, 2**lsbs)`` can be reached by the offset ``g`` or ``g - 2**lsbs``
+    (the same cells); each neuron takes one that keeps its own proven accumulator interval
+    inside the circuit the layer already has (the same shift, no wider than the proven
+    width), so the bound on ``n_accum_bits`` and the lookup precision do not change. Free under
+    encryption: one clear addition per neuron.
+    """
+    zero = np.zeros(layer.n_outputs, dtype=np.int64)
+    if lsbs <= 0 or not layer.is_hidden or len(acc) == 0:
+        return zero
+    step = 1 << lsbs
+    unmoved = replace(layer, round_lsbs=lsbs, rounding_exact=exact, grid_offset=0)
+    shift = unmoved.shift
+    limit = (1 << layer.proven_range().bits) - 1  # largest circuit value within the proof
+    lo, hi = layer.neuron_ranges()
+
+    def fits(offset: np.ndarray) -> np.ndarray:
+        top = round_lsbs(hi + offset + shift, lsbs) + (0 if exact else step)
+        return (lo + offset + shift >= 0) & (top <= limit)
+
+    acc = np.asarray(acc, dtype=np.int64)
+    stride = max(1, step // MAX_GRID_OFFSETS)
+    candidates, changes = [], []
+    for g in range(0, step, stride):
+        up = np.full(layer.n_outputs, g, dtype=np.int64)
+        offset = np.where(fits(up), up, up - step)
+        change = _expected_lookup_change(layer, acc, lsbs, offset, exact)
+        candidates.append(offset)
+        changes.append(np.where(fits(offset), change, np.inf))
+    # Ties (within float noise) keep the first candidate: the unmoved grid.
+    best = np.argmin(np.round(np.stack(changes), 9), axis=0)
+    return np.stack(candidates)[best, np.arange(layer.n_outputs)]
 
 
 # ----------------------------------------------------------------------------- cost model
@@ -225,6 +303,8 @@ class RoundingChoice:
         guard_ok: whether the choice keeps the guard (agreement, and score when labelled).
         boundary_agreement: mean agreement on the rows closest to the decision boundary
             (``None``: a single output, or no rounding measured).
+        grid_offsets: per hidden layer, the per-neuron offsets of its rounding grid
+            (:func:`align_rounding_grid`); ``None``: no offsets.
     """
 
     lsbs: list[int]
@@ -237,6 +317,11 @@ class RoundingChoice:
     fallback: str | None = None
     guard_ok: bool = True
     boundary_agreement: float | None = None
+    grid_offsets: list[np.ndarray] | None = None
+
+    def apply(self, program: Program) -> Program:
+        """``program`` with this rounding (bits, exactness and grid offsets)."""
+        return program.with_rounding(self.lsbs, self.exact, self.grid_offsets)
 
 
 def boundary_rows(outputs: np.ndarray, n_rows: int | None = None) -> np.ndarray | None:
@@ -331,17 +416,29 @@ class AccuracyGuard:
             return None
         return calibration_score(self.postprocess(outputs), self.labels, self.classifier)
 
-    def score(self, candidate: Program) -> GuardScore:
+    def score(
+        self, candidate: Program, parts: list[tuple[Program, np.ndarray]] | None = None
+    ) -> GuardScore:
         """Mean agreement and mean score of ``candidate`` over the draws (its expectation:
-        approximate rounding is random in every run)."""
+        approximate rounding is random in every run).
+
+        ``parts``: score a candidate fitted to the calibration rows out of fold instead; each
+        ``(variant, rows)`` pair gives the outputs of those rows (indices) by a variant fitted
+        without them (see :func:`choose_rounding`).
+        """
         random_rounding = any(
             layer.round_lsbs and not layer.rounding_exact for layer in candidate.layers
         )
+        parts = parts or [(candidate, np.arange(len(self.calibration_q)))]
         rng = np.random.default_rng(self.seed)
         agreements, scores, boundary = [], [], []
         for _ in range(self.draws if random_rounding else 1):
-            acc = candidate.run_integer(self.calibration_q, rng if random_rounding else None)
-            outputs = candidate.dequantize_output(acc)
+            outputs = np.empty_like(self.reference)
+            for variant, rows in parts:
+                acc = variant.run_integer(
+                    self.calibration_q[rows], rng if random_rounding else None
+                )
+                outputs[rows] = variant.dequantize_output(acc)
             agreements.append(_agreement(self.reference, outputs))
             score = self._score(outputs)
             if score is not None:
@@ -398,6 +495,13 @@ class AccuracyGuard:
         return result.agreement >= self.min_agreement
 
 
+def _closeness(score: GuardScore) -> tuple[float, float]:
+    """How close a score is to the unrounded program: boundary agreement first (classifiers),
+    then agreement."""
+    near = score.agreement if score.boundary_agreement is None else score.boundary_agreement
+    return (near, score.agreement)
+
+
 def choose_rounding(
     program: Program,
     calibration_q: np.ndarray,
@@ -406,6 +510,7 @@ def choose_rounding(
     min_agreement: float = 0.99,
     exact: bool | None = True,
     guard: AccuracyGuard | None = None,
+    align: bool = True,
 ) -> RoundingChoice:
     """Choose how many accumulator bits each hidden layer rounds away before its lookup.
 
@@ -423,6 +528,11 @@ def choose_rounding(
 
     With ``target_bits``: every lookup input gets that precision (or its full width when
     narrower), approximate unless ``exact`` is true; the guard is only measured.
+
+    With ``align``, each candidate is also tried with its rounding grids moved per neuron
+    (:func:`align_rounding_grid`), scored out of fold; the moved grids are kept when they pass
+    the guard, else the unmoved ones when those pass (see ``measure`` below), so alignment
+    never makes a candidate fail that passed without it.
     """
     guard = guard or AccuracyGuard(program, calibration_q, min_agreement=min_agreement)
     hidden = [layer for layer in program.layers if layer.is_hidden]
@@ -434,21 +544,82 @@ def choose_rounding(
         return [capped_lsbs(layer, lossless_round_lsbs(layer), mode) for layer in hidden]
 
     lossless = lossless_for(True)
+    # Grids are fitted on the calibration rows; scoring them on the same rows would flatter
+    # them (measured: the guard then accepted lower precisions that lost held-out accuracy).
+    # So each half of the rows is scored with grids fitted on the other half (cross-fitting),
+    # and the grids kept are fitted on every row. Out of fold, grids fitted on half the rows
+    # can score below the unmoved grid (measured on breast cancer: the guard then kept 6-bit
+    # lookups where unmoved 4-bit ones passed), hence the fallback in ``measure``.
+    halves = [np.arange(len(calibration_q))]
+    accumulators: dict[int, list[np.ndarray]] = {}
+    if align:
+        order = np.random.default_rng(0).permutation(len(calibration_q))
+        halves = [np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])]
+        every = program.hidden_accumulators(calibration_q)
+        accumulators = {-1: every} | {
+            k: [acc[rows] for acc in every] for k, rows in enumerate(halves)
+        }
+    offsets: dict[tuple[int, int, int, bool], np.ndarray] = {}
+
+    def grid(lsbs: list[int], mode: bool, part: int = -1) -> list[np.ndarray] | None:
+        if not accumulators:
+            return None
+        for i, r in enumerate(lsbs):
+            if (part, i, r, mode) not in offsets:
+                offsets[part, i, r, mode] = align_rounding_grid(
+                    hidden[i], accumulators[part][i], r, mode
+                )
+        return [offsets[part, i, r, mode] for i, r in enumerate(lsbs)]
+
+    measured: dict[tuple[bool, tuple[int, ...]], tuple[GuardScore, list[np.ndarray] | None]] = {}
+
+    def measure(lsbs: list[int], mode: bool) -> tuple[GuardScore, list[np.ndarray] | None]:
+        """The guard's score of a rounding, and the grid offsets it keeps (``None``: unmoved).
+
+        With alignment the moved grids are scored out of fold (each half of the rows by grids
+        fitted on the other half: a pessimistic estimate, since the grids kept are fitted on
+        every row) and kept when they pass or the precision is explicit; otherwise the unmoved
+        grid (nothing fitted, so its score on these rows is fair) is kept when it passes or
+        scores better.
+        """
+        key = (mode, tuple(lsbs))
+        if key in measured:
+            return measured[key]
+        unmoved = program.with_rounding(lsbs, mode)
+        outcome: tuple[GuardScore, list[np.ndarray] | None] = (guard.score(unmoved), None)
+        if accumulators:
+            parts = [
+                (program.with_rounding(lsbs, mode, grid(lsbs, mode, 1 - k)), rows)
+                for k, rows in enumerate(halves)
+            ]
+            moved = guard.score(program.with_rounding(lsbs, mode, grid(lsbs, mode)), parts)
+            plain = outcome[0]
+            # An explicit precision is not chosen on these rows: moved grids are kept (on
+            # held-out rows they were better at 3 bits on every model tried).
+            if (
+                target_bits is not None
+                or guard.passes(moved)
+                or (not guard.passes(plain) and _closeness(moved) >= _closeness(plain))
+            ):
+                outcome = (moved, grid(lsbs, mode))
+        measured[key] = outcome
+        return outcome
 
     def result(lsbs: list[int], mode: bool, fallback: str | None = None) -> RoundingChoice:
-        candidate = program.with_rounding(lsbs, mode)
-        measured = guard.score(candidate)
+        score, offsets_kept = measure(lsbs, mode)
+        candidate = program.with_rounding(lsbs, mode, offsets_kept)
         return RoundingChoice(
             list(lsbs),
             lossless,
-            measured.agreement,
+            score.agreement,
             mode,
-            measured.score,
+            score.score,
             guard.reference_score,
             estimated_cost_s(candidate),
             fallback,
-            guard.passes(measured),
-            measured.boundary_agreement,
+            guard.passes(score),
+            score.boundary_agreement,
+            offsets_kept,
         )
 
     if target_bits is not None:
@@ -473,8 +644,9 @@ def choose_rounding(
     def evaluate(lsbs: list[int], mode: bool) -> tuple[bool, float]:
         key = (mode, tuple(lsbs))
         if key not in cache:
-            candidate = program.with_rounding(lsbs, mode)
-            cache[key] = (guard.passes(guard.score(candidate)), estimated_cost_s(candidate))
+            # Moved grids change neither the precision nor the number of lookups.
+            cost = estimated_cost_s(program.with_rounding(lsbs, mode))
+            cache[key] = (guard.passes(measure(lsbs, mode)[0]), cost)
         return cache[key]
 
     def search(mode: bool) -> list[int] | None:

@@ -11,6 +11,9 @@ from .ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
 from .kernels import ELEMENTWISE_KERNELS
 
 FORMAT = 1
+#: Programs with moved rounding grids (``Layer.grid_offset``): a reader that ignored the
+#: offsets would round on the wrong grid, so versions that know only format 1 must refuse them.
+FORMAT_MOVED_GRIDS = 2
 
 
 def _arr(value: np.ndarray) -> Any:
@@ -77,7 +80,9 @@ def chain_from_dict(d: dict | None) -> Elementwise | None:
 def program_to_dict(program: Program) -> dict[str, Any]:
     """JSON-ready description of ``program`` (exact: integers stay integers)."""
     return {
-        "format": FORMAT,
+        "format": FORMAT_MOVED_GRIDS
+        if any(layer.grid_offset.any() for layer in program.layers)
+        else FORMAT,
         "source": program.source,
         "input_quantizer": quantizer_to_dict(program.input_quantizer),
         "layers": [
@@ -92,6 +97,7 @@ def program_to_dict(program: Program) -> dict[str, Any]:
                 "output_quantizer": quantizer_to_dict(layer.output_quantizer),
                 "round_lsbs": layer.round_lsbs,
                 "rounding_exact": layer.rounding_exact,
+                "grid_offset": _arr(layer.grid_offset),
             }
             for layer in program.layers
         ],
@@ -100,8 +106,11 @@ def program_to_dict(program: Program) -> dict[str, Any]:
 
 def program_from_dict(d: dict[str, Any]) -> Program:
     """Inverse of :func:`program_to_dict`."""
-    if d.get("format") != FORMAT:
-        raise ValueError(f"unsupported program format {d.get('format')!r} (expected {FORMAT})")
+    if d.get("format") not in (FORMAT, FORMAT_MOVED_GRIDS):
+        raise ValueError(
+            f"unsupported program format {d.get('format')!r} (expected {FORMAT} or "
+            f"{FORMAT_MOVED_GRIDS}): written by another version of fheqnn?"
+        )
     layers = tuple(
         Layer(
             name=layer["name"],
@@ -114,6 +123,8 @@ def program_from_dict(d: dict[str, Any]) -> Program:
             output_quantizer=quantizer_from_dict(layer["output_quantizer"]),
             round_lsbs=int(layer["round_lsbs"]),
             rounding_exact=bool(layer["rounding_exact"]),
+            # Programs saved before grid offsets existed round on the unmoved grid.
+            grid_offset=np.asarray(layer.get("grid_offset", 0), dtype=np.int64),
         )
         for layer in d["layers"]
     )
