@@ -345,9 +345,10 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     )
 
 
-#: Calibration rows the ``p_error="auto"`` search simulates per candidate (simulation costs
-#: about a millisecond per lookup; the first rows are enough to see a loss of accuracy).
-P_ERROR_GUARD_ROWS = 200
+#: Calibration rows the ``p_error="auto"`` search simulates per candidate (Concrete simulates
+#: ~450 digits rows, 165 lookups each, in ~4 s). More rows give the boundary criterion more
+#: than the 50 rows that 200 gave it, where one flipped row decided (session 4).
+P_ERROR_GUARD_ROWS = 1000
 
 
 def key_bytes_estimate(statistics: dict[str, Any]) -> int:
@@ -406,8 +407,9 @@ def _choose_p_error(
     polynomials of GLWE dimension 4 and ran 1.45 x slower than 1e-3's 1024 / 2). So the smaller
     candidates, which keep the guard at least as well (fewer bootstrap errors), are compiled
     too, and when their parameters differ, every such candidate is timed (keys made, one
-    encrypted call) and the fastest wins; among those within 10 % of it (timing noise), the
-    smallest error probability. Candidates whose keys would exceed
+    encrypted call) and the fastest wins; among those within 10 % of it (timing noise), the one
+    with the smallest keys (key generation time and the upload follow it; every contender kept
+    the guard), then the smallest error probability. Candidates whose keys would exceed
     :data:`P_ERROR_TIMING_MAX_KEY_BYTES` are not timed (the largest one that keeps the guard is
     kept). ``curve``
     receives one entry per candidate (p_error, PBS, estimated evaluation key bytes, simulated
@@ -471,7 +473,10 @@ def _choose_p_error(
     fastest = min(entry["seconds_per_call"] for _, entry in contenders)
     # Within timing noise of the fastest, the smallest error probability (fewest wrong lookups).
     close = [item for item in contenders if item[1]["seconds_per_call"] <= 1.1 * fastest]
-    best, best_entry = min(close, key=lambda item: item[1]["p_error"])
+    best, best_entry = min(
+        close,
+        key=lambda item: (item[1]["evaluation_keys_bytes_estimate"], item[1]["p_error"]),
+    )
     logger.info(
         "p_error: %s",
         ", ".join(f"{e['p_error']:g}: {e['seconds_per_call']:.3f} s" for _, e in contenders),
