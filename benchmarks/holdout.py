@@ -12,7 +12,7 @@ table lookups per row and the compiler's estimated seconds per encrypted row.
     python benchmarks/holdout.py --dataset breast_cancer --folds 5 \\
         --configs '{}' '{"weight_decay": 0.3}'
     python benchmarks/holdout.py --dataset digits --folds 3 \\
-        --compile-configs '{}' '{"align_rounding": false}'
+        --compile-configs '{}' '{"align_rounding": false}' --simulate-p-error 1e-3
 
 Prints one JSON line per fold and a summary line per configuration (mean and worst).
 """
@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from fheqnn import NeuralNetClassifier, NeuralNetRegressor
+from fheqnn.compiler import passes
 from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
 from fheqnn.compiler.lowering import lower_onnx
@@ -66,8 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         "lookup and score its simulation (bootstrap errors and Concrete's own approximate "
         "rounding included; mean of 2 passes)",
     )
+    parser.add_argument(
+        "--align-spread",
+        type=float,
+        default=None,
+        metavar="S",
+        help="spread of approximate rounding that grid alignment assumes, in steps (default: "
+        "passes.ALIGN_ROUNDING_SPREAD)",
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.align_spread is not None:
+        passes.ALIGN_ROUNDING_SPREAD = args.align_spread
     x_tr, _, y_tr, _ = load_split(args.dataset, standardize=True)
     regression = args.dataset in REGRESSION
     estimator = NeuralNetRegressor if regression else NeuralNetClassifier

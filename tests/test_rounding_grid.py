@@ -46,6 +46,20 @@ def _steps_mid_cell_program() -> Program:
     return Program(Quantizer(1.0, 0, 0, 47), (hidden, out))
 
 
+def _random_hidden_layer(rng: np.random.Generator, n_out: int, n_in: int) -> Layer:
+    """A hidden ReLU layer of 3-bit weights and inputs, random scales and biases."""
+    return Layer(
+        "h",
+        rng.integers(-4, 4, size=(n_out, n_in)),
+        IntRange(-4, 3),
+        0,
+        rng.uniform(0.02, 0.1, n_out),
+        rng.normal(size=n_out),
+        RELU,
+        Quantizer(0.3, 0, -4, 3),
+    )
+
+
 def test_moved_grid_puts_every_step_on_a_cell_edge() -> None:
     program = _steps_mid_cell_program()
     hidden = program.layers[0]
@@ -68,16 +82,7 @@ def test_alignment_never_does_worse_than_the_unmoved_grid_on_its_rows() -> None:
     rng = np.random.default_rng(0)
     for trial in range(6):
         n_out = 12
-        hidden = Layer(
-            "h",
-            rng.integers(-4, 4, size=(n_out, 7)),
-            IntRange(-4, 3),
-            0,
-            rng.uniform(0.02, 0.1, n_out),
-            rng.normal(size=n_out),
-            RELU,
-            Quantizer(0.3, 0, -4, 3),
-        )
+        hidden = _random_hidden_layer(rng, n_out, 7)
         acc = hidden.accumulate(rng.integers(-4, 4, size=(300, 7)))
         for lsbs in (2, 3, 4):
             for exact in (True, False):
@@ -202,16 +207,7 @@ def test_auto_rounding_with_grids_keeps_the_precision_found_without() -> None:
     rng = np.random.default_rng(7)
     for _ in range(4):
         n_hidden = 10
-        hidden = Layer(
-            "h",
-            rng.integers(-4, 4, size=(n_hidden, 6)),
-            IntRange(-4, 3),
-            0,
-            rng.uniform(0.02, 0.1, n_hidden),
-            rng.normal(size=n_hidden),
-            RELU,
-            Quantizer(0.3, 0, -4, 3),
-        )
+        hidden = _random_hidden_layer(rng, n_hidden, 6)
         out = Layer(
             "o", rng.integers(-4, 4, size=(3, n_hidden)), IntRange(-4, 3), 0, 0.1, 0.0, None, None
         )
