@@ -167,9 +167,10 @@ def test_encrypted_run_rounds_on_the_moved_grid() -> None:
         np.testing.assert_array_equal(executed, program.run_integer(q))
 
 
-def test_compile_moves_grids_by_default_at_the_precision_found_without() -> None:
-    """Through the lowering of a trained network: an explicit ``rounding=<bits>`` moves grids;
-    "auto" keeps the precision it finds without moving them; ``False`` moves none."""
+def test_grids_move_by_default_for_an_explicit_precision_only() -> None:
+    """Through the lowering of a trained network: by default an explicit ``rounding=<bits>``
+    moves grids and "auto" does not; ``False`` moves none; ``True`` with "auto" keeps the
+    precision found without moving them."""
     from fheqnn import CompileOptions, NeuralNetClassifier
     from fheqnn.compiler.lowering import lower_onnx
     from helpers import blobs
@@ -196,9 +197,9 @@ def test_compile_moves_grids_by_default_at_the_precision_found_without() -> None
 
     assert moved(rounding=3) > 0
     assert moved(rounding=3, align_rounding=False) == 0
-    assert moved(align_rounding=False) == 0
+    assert moved() == 0
     # "auto" with moved grids keeps the precision chosen without them.
-    assert bits(lowered()) == bits(lowered(align_rounding=False))
+    assert bits(lowered(align_rounding=True)) == bits(lowered())
 
 
 def test_auto_rounding_with_grids_keeps_the_precision_found_without() -> None:

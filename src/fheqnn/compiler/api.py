@@ -345,10 +345,11 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     )
 
 
-#: Calibration rows the ``p_error="auto"`` search simulates per candidate (Concrete simulates
-#: ~450 digits rows, 165 lookups each, in ~4 s). More rows give the boundary criterion more
-#: than the 50 rows that 200 gave it, where one flipped row decided (session 4).
-P_ERROR_GUARD_ROWS = 1000
+#: Calibration rows the ``p_error="auto"`` search simulates per candidate. Not more: the
+#: boundary criterion takes the 50 rows nearest the boundary among them, and among 426 rows
+#: those are nearer than among 200, so more rows made every candidate fail more often
+#: (breast cancer fell to 1e-4: slower, larger keys; session 4).
+P_ERROR_GUARD_ROWS = 200
 
 
 def key_bytes_estimate(statistics: dict[str, Any]) -> int:

@@ -76,13 +76,14 @@ class CompileOptions:
         align_rounding: move each neuron's rounding grid by a clear constant chosen on the
             calibration rows (:func:`fheqnn.compiler.passes.align_rounding_grid`) so that
             rounding changes fewer lookup outputs at the same precision; free under
-            encryption. With ``"auto"`` the precision is chosen first, without moving grids
-            (same cost), then its grids are moved if that keeps the guard on rows they were not
-            fitted to; an explicit ``rounding=<bits>`` always moves them. Measured with
-            Concrete's simulation on held-out folds (``benchmarks/results/accuracy.md``,
-            session 4): +0.2 (breast cancer) and +0.8 (digits) points of accuracy at the
-            "auto" precision, +2.1 and +3.7 at 3-bit lookups. ``False``: every grid stays where
-            it was (the rounding of earlier versions).
+            encryption. ``None`` (default): moved with an explicit ``rounding=<bits>`` only
+            (Concrete's simulation on held-out folds: +2.1 points on breast cancer and +3.7 on
+            digits at 3-bit lookups; ``benchmarks/results/accuracy.md``, session 4). ``True``:
+            also with ``"auto"``, whose precision is chosen first without moving grids (same
+            cost), then moved if that keeps the guard on rows they were not fitted to (+0.2 /
+            +0.8 points held out; not the default because end to end ``p_error="auto"`` then
+            more often fell to smaller error probabilities: Concrete's approximate rounding is
+            noisier at its cell edges than our model of it). ``False``: never moved.
     """
 
     n_accum_bits: int | None = None
@@ -95,7 +96,7 @@ class CompileOptions:
     p_error: float | str | None = "auto"
     global_p_error: float | None = None
     batch_size: int = 1
-    align_rounding: bool = True
+    align_rounding: bool | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -132,7 +133,8 @@ class CompileOptions:
             if value is not None:
                 put(name, check_number(name, value, *P_ERROR_RANGE))
         put("batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
-        put("align_rounding", check_bool("align_rounding", self.align_rounding))
+        if self.align_rounding is not None:
+            put("align_rounding", check_bool("align_rounding", self.align_rounding))
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> CompileOptions:
