@@ -226,6 +226,42 @@ def test_report_text_and_json(ws: Workspace, capsys: pytest.CaptureFixture[str])
     assert f"{data['pbs_count']} PBS per row" in ws.compile_out
 
 
+@pytest.mark.parametrize("kind", ["file", "missing"])
+def test_compile_from_something_that_is_not_a_training_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """``--from`` a CSV (a usual slip: the data instead of the run) or a missing folder."""
+    source = tmp_path / "data.csv"
+    if kind == "file":
+        source.write_text("a,b\n1,2\n")
+    before = snapshot(tmp_path)
+    code = main(["compile", "--from", str(source), "--out", str(tmp_path / "m")])
+    said = "got a file" if kind == "file" else "it does not exist"
+    assert_input_error(capsys, code, "expected the folder of a training run", said)
+    assert snapshot(tmp_path) == before
+
+
+def test_compile_with_an_explicit_precision_says_which_grids_moved(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--rounding N`` moves rounding grids; compile and report count them per layer, and the
+    saved program keeps them (format 2)."""
+    out = tmp_path / "circuits" / "r2"
+    code = main([
+        "compile", "--from", str(ws.train), "--rounding", "2", "--p-error", "default",
+        "--out", str(out),
+    ])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    moved = json.loads((out / "report.json").read_text())["rounding_grid_moved"]
+    assert any(moved)
+    assert "rounding grids moved (align_rounding): " in text
+    assert main(["report", str(out)]) == 0
+    assert "rounding grids moved" in capsys.readouterr().out
+    assert json.loads((out / "program.json").read_text())["format"] == 2
+    assert "rounding grids moved" not in ws.compile_out  # "auto": none moved by default
+
+
 def test_compile_with_batch_size(
     ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

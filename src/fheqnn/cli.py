@@ -499,6 +499,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     n_accum_bits = args.n_accum_bits
     if args.from_dir:
         base = Path(args.from_dir)
+        if not base.is_dir():
+            raise CliError(
+                f"--from {args.from_dir}: expected the folder of a training run ('fheqnn train "
+                "--out FOLDER'), " + ("got a file" if base.exists() else "it does not exist")
+            )
         onnx_path = onnx_path or base / "model.onnx"
         calibration = calibration or base / "calibration.npy"
         spec_path = spec_path or base / "output_spec.json"
@@ -578,11 +583,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs=inputs,
     )  # fmt: skip
     model.save(out, overwrite=args.overwrite)
+    summary = model.summary()
+    moved = _grids_moved(summary["rounding_grid_moved"], summary["layers"])
+    if moved:
+        _say(moved)
     _say(
         f"{model.pbs_count} PBS per row for {model.program.hidden_neurons()} hidden neurons, "
         f"{_rows_per_call(model.batch_size)}; saved to {out}/"
     )
     return EXIT_OK
+
+
+def _grids_moved(moved: list[int] | None, layers: list[dict[str, Any]]) -> str | None:
+    """How ``compile`` and ``report`` state the moved rounding grids (``None``: none moved)."""
+    if not moved or not any(moved):
+        return None
+    hidden = [layer for layer in layers if layer.get("lookup_bits") is not None]
+    counts = ", ".join(
+        f"{n} of {layer.get('neurons', '?')} in {layer['layer']}"
+        for n, layer in zip(moved, hidden, strict=False)
+    )
+    return f"rounding grids moved (align_rounding): {counts}"
 
 
 def _rows_per_call(batch_size: int) -> str:
@@ -620,6 +641,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     batch_size = data.get("batch_size", 1)  # reports written before batching: one row
     _say(f"batch size: {_rows_per_call(batch_size)}")
+    moved = _grids_moved(data.get("rounding_grid_moved"), data["layers"])
+    if moved:
+        _say(moved)
     from .concrete_seam import key_sizes, load_client_specs
 
     sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
