@@ -204,9 +204,8 @@ class Layer:
         rounding_exact: exact rounding (bit-exact, extra lookups) or Concrete's approximate one.
         grid_offset: int64 ``(n_out,)`` in ``(-2**round_lsbs, 2**round_lsbs)``, a clear
             constant added to each neuron's accumulator before rounding and removed inside its
-            lookup. It moves
-            the rounding grid of each neuron so that the steps of its activation fall near the
-            edges of rounding cells rather than inside them (chosen on calibration rows by
+            lookup. It moves the rounding grid of each neuron so that rounding changes the
+            fewest lookups (chosen on calibration rows by
             :func:`fheqnn.compiler.passes.align_rounding_grid`); all zero without rounding.
     """
 
