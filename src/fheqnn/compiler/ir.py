@@ -12,6 +12,7 @@ same integers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -382,11 +383,19 @@ class Program:
                 steps (:func:`round_lsbs_approx`) as the encrypted run would; without, every
                 rounding is exact (the deterministic reference).
         """
+        *_, (_, acc) = self._accumulators(q, rng)
+        return acc
+
+    def _accumulators(
+        self, q: np.ndarray, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[Layer, np.ndarray]]:
+        """Each layer with its accumulators, input to output (see :meth:`run_integer`)."""
         q = np.asarray(q, dtype=np.int64)
         for layer in self.layers:
             acc = layer.accumulate(q)
+            yield layer, acc
             if not layer.is_hidden:
-                return acc
+                return
             q = layer.round_and_lookup(acc, rng)
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
@@ -421,15 +430,7 @@ class Program:
 
     def hidden_accumulators(self, q: np.ndarray) -> list[np.ndarray]:
         """Accumulators of every hidden layer on input integers ``q`` (exact rounding)."""
-        accs = []
-        q = np.asarray(q, dtype=np.int64)
-        for layer in self.layers:
-            if not layer.is_hidden:
-                break
-            acc = layer.accumulate(q)
-            accs.append(acc)
-            q = layer.round_and_lookup(acc)
-        return accs
+        return [acc for layer, acc in self._accumulators(q) if layer.is_hidden]
 
     def __str__(self) -> str:
         lines = [f"program from {self.source}"]

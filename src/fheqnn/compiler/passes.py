@@ -555,7 +555,7 @@ def choose_rounding(
     # So each half of the rows is scored with grids fitted on the other half (cross-fitting),
     # and the grids kept are fitted on every row. Out of fold, grids fitted on half the rows
     # can score below the unmoved grid, hence the fallback in ``measure``.
-    halves = [np.arange(len(calibration_q))]
+    halves: list[np.ndarray] = []
     accumulators: dict[int, list[np.ndarray]] = {}
     if align:
         order = np.random.default_rng(0).permutation(len(calibration_q))
@@ -576,7 +576,13 @@ def choose_rounding(
                 )
         return [offsets[part, i, r, mode] for i, r in enumerate(lsbs)]
 
-    measured: dict[tuple[bool, tuple[int, ...]], tuple[GuardScore, list[np.ndarray] | None]] = {}
+    unmoved_scores: dict[tuple[bool, tuple[int, ...]], GuardScore] = {}
+
+    def unmoved_score(lsbs: list[int], mode: bool) -> GuardScore:
+        key = (mode, tuple(lsbs))
+        if key not in unmoved_scores:
+            unmoved_scores[key] = guard.score(program.with_rounding(lsbs, mode))
+        return unmoved_scores[key]
 
     def measure(lsbs: list[int], mode: bool) -> tuple[GuardScore, list[np.ndarray] | None]:
         """The guard's score of a rounding, and the grid offsets it keeps (``None``: unmoved).
@@ -587,11 +593,7 @@ def choose_rounding(
         grid (nothing fitted, so its score on these rows is fair) is kept when it passes or
         scores better.
         """
-        key = (mode, tuple(lsbs))
-        if key in measured:
-            return measured[key]
-        unmoved = program.with_rounding(lsbs, mode)
-        outcome: tuple[GuardScore, list[np.ndarray] | None] = (guard.score(unmoved), None)
+        outcome: tuple[GuardScore, list[np.ndarray] | None] = (unmoved_score(lsbs, mode), None)
         if accumulators:
             parts = [
                 (program.with_rounding(lsbs, mode, grid(lsbs, mode, 1 - k)), rows)
@@ -607,7 +609,6 @@ def choose_rounding(
                 or (not guard.passes(plain) and _closeness(moved) >= _closeness(plain))
             ):
                 outcome = (moved, grid(lsbs, mode))
-        measured[key] = outcome
         return outcome
 
     def result(lsbs: list[int], mode: bool, fallback: str | None = None) -> RoundingChoice:
@@ -654,8 +655,8 @@ def choose_rounding(
             # to end: on breast cancer a 3-bit layer then kept the guard under rounding but not
             # under bootstrap errors, and p_error="auto" fell back to Concrete's default
             # (larger keys, slower), so moved grids only improve a precision chosen without them.
-            candidate = program.with_rounding(lsbs, mode)
-            cache[key] = (guard.passes(guard.score(candidate)), estimated_cost_s(candidate))
+            cost = estimated_cost_s(program.with_rounding(lsbs, mode))
+            cache[key] = (guard.passes(unmoved_score(lsbs, mode)), cost)
         return cache[key]
 
     def search(mode: bool) -> list[int] | None:
