@@ -10,6 +10,7 @@ import pytest
 from fheqnn import AccuracyLossError, CompileAccuracyWarning, CompileOptions, InvalidParameterError
 from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
 from fheqnn.compiler.lowering import lower_onnx
+from fheqnn.compiler.options import P_ERROR_CANDIDATES
 from fheqnn.compiler.passes import (
     MIN_GUARD_ROWS,
     AccuracyGuard,
@@ -175,6 +176,57 @@ def test_auto_p_error_keeps_the_fastest_candidate_that_keeps_the_guard(data) -> 
     else:
         assert stats.p_error == simulated[-1]["p_error"]
     assert clf.fhe_model_.summary()["p_error"] == stats.p_error
+
+
+def test_auto_p_error_without_timeable_candidates_keeps_the_smallest_keys(
+    data, monkeypatch
+) -> None:
+    """Keys too large to time are not timed; the smallest keys win then, even when a smaller
+    error probability has them (Concrete answered 1e-2 with 561 MB of expanded keys and 1e-3
+    with 282 MB for one breast cancer model)."""
+    from fheqnn.compiler import api
+
+    monkeypatch.setattr(api, "P_ERROR_TIMING_MAX_KEY_BYTES", 0)
+    x, y = data
+    clf = tiny_classifier(x, y, max_epochs=30)
+    clf.compile(x, y)
+    stats = clf.fhe_model_.stats
+    curve = stats.p_error_curve
+    assert not any("seconds_per_call" in e for e in curve)
+    first_kept = max(i for i, e in enumerate(curve) if "simulated_agreement" in e)
+    # Every smaller candidate was compiled, whatever the size of the keys before it.
+    assert [e["p_error"] for e in curve[first_kept:]] == [
+        p for p in P_ERROR_CANDIDATES if p <= curve[first_kept]["p_error"]
+    ]
+    contenders = [e for e in curve[first_kept:] if not e.get("same_parameters_as_larger")]
+    smallest = min(contenders, key=lambda e: e["evaluation_keys_bytes_estimate"])
+    assert stats.p_error == smallest["p_error"]
+
+
+def test_slack_rows_allow_exactly_that_many_more_rows_lost(data, onnx_model) -> None:
+    """The error probability search judges simulations with one row of slack per criterion:
+    one more boundary row (or calibration row) lost passes, two do not."""
+    x, y = data
+    lowered = lower_onnx(onnx_model, x, CompileOptions(rounding="off"))
+    guard = lowered.guard  # no labels: agreement and boundary agreement
+    n_near = len(guard.boundary)
+    at_threshold = guard.min_boundary_agreement
+    one_more = at_threshold - 1 / n_near
+    assert not guard.passes(GuardScore(1.0, None, one_more))
+    assert guard.passes(GuardScore(1.0, None, one_more), slack_rows=1)
+    assert not guard.passes(GuardScore(1.0, None, one_more - 1 / n_near), slack_rows=1)
+    # Over the first 100 rows only (as the search simulates), the slack is of their rows.
+    near_100 = len(boundary_rows(guard.reference, 100))
+    assert guard.passes(GuardScore(1.0, None, at_threshold - 1 / near_100), 100, slack_rows=1)
+    low = guard.min_agreement - 1 / len(x)
+    assert not guard.passes(GuardScore(low, None, 1.0))
+    assert guard.passes(GuardScore(low, None, 1.0), slack_rows=1)
+    # With labels, one more calibration row of accuracy.
+    labelled = lower_onnx(onnx_model, x, CompileOptions(rounding="off"), calibration_labels=y).guard
+    ref = labelled.reference_score
+    two_rows = ref - 2 / len(x)
+    assert not labelled.passes(GuardScore(1.0, two_rows, 1.0))
+    assert labelled.passes(GuardScore(1.0, two_rows, 1.0), slack_rows=1)
 
 
 def test_a_classifier_may_lose_one_calibration_row_but_not_two(data, onnx_model) -> None:

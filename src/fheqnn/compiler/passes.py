@@ -479,14 +479,20 @@ class AccuracyGuard:
             self.postprocess(self.reference[:n_rows]), self.labels[:n_rows], self.classifier
         )
 
-    def passes(self, result: GuardScore, n_rows: int | None = None) -> bool:
+    def passes(self, result: GuardScore, n_rows: int | None = None, slack_rows: int = 0) -> bool:
         """Whether a score keeps the guard: the score when labelled, else the agreement; and,
-        for classifiers, the agreement on the rows closest to the decision boundary."""
-        if (
-            result.boundary_agreement is not None
-            and result.boundary_agreement < self.min_boundary_agreement - 1e-12
-        ):
-            return False
+        for classifiers, the agreement on the rows closest to the decision boundary.
+
+        ``n_rows``: the score is of the first ``n_rows`` calibration rows (default: all).
+        ``slack_rows``: each criterion allows this many more rows lost (of the boundary rows
+        for the boundary criterion) than its threshold does.
+        """
+        rows = len(self.calibration_q) if n_rows is None else n_rows
+        if result.boundary_agreement is not None:
+            near = self.boundary if n_rows is None else boundary_rows(self.reference, n_rows)
+            slack = slack_rows / max(1, 0 if near is None else len(near))
+            if result.boundary_agreement < self.min_boundary_agreement - slack - 1e-12:
+                return False
         reference = self.reference_score if n_rows is None else self.reference_score_of(n_rows)
         if result.score is not None and reference is not None:
             tolerance = self.max_score_loss
@@ -495,10 +501,10 @@ class AccuracyGuard:
                 # 112 rows (iris) it is 0.9 point, and half a point would refuse any rounding
                 # that flips a single row, whatever it saves (measured: 7-bit lookups, 610 MB
                 # of keys). The boundary-row criterion above still has to hold.
-                rows = len(self.calibration_q) if n_rows is None else n_rows
                 tolerance = max(tolerance, 1.0 / max(1, rows))
+            tolerance += slack_rows / max(1, rows)
             return result.score >= reference - tolerance - 1e-12
-        return result.agreement >= self.min_agreement
+        return result.agreement >= self.min_agreement - slack_rows / max(1, rows) - 1e-12
 
 
 def _closeness(score: GuardScore) -> tuple[float, float]:
