@@ -167,10 +167,10 @@ def test_encrypted_run_rounds_on_the_moved_grid() -> None:
         np.testing.assert_array_equal(executed, program.run_integer(q))
 
 
-def test_grids_move_by_default_for_an_explicit_precision_only() -> None:
-    """Through the lowering of a trained network: by default an explicit ``rounding=<bits>``
-    moves grids and "auto" does not; ``False`` moves none; ``True`` with "auto" keeps the
-    precision found without moving them."""
+def test_grids_move_by_default_and_auto_keeps_the_precision_found_without() -> None:
+    """Through the lowering of a trained network: by default grids move, with an explicit
+    ``rounding=<bits>`` and with "auto" (whose precision is the one found without moving them);
+    ``False`` moves none."""
     from fheqnn import CompileOptions, NeuralNetClassifier
     from fheqnn.compiler.lowering import lower_onnx
     from helpers import blobs
@@ -197,9 +197,10 @@ def test_grids_move_by_default_for_an_explicit_precision_only() -> None:
 
     assert moved(rounding=3) > 0
     assert moved(rounding=3, align_rounding=False) == 0
-    assert moved() == 0
+    assert moved(align_rounding=False) == 0
     # "auto" with moved grids keeps the precision chosen without them.
-    assert bits(lowered(align_rounding=True)) == bits(lowered())
+    assert bits(lowered()) == bits(lowered(align_rounding=False))
+    assert CompileOptions().align_rounding is True
 
 
 def test_auto_rounding_with_grids_keeps_the_precision_found_without() -> None:

@@ -202,10 +202,7 @@ def lower_program(
             target_bits=None if options.rounding == "auto" else int(options.rounding),
             exact=options.rounding_exact,
             guard=guard,
-            # Moved grids by default only for an explicit precision (see CompileOptions).
-            align=options.rounding != "auto"
-            if options.align_rounding is None
-            else options.align_rounding,
+            align=options.align_rounding,
         )
     message = speak(choice, options, len(q_cal))
     program = choice.apply(program)

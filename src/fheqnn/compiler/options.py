@@ -76,14 +76,13 @@ class CompileOptions:
         align_rounding: move each neuron's rounding grid by a clear constant chosen on the
             calibration rows (:func:`fheqnn.compiler.passes.align_rounding_grid`) so that
             rounding changes fewer lookup outputs at the same precision; free under
-            encryption. ``None`` (default): moved with an explicit ``rounding=<bits>`` only
-            (Concrete's simulation on held-out folds: +2.1 points on breast cancer and +3.7 on
-            digits at 3-bit lookups; ``benchmarks/results/accuracy.md``, session 4). ``True``:
-            also with ``"auto"``, whose precision is chosen first without moving grids (same
-            cost), then moved if that keeps the guard on rows they were not fitted to (+0.2 /
-            +0.8 points held out; not the default because end to end ``p_error="auto"`` then
-            more often fell to smaller error probabilities: Concrete's approximate rounding is
-            noisier at its cell edges than our model of it). ``False``: never moved.
+            encryption. ``True`` (default): with an explicit ``rounding=<bits>`` moved grids
+            are always kept (Concrete's simulation on held-out folds: +2.1 points on breast
+            cancer and +3.7 on digits at 3-bit lookups); with ``"auto"`` the precision is
+            chosen first without moving grids (same cost), then the grids are moved and kept
+            if that keeps the guard on rows they were not fitted to (+0.3 / +0.8 points held
+            out). ``False``: never moved. See ``benchmarks/results/accuracy.md``, sessions 4
+            and 5.
     """
 
     n_accum_bits: int | None = None
@@ -96,7 +95,7 @@ class CompileOptions:
     p_error: float | str | None = "auto"
     global_p_error: float | None = None
     batch_size: int = 1
-    align_rounding: bool | None = None
+    align_rounding: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -133,8 +132,7 @@ class CompileOptions:
             if value is not None:
                 put(name, check_number(name, value, *P_ERROR_RANGE))
         put("batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
-        if self.align_rounding is not None:
-            put("align_rounding", check_bool("align_rounding", self.align_rounding))
+        put("align_rounding", check_bool("align_rounding", self.align_rounding))
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> CompileOptions:
