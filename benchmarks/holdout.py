@@ -6,13 +6,17 @@ configuration and fold, an estimator (seed = fold index) is fitted on the other 
 on the held-out fold: in the clear (torch), and through the lowered integer program as
 ``compile`` would build it (rounding chosen by the accuracy guard on the training folds; mean
 of 5 draws of approximate rounding; no Concrete compilation, so no error probability). With
-``--compile-configs`` each fitted fold is lowered once per set of compile options. Also reported:
-table lookups per row and the compiler's estimated seconds per encrypted row.
+``--compile-configs`` each fitted fold is lowered once per set of compile options (plus one
+key of this script's own, ``"guard_spread"``: the spread of approximate rounding, in steps, that
+the rounding guard models instead of ``fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD``). Also
+reported: table lookups per row and the compiler's estimated seconds per encrypted row.
 
     python benchmarks/holdout.py --dataset breast_cancer --folds 5 \\
         --configs '{}' '{"weight_decay": 0.3}'
     python benchmarks/holdout.py --dataset digits --folds 3 \\
         --compile-configs '{}' '{"align_rounding": false}' --simulate-p-error 1e-3
+    python benchmarks/holdout.py --dataset digits --folds 3 \\
+        --compile-configs '{}' '{"guard_spread": 0.22}' --simulate-p-error 1e-3
 
 Prints one JSON line per fold and a summary line per configuration (mean and worst).
 """
@@ -27,7 +31,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from fheqnn import NeuralNetClassifier, NeuralNetRegressor
-from fheqnn.compiler import passes
+from fheqnn.compiler import ir, passes
 from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
 from fheqnn.compiler.lowering import lower_onnx
@@ -94,13 +98,21 @@ def main(argv: list[str] | None = None) -> int:
             for compile_config in compile_configs:
                 config = {**fit_config, **({"compile": compile_config} if compile_config else {})}
                 rows = results.setdefault(json.dumps(config), [])
-                lowered = lower_onnx(
-                    model.export_onnx(),
-                    x_tr[fit_rows],
-                    CompileOptions(n_accum_bits=model.module_.n_accum_bits, **compile_config),
-                    output_spec=model._output_spec(),
-                    standardizer=Standardizer(*model._input_standardization()),
-                )
+                options = dict(compile_config)
+                spread = options.pop("guard_spread", None)
+                saved_spread = ir.APPROX_ROUNDING_SPREAD
+                if spread is not None:
+                    ir.APPROX_ROUNDING_SPREAD = spread
+                try:
+                    lowered = lower_onnx(
+                        model.export_onnx(),
+                        x_tr[fit_rows],
+                        CompileOptions(n_accum_bits=model.module_.n_accum_bits, **options),
+                        output_spec=model._output_spec(),
+                        standardizer=Standardizer(*model._input_standardization()),
+                    )
+                finally:
+                    ir.APPROX_ROUNDING_SPREAD = saved_spread
                 program, contract = lowered.program, lowered.contract
                 q = contract.quantize(x_tr[held_rows])
                 compiled = np.mean(
