@@ -36,6 +36,7 @@ from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import CompileOptions
+from fheqnn.compiler.passes import calibration_score
 from fheqnn.contract import Standardizer
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
@@ -44,9 +45,8 @@ DRAWS = 5
 
 
 def _score(y_true: np.ndarray, pred: np.ndarray, regression: bool) -> float:
-    if regression:
-        return float(1 - np.sum((y_true - pred) ** 2) / np.sum((y_true - y_true.mean()) ** 2))
-    return float(np.mean(pred == y_true))
+    """Accuracy, or R2 for regression (the compiler's own measure)."""
+    return calibration_score(pred, y_true, classifier=not regression)
 
 
 def main(argv: list[str] | None = None) -> int:
