@@ -155,10 +155,14 @@ def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
 
 
 #: Spread of Concrete's approximate rounding, as a fraction of the rounding step: it rounds
-#: ``acc + e`` to the nearest step, ``e`` about normal with this standard deviation. Measured on
-#: concrete-python 2.11's simulation (4 of 7-8 bits and 2 of 6 bits removed, every value 30
-#: times): a value 1/16 of a step from the middle flips 35-40 % of the time, 3/16 away 4-5 %,
-#: 1/4 away 1 %, which is a standard deviation of 0.09-0.095 step; 0.1 errs on the safe side.
+#: ``acc + e`` to the nearest step, ``e`` about normal with this standard deviation. This is the
+#: rounding guard's model, and it is optimistic: 0.09-0.095 was measured in session 2 (4 of 7-8
+#: bits and 2 of 6 bits removed), but ``benchmarks/approx_spread.py`` fits 0.15-0.17 at
+#: Concrete's default error probability, 0.21-0.23 at 1e-3 and 0.27-0.36 at 1e-2. Modelling
+#: 0.22 cost 1.3-1.5 x the estimated time for no accuracy beyond the simulation's noise
+#: (``benchmarks/results/accuracy.md``, session 5), so it stays; the ``p_error`` search then
+#: judges Concrete's own rounding in simulation, with one row of slack
+#: (:data:`fheqnn.compiler.api.P_ERROR_SLACK_ROWS`).
 APPROX_ROUNDING_SPREAD = 0.1
 
 

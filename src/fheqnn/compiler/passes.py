@@ -141,8 +141,8 @@ def capped_lsbs(layer: Layer, lsbs: int, exact: bool = True) -> int:
 #: spaced over one rounding step).
 MAX_GRID_OFFSETS = 16
 #: Spread (fraction of a step) of approximate rounding as grid alignment models it. Larger
-#: than :data:`fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD` (0.1, Concrete's rounding alone):
-#: in Concrete's simulation at p_error 1e-3 (bootstrap errors included), grids aligned with
+#: than :data:`fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD` (0.1, the guard's model): in
+#: Concrete's simulation at p_error 1e-3 (bootstrap errors included), grids aligned with
 #: 0.1 lost 0.8 point on breast cancer held-out folds where unmoved ones did not; 0.17 and
 #: 0.25 gained on both breast cancer and digits, 0.17 more on digits (accuracy.md, session 4).
 ALIGN_ROUNDING_SPREAD = 0.17
