@@ -417,12 +417,7 @@ def _simulated_score(circuit: Any, lowered: Lowered, q: np.ndarray) -> GuardScor
         scores.append(
             lowered.guard.score_outputs(lowered.contract.dequantize(lowered.contract.unshift(raw)))
         )
-
-    def mean(name: str) -> float | None:
-        values = [getattr(score, name) for score in scores]
-        return None if values[0] is None else float(np.mean(values))
-
-    return GuardScore(mean("agreement"), mean("score"), mean("boundary_agreement"))
+    return GuardScore.mean(scores)
 
 
 def _choose_p_error(

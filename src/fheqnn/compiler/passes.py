@@ -292,6 +292,16 @@ class GuardScore:
     score: float | None = None
     boundary_agreement: float | None = None
 
+    @staticmethod
+    def mean(scores: list[GuardScore]) -> GuardScore:
+        """The mean of several scores of the same rows (random draws or simulations)."""
+
+        def mean_of(name: str) -> float | None:
+            values = [getattr(score, name) for score in scores]
+            return None if values[0] is None else float(np.mean(values))
+
+        return GuardScore(mean_of("agreement"), mean_of("score"), mean_of("boundary_agreement"))
+
 
 @dataclass(frozen=True)
 class RoundingChoice:
@@ -409,10 +419,17 @@ class AccuracyGuard:
         self.reference_score = self._score(self.reference)
         self.boundary = boundary_rows(self.reference)
 
+    def _boundary_of(self, n_rows: int) -> np.ndarray | None:
+        """The boundary rows among the first ``n_rows`` calibration rows."""
+        return (
+            self.boundary
+            if n_rows == len(self.reference)
+            else boundary_rows(self.reference, n_rows)
+        )
+
     def _boundary_agreement(self, outputs: np.ndarray) -> float | None:
         """Agreement on the boundary rows among the first ``len(outputs)`` calibration rows."""
-        n = len(outputs)
-        rows = self.boundary if n == len(self.reference) else boundary_rows(self.reference, n)
+        rows = self._boundary_of(len(outputs))
         if rows is None or len(rows) == 0:
             return None
         return _agreement(self.reference[rows], outputs[rows])
@@ -437,7 +454,7 @@ class AccuracyGuard:
         )
         parts = parts or [(candidate, np.arange(len(self.calibration_q)))]
         rng = np.random.default_rng(self.seed)
-        agreements, scores, boundary = [], [], []
+        draws = []
         for _ in range(self.draws if random_rounding else 1):
             outputs = np.empty_like(self.reference)
             for variant, rows in parts:
@@ -445,18 +462,8 @@ class AccuracyGuard:
                     self.calibration_q[rows], rng if random_rounding else None
                 )
                 outputs[rows] = variant.dequantize_output(acc)
-            agreements.append(_agreement(self.reference, outputs))
-            score = self._score(outputs)
-            if score is not None:
-                scores.append(score)
-            near = self._boundary_agreement(outputs)
-            if near is not None:
-                boundary.append(near)
-        return GuardScore(
-            float(np.mean(agreements)),
-            float(np.mean(scores)) if scores else None,
-            float(np.mean(boundary)) if boundary else None,
-        )
+            draws.append(self.score_outputs(outputs))
+        return GuardScore.mean(draws)
 
     def score_outputs(self, outputs: np.ndarray) -> GuardScore:
         """Agreement and score of float outputs of the first ``len(outputs)`` calibration rows
@@ -489,7 +496,7 @@ class AccuracyGuard:
         """
         rows = len(self.calibration_q) if n_rows is None else n_rows
         if result.boundary_agreement is not None:
-            near = self.boundary if n_rows is None else boundary_rows(self.reference, n_rows)
+            near = self._boundary_of(rows)
             slack = slack_rows / max(1, 0 if near is None else len(near))
             if result.boundary_agreement < self.min_boundary_agreement - slack - 1e-12:
                 return False
