@@ -144,6 +144,29 @@ def test_concrete_failing_without_a_message_gets_a_clear_error(monkeypatch) -> N
     assert "fc0:" in str(info.value) and isinstance(info.value.__cause__, RuntimeError)
 
 
+def test_concrete_failing_unexpectedly_writes_nothing_in_the_working_directory(
+    monkeypatch, tmp_path
+) -> None:
+    # Concrete's default configuration exports its debug files to ./.artifacts when a compile
+    # fails unexpectedly (a traceback and the circuit, seen in this repository once). Ours keeps
+    # the user's disk as it was. The failure is planted where Concrete builds the compiled module.
+    from concrete.fhe.compilation import module_compiler
+
+    from fheqnn.compiler import backend
+
+    def fail(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(module_compiler, "FheModule", fail)
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(5)
+    program = _relu_program(rng, rng.integers(-2, 2, size=(3, 4)), rng.integers(-2, 2, size=(2, 3)))
+    inputset = [rng.integers(-2, 2, size=(1, 4)) for _ in range(4)]
+    with pytest.raises(InternalError):
+        backend.compile_circuit(program, inputset, backend.make_configuration())
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- Concrete
 
 

@@ -113,8 +113,14 @@ def measured_ranges(circuit: Any, program: Program) -> dict[str, IntRange]:
 
 
 #: Defaults of our Concrete configuration: compressed evaluation keys and input ciphertexts
-#: (what the client uploads shrinks; the server decompresses them once).
-DEFAULT_CONFIGURATION = {"compress_evaluation_keys": True, "compress_input_ciphertexts": True}
+#: (what the client uploads shrinks; the server decompresses them once). Concrete's own default
+#: dumps its debug files into a ``.artifacts`` folder of the current directory when a compile
+#: fails unexpectedly: a failed command must leave the user's disk as it was, so that is off.
+DEFAULT_CONFIGURATION = {
+    "compress_evaluation_keys": True,
+    "compress_input_ciphertexts": True,
+    "dump_artifacts_on_unexpected_failures": False,
+}
 
 
 def make_configuration(**options: Any) -> Any:
