@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                     row["compiled"] = float(np.mean(passes))
                     row["compiled_passes"] = [round(value, 4) for value in passes]
                     row["p_error"] = model.fhe_model_.stats.p_error
+                    summary = model.fhe_model_.summary()
+                    row["lookup_bits"] = summary["lookup_bits"]
+                    row["estimated_s_per_row"] = summary["estimated_seconds_per_row"]
                 row.update(_baselines(name, seed, x_tr, y_tr, x_te, y_te))
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)

@@ -12,9 +12,12 @@ from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import P_ERROR_CANDIDATES
 from fheqnn.compiler.passes import (
+    CLASSIFIER_MIN_AGREEMENT,
     MIN_GUARD_ROWS,
+    REGRESSION_MIN_AGREEMENT,
     AccuracyGuard,
     GuardScore,
+    _agreement,
     boundary_rows,
     estimated_cost_s,
     lookup_cost_s,
@@ -240,3 +243,84 @@ def test_a_classifier_may_lose_one_calibration_row_but_not_two(data, onnx_model)
     assert not guard.passes(GuardScore(1.0, ref - 2 * one_row, 1.0))
     # The boundary rows still have their say.
     assert not guard.passes(GuardScore(1.0, ref, 0.9))
+
+
+def test_regressor_agreement_is_the_r2_against_the_unrounded_outputs() -> None:
+    reference = np.array([[0.0], [1.0], [2.0], [3.0]])
+    # One row off by 1: squared error 0.25 a row on average, against a variance of 1.25.
+    off = reference + np.array([[0.0], [0.0], [0.0], [1.0]])
+    assert _agreement(reference, off, classifier=False) == pytest.approx(0.8)
+    assert _agreement(reference, reference, classifier=False) == 1.0
+    assert _agreement(reference, -reference, classifier=False) == 0.0  # floored
+    assert _agreement(np.ones((4, 1)), np.ones((4, 1)), classifier=False) == 1.0
+    # Two regression outputs are two values, not classes: the argmax does not change here,
+    # the values do (R2 0.8 and 1.0, averaged).
+    two = np.hstack([reference, 10.0 + reference])
+    changed = two + np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    assert _agreement(two, changed, classifier=True) == 1.0
+    assert _agreement(two, changed, classifier=False) == pytest.approx(0.9)
+    assert boundary_rows(two, classifier=False) is None
+
+
+@pytest.fixture(scope="module")
+def regression_data() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_friedman1
+
+    return make_friedman1(n_samples=400, noise=0.5, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def regressor(regression_data):
+    from fheqnn import NeuralNetRegressor
+
+    x, y = regression_data
+    return NeuralNetRegressor(max_epochs=60, verbose=0, random_state=0).fit(x[:300], y[:300])
+
+
+def test_auto_rounding_of_a_regressor_without_labels_rounds_and_keeps_held_out_r2(
+    regression_data, regressor
+) -> None:
+    # Until session 6 a regressor's agreement was the share of rows within 0.05 standard
+    # deviation of the unrounded output: no rounding below the full 8 bits kept 99 % of them,
+    # so every regressor compiled to 8-bit lookups (~20 s per encrypted row on diabetes).
+    from fheqnn.compiler.passes import calibration_score
+    from fheqnn.contract import Standardizer
+
+    x, y = regression_data
+    kwargs = {
+        "output_spec": regressor._output_spec(),
+        "standardizer": Standardizer(*regressor._input_standardization()),
+    }
+    lowered = lower_onnx(regressor.export_onnx(), x[:300], CompileOptions(), **kwargs)
+    choice = lowered.rounding
+    assert lowered.guard.min_agreement == REGRESSION_MIN_AGREEMENT
+    assert choice.fallback is None and choice.guard_ok and lowered.guard_message is None
+    assert choice.agreement >= REGRESSION_MIN_AGREEMENT
+    assert choice.boundary_agreement is None
+    bits = [layer.lookup_bits() for layer in lowered.program.layers if layer.is_hidden]
+    assert max(bits) < 8, bits
+    # On rows it was not calibrated on, the rounded program keeps the unrounded one's R2.
+    unrounded = lower_onnx(
+        regressor.export_onnx(), x[:300], CompileOptions(rounding="off"), **kwargs
+    )
+    q = lowered.contract.quantize(x[300:])
+
+    def r2(program, rng=None) -> float:
+        outputs = program.dequantize_output(program.run_integer(q, rng))
+        return calibration_score(lowered.contract.postprocess(outputs), y[300:], False)
+
+    rounded = np.mean([r2(lowered.program, np.random.default_rng(d)) for d in range(5)])
+    assert rounded >= r2(unrounded.program) - 0.02
+    # A stricter threshold is honoured: it costs precision.
+    strict = lower_onnx(
+        regressor.export_onnx(), x[:300], CompileOptions(min_agreement=0.999), **kwargs
+    )
+    assert strict.guard.min_agreement == 0.999
+    assert strict.rounding.estimated_cost_s > choice.estimated_cost_s
+
+
+def test_the_default_agreement_threshold_depends_on_the_output(data, onnx_model) -> None:
+    x, _ = data
+    lowered = lower_onnx(onnx_model, x, CompileOptions())
+    assert lowered.guard.min_agreement == CLASSIFIER_MIN_AGREEMENT
+    assert lower_onnx(onnx_model, x, CompileOptions(min_agreement=0.9)).guard.min_agreement == 0.9

@@ -81,8 +81,13 @@ def _postprocessing(contract: ClientContract) -> tuple[Any, bool]:
     return contract.postprocess, kind == "classifier"
 
 
-def speak(choice: RoundingChoice, options: CompileOptions, n_rows: int) -> str | None:
+def speak(
+    choice: RoundingChoice, options: CompileOptions, n_rows: int, min_agreement: float
+) -> str | None:
     """What the accuracy guard has to say about a rounding choice; warns or (strict) raises.
+
+    ``min_agreement``: the guard's threshold (``options.min_agreement``, or its default for
+    the kind of output).
 
     A fallback to lossless rounding is logged (it costs speed, not accuracy); a choice that
     breaks the guard, or that too few rows cannot check, is a
@@ -101,10 +106,10 @@ def speak(choice: RoundingChoice, options: CompileOptions, n_rows: int) -> str |
                 f"calibration accuracy {choice.score:.4f} against {choice.reference_score:.4f} "
                 f"unrounded (loss {loss:.4f} > max_accuracy_loss {options.max_accuracy_loss})"
             )
-    elif choice.agreement < options.min_agreement:
+    elif choice.agreement < min_agreement - 1e-12:
         problems.append(
             f"agreement with the unrounded program {choice.agreement:.4f} < min_agreement "
-            f"{options.min_agreement}"
+            f"{min_agreement}"
         )
     if (
         choice.boundary_agreement is not None
@@ -204,7 +209,7 @@ def lower_program(
             guard=guard,
             align=options.align_rounding,
         )
-    message = speak(choice, options, len(q_cal))
+    message = speak(choice, options, len(q_cal), guard.min_agreement)
     program = choice.apply(program)
     logger.info(
         "rounding %s (%s): lookup bits %s, agreement %.4f, estimated %.3f s per row",

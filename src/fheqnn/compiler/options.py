@@ -43,8 +43,11 @@ class CompileOptions:
             (default): ``"auto"`` rounding tries both and keeps the cheaper one that holds the
             guard (approximate rounding scored over several random draws); an explicit
             ``rounding`` then uses approximate rounding.
-        min_agreement: the guard without labels: least share of calibration rows whose
-            prediction matches the unrounded program's, in [0, 1].
+        min_agreement: the guard without labels, in [0, 1]. Classifiers: least share of
+            calibration rows whose class matches the unrounded program's (default 0.99).
+            Regressors: least R2 of the compiled program's outputs against the unrounded
+            program's on the calibration rows (default 0.97, the share of their variance
+            kept; ``passes.REGRESSION_MIN_AGREEMENT``). ``None``: the default for the output.
         min_boundary_agreement: the guard for classifiers, with or without labels: least
             agreement with the unrounded program on the calibration rows closest to the
             decision boundary (the 10 %, at least 50, with the smallest gap between the two
@@ -88,7 +91,7 @@ class CompileOptions:
     n_accum_bits: int | None = None
     rounding: str | int = "auto"
     rounding_exact: bool | None = None
-    min_agreement: float = 0.99
+    min_agreement: float | None = None
     min_boundary_agreement: float = 0.98
     max_accuracy_loss: float = 0.005
     strict: bool = False
@@ -115,7 +118,8 @@ class CompileOptions:
         put("rounding", rounding)
         if self.rounding_exact is not None:
             put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
-        put("min_agreement", check_number("min_agreement", self.min_agreement, 0.0, 1.0))
+        if self.min_agreement is not None:
+            put("min_agreement", check_number("min_agreement", self.min_agreement, 0.0, 1.0))
         put(
             "min_boundary_agreement",
             check_number("min_boundary_agreement", self.min_boundary_agreement, 0.0, 1.0),
