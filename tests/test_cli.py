@@ -367,6 +367,40 @@ def test_predict_prints_accuracy(ws: Workspace, capsys: pytest.CaptureFixture[st
     assert "3 rows" in out
 
 
+@pytest.mark.encrypted
+def test_predict_scores_a_regressor_with_r2_not_equality(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Real-valued predictions never equal the true values: a regressor printed "accuracy
+    # (encrypted): 0.0000" until session 6. It gets R^2 and the mean absolute error instead.
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 3))
+    y = 40.0 * x[:, 0] - 20.0 * x[:, 1] + 100.0
+    lines = ["a,b,c,level"] + [
+        ",".join(f"{v:.4f}" for v in row) + f",{t:.2f}" for row, t in zip(x, y, strict=True)
+    ]
+    csv = tmp_path / "levels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    train, model, keys = tmp_path / "train", tmp_path / "model", tmp_path / "keys"
+    assert main(["train", "--data", str(csv), "--task", "regressor", *NETWORK_ARGS,
+                 "--out", str(train)]) == 0  # fmt: skip
+    assert main(["compile", "--from", str(train), "--rounding", "off", "--p-error", "default",
+                 "--out", str(model)]) == 0  # fmt: skip
+    assert main(["keygen", str(model), "--keys", str(keys)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), "--keys", str(keys), "--input", str(csv),
+                 "--target", "level", "--rows", "4", "--quiet"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "accuracy" not in out
+    expected = expected_predictions(model, x[:4])
+    assert (
+        f"R^2 {r2_score(y[:4], expected):.4f}, mean absolute error "
+        f"{mean_absolute_error(y[:4], expected):.4g} (encrypted)" in out
+    )
+
+
 # ----------------------------------------------------------------------------- train / export
 
 

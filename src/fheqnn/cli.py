@@ -766,11 +766,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"({trip.seconds_per_row:.3f} s per row)"
     )
     if y is not None:
-        if (pred.dtype.kind == "U") != (y.dtype.kind == "U"):
-            # Class labels read back as text on one side only: compare them as text.
-            pred, y = pred.astype(str), y.astype(str)
-        _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
+        _say_score(pred, y, client.part.output_spec.kind)
     return EXIT_OK
+
+
+def _say_score(pred: np.ndarray, y: np.ndarray, kind: str) -> None:
+    """How decrypted predictions compare with true labels: R^2 and mean absolute error for a
+    regressor (exact equality of real values says nothing), else accuracy."""
+    if kind == "regressor":
+        from sklearn.metrics import mean_absolute_error, r2_score
+
+        try:
+            truth = np.asarray(y, dtype=np.float64).reshape(pred.shape)
+        except ValueError as exc:
+            raise CliError(
+                f"the true values (shape {np.shape(y)}) are not numbers of the predictions' "
+                f"shape {pred.shape}"
+            ) from exc
+        r2 = f"R^2 {r2_score(truth, pred):.4f}, " if len(pred) >= 2 else ""
+        _say(f"{r2}mean absolute error {mean_absolute_error(truth, pred):.4g} (encrypted)")
+        return
+    if (pred.dtype.kind == "U") != (y.dtype.kind == "U"):
+        # Class labels read back as text on one side only: compare them as text.
+        pred, y = pred.astype(str), y.astype(str)
+    _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
 
 
 def _prediction_data(
