@@ -522,7 +522,8 @@ class AccuracyGuard:
 
         ``n_rows``: the score is of the first ``n_rows`` calibration rows (default: all).
         ``slack_rows``: each criterion allows this many more rows lost (of the boundary rows
-        for the boundary criterion) than its threshold does.
+        for the boundary criterion) than its threshold does; for a regressor's agreement (an
+        R2, not a share of rows) the same ``slack_rows / n_rows`` is taken off its threshold.
         """
         rows = len(self.calibration_q) if n_rows is None else n_rows
         if result.boundary_agreement is not None:
