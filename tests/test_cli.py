@@ -346,6 +346,14 @@ def test_encrypt_run_decrypt_matches_the_simulation(
     proba = np.load(tmp_path / "proba.npy")
     assert proba.shape == (3, 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # An existing results file is replaced only when asked.
+    capsys.readouterr()
+    assert main(["decrypt", model, "--keys", keys, "--input", "data/out.bin",
+                 "--out", "proba.npy"]) == 2  # fmt: skip
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["decrypt", model, "--keys", keys, "--input", "data/out.bin",
+                 "--out", "proba.npy", "--overwrite"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), pred)
     capsys.readouterr()
     assert main(["decrypt", model, "--keys", keys, "--input", "data/out.bin"]) == 0
     assert capsys.readouterr().out.strip() == np.array2string(pred, threshold=200)
@@ -418,6 +426,17 @@ def test_train_then_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["export", "--model", str(out / "estimator.pkl"), "--out", str(onnx_path)]) == 0
     assert "exported" in capsys.readouterr().out
     onnx.checker.check_model(onnx.load(str(onnx_path)))
+    # Exporting again: refused without --overwrite, done with it; never over another file.
+    again = ["export", "--model", str(out / "estimator.pkl"), "--out", str(onnx_path)]
+    assert main(again) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("mine")
+    assert main(["export", "--model", str(out / "estimator.pkl"), "--out", str(notes),
+                 "--overwrite"]) == 2  # fmt: skip
+    assert "is not an ONNX model" in capsys.readouterr().err and notes.read_text() == "mine"
 
 
 def test_train_from_csv_with_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 import signal
 import struct
@@ -90,6 +91,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = root / "run"
     run.mkdir()
     clf.export_onnx(run / "model.onnx")
+    (run / "estimator.pkl").write_bytes(pickle.dumps(clf))
     np.save(run / "calibration.npy", x)
     (run / "output_spec.json").write_text(json.dumps(clf._output_spec().to_dict()))
     (run / "train.json").write_text(json.dumps({"task": "classifier", "n_accum_bits": 5}))
@@ -129,6 +131,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return bytes(out)
 
     (bad / "flipped_in.bin").write_bytes(flip(inputs, len(inputs) - 7))
+    (bad / "fake.npy").write_text("a,b\n1,2\n")  # a CSV under an .npy name
+    (bad / "fake.jsonl").write_text("a,b\n1,2\n")
     (bad / "flipped_out.bin").write_bytes(flip((root / "out.bin").read_bytes(), 200))
     evaluation = (root / "k" / "evaluation.keys").read_bytes()
     (bad / "flipped_ek.bin").write_bytes(flip(evaluation, len(evaluation) // 2))
@@ -149,7 +153,6 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.save(bad / "labels2.npy", np.array(["a", "b"]))
     np.save(bad / "nan.npy", np.full((2, 4), np.nan))
     np.save(bad / "wide.npy", np.zeros((2, 7)))
-    import pickle
 
     (bad / "dict.pkl").write_bytes(pickle.dumps({"not": "an estimator"}))
 
@@ -290,6 +293,62 @@ CLI_CASES: list[tuple[str, list[str], int]] = [
         ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "empty"],
         2,
     ),
+    # single-file outputs never destroy anything (found by a new-user trial in session 6:
+    # decrypt --out replaced secret.keys, a model's client.json and a user's CSV)
+    (
+        "decrypt-out-is-the-secret-key",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "k/secret.keys"],
+        2,
+    ),
+    (
+        "decrypt-out-is-a-model-file",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "m/client.json"],
+        2,
+    ),
+    (
+        "decrypt-out-new-file-in-the-model",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "m/new.npy"],
+        2,
+    ),
+    (
+        "decrypt-out-in-another-key-folder",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "k2/new.npy"],
+        2,
+    ),
+    (
+        "decrypt-out-user-csv",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "x.csv"],
+        2,
+    ),
+    (
+        "decrypt-out-existing-npy-no-overwrite",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "x.npy"],
+        2,
+    ),
+    (
+        "decrypt-overwrite-a-non-npy",
+        [
+            "decrypt",
+            "m",
+            "--keys",
+            "k",
+            "--input",
+            "out.bin",
+            "--out",
+            "bad/fake.npy",
+            "--overwrite",
+        ],
+        2,
+    ),
+    ("export-out-user-csv", ["export", "--model", "run/estimator.pkl", "--out", "x.csv"], 2),
+    ("export-out-in-model", ["export", "--model", "run/estimator.pkl", "--out", "m/new.onnx"], 2),
+    (
+        "export-out-existing-no-overwrite",
+        ["export", "--model", "run/estimator.pkl", "--out", "run/model.onnx"],
+        2,
+    ),
+    ("bench-out-secret-key", ["bench", "--out", "k/secret.keys", "--report-only"], 2),
+    ("bench-out-user-csv-renamed", ["bench", "--out", "bad/fake.jsonl", "--report-only"], 2),
     # keys: other model, malformed, truncated, missing
     (
         "encrypt-keys-of-other-model",

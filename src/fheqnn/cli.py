@@ -153,6 +153,77 @@ def _check_output_file(path: str | Path, *, inputs: Sequence[Any] = (), envelope
     return path
 
 
+def _is_npy_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(6) == b"\x93NUMPY"
+
+
+def _is_onnx_file(path: Path) -> bool:
+    import onnx
+
+    if path.stat().st_size > 1 << 30:
+        return False
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # any parse failure: not an ONNX model
+        return False
+    return len(model.graph.node) > 0
+
+
+def _is_jsonl_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        first = handle.readline(1 << 20).strip()
+    if not first:
+        return path.stat().st_size == 0
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def _check_file_output(
+    path: str | Path,
+    *,
+    suffix: str,
+    what: str,
+    is_ours: Any,
+    overwrite: bool | None,
+    inputs: Sequence[Any] = (),
+    folders: Sequence[Any] = (),
+) -> Path:
+    """Refuse a single-file ``--out`` that could destroy something: besides
+    :func:`_check_output_file`'s checks, it must end in ``suffix``, lie outside the command's
+    input ``folders`` and outside any compiled model or key folder, and an existing file is
+    replaced only with ``overwrite`` and only if ``is_ours(path)`` says it is a file of the
+    same kind (``overwrite=None``: the command appends, so only the kind is checked)."""
+    from .runtime.artifacts import COMPILED_MODEL, KEY_FOLDER, folder_kind
+
+    path = _check_output_file(path, inputs=inputs, envelope=False)
+    if path.suffix.lower() != suffix:
+        raise CliError(f"--out {path} must end in {suffix} (this command writes {what})")
+    resolved = path.resolve()
+    for folder in folders:
+        if folder and Path(folder).is_dir() and Path(folder).resolve() in resolved.parents:
+            raise CliError(
+                f"--out {path} is inside {folder}, an input of this command; write elsewhere"
+            )
+    parent_kind = folder_kind(resolved.parent) if resolved.parent.is_dir() else None
+    if parent_kind in (COMPILED_MODEL, KEY_FOLDER):
+        raise CliError(
+            f"--out {path} is inside a {parent_kind} ({resolved.parent}), whose files are never "
+            "replaced or added to; write elsewhere"
+        )
+    if path.exists():
+        if not is_ours(path):
+            raise CliError(
+                f"--out {path} exists and is not {what}: it is never replaced; remove it "
+                "yourself or write to another file"
+            )
+        if overwrite is False:
+            raise CliError(f"--out {path} exists; pass --overwrite to replace it")
+    return path
+
+
 def _write_bytes(path: str | Path, data: bytes) -> None:
     from .fileio import atomic_write_bytes
 
@@ -327,11 +398,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"estimator file {str(path)!r} does not exist")
-    out = Path(args.out)
-    if out.is_dir():
-        raise CliError(f"--out {out} is a folder: name the ONNX file to write")
-    if out.exists() and os.path.samefile(out, path):
-        raise CliError(f"--out {out} is the estimator file itself; write to another file")
+    out = _check_file_output(
+        args.out,
+        suffix=".onnx",
+        what="an ONNX model",
+        is_ours=_is_onnx_file,
+        overwrite=args.overwrite,
+        inputs=(path,),
+    )
     try:
         # A pickle runs code when loaded: only load estimator.pkl files you wrote yourself.
         est = pickle.loads(path.read_bytes())
@@ -344,8 +418,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(
             f"{path} holds a {type(est).__name__}, not an estimator saved by 'fheqnn train'"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = est.export_onnx(args.out)
+    model = est.export_onnx()
+    _write_bytes(out, model.SerializeToString())
     _say(
         f"exported {args.out}: opset {model.opset_import[0].version}, {len(model.graph.node)} nodes"
     )
@@ -720,7 +794,15 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from .runtime.artifacts import envelope_limits
 
     if args.out:
-        _check_output_file(args.out, inputs=(args.input,), envelope=False)
+        _check_file_output(
+            args.out,
+            suffix=".npy",
+            what="a NumPy .npy file",
+            is_ours=_is_npy_file,
+            overwrite=args.overwrite,
+            inputs=(args.input,),
+            folders=(args.model, args.keys),
+        )
     client = FheModelClient(args.model, args.keys)
     blob = _read_envelope(args.input, "encrypted result", envelope_limits(client.folder)["outputs"])
     pred = client.decrypt_proba(blob) if args.proba else client.decrypt(blob)
@@ -1080,7 +1162,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .compiler.options import MAX_BATCH_SIZE
 
-    out = Path(args.out)
+    out = _check_file_output(
+        args.out, suffix=".jsonl", what="JSON lines", is_ours=_is_jsonl_file, overwrite=None
+    )
     if not args.report_only:
         preset = dict(bench.PROFILES[args.profile])
         opts = bench.BenchOptions(
@@ -1195,7 +1279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", "export a trained estimator (estimator.pkl) to QCDQ ONNX", cmd_export)
     p.add_argument("--model", required=True, help="estimator.pkl written by 'train'")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")
 
     p = add(
         "compile", "compile an ONNX model to a circuit, with the accumulator check", cmd_compile
@@ -1283,6 +1368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="result file from 'run'")
     p.add_argument("--proba", action="store_true", help="class probabilities")
     p.add_argument("--out", help=".npy file to write (default: print)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing .npy file")
 
     p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict)
     p.add_argument("model", help="compiled model folder")
