@@ -296,6 +296,26 @@ def test_user_callbacks_run(blobs) -> None:
     assert counter.epochs == 4
 
 
+def test_ctrl_c_during_training_is_raised_not_swallowed(blobs) -> None:
+    # skorch swallows KeyboardInterrupt in its training loop and returns as if training had
+    # ended; fit must not hand back (or save) a half-trained network as a finished one.
+    from skorch.callbacks import Callback
+
+    from fheqnn.errors import NotFittedError
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            if len(net.history) == 2:
+                raise KeyboardInterrupt
+
+    x, y = blobs
+    est = NeuralNetClassifier(callbacks=[CtrlC()], random_state=0, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(x, y)
+    with pytest.raises(NotFittedError):
+        est.predict(x)
+
+
 def test_select_after_freeze_keeps_an_epoch_with_frozen_masks(blobs) -> None:
     x, y = blobs
     clf = NeuralNetClassifier(

@@ -931,6 +931,28 @@ def _interrupt_after(proc: subprocess.Popen[bytes], marker: bytes, delay: float)
 @pytest.mark.parametrize(
     ("step", "args", "marker", "made"),
     [
+        # Training: 3 s after it starts the loop is running (5000 epochs of iris take ~1 min);
+        # skorch swallows Ctrl-C inside its loop, so this once saved a half-trained model and
+        # exited 0.
+        (
+            "train",
+            [
+                "train",
+                "--dataset",
+                "iris",
+                "--n-layers",
+                "2",
+                "--multiplier",
+                "1",
+                "--epochs",
+                "5000",
+                "--quiet",
+                "--out",
+                "newrun",
+            ],
+            b"training a",
+            "newrun",
+        ),
         ("keygen", ["keygen", "m", "--keys", "newkeys"], b"generating keys", "newkeys"),
         (
             "run",
@@ -954,7 +976,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(
     ws: Path, step: str, args: list[str], marker: bytes, made: str
 ) -> None:
     before = checksum(ws)
-    code, out, err = _interrupt_after(_start(args, ws), marker, 0.3)
+    code, out, err = _interrupt_after(_start(args, ws), marker, 3.0 if step == "train" else 0.3)
     if code == 0:  # the step finished before the signal arrived: nothing to judge, undo
         target = ws / made
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
