@@ -20,6 +20,7 @@ from fheqnn import (
     EnvelopeError,
     FheModelClient,
     FheModelServer,
+    InvalidInputError,
     InvalidParameterError,
 )
 from fheqnn.compiler.options import MAX_BATCH_SIZE
@@ -151,6 +152,27 @@ def test_client_json_records_the_batch_size(single, batched) -> None:
     assert many["format"] == 3 and many["batch_size"] == BATCH
     assert ClientContract.from_dict(many).batch_size == BATCH
     assert ClientContract.from_dict(one).batch_size == 1
+
+
+def test_client_json_records_feature_names_when_known(single) -> None:
+    from dataclasses import replace
+
+    named = replace(single.contract, feature_names=("a", "b", "c", "d"))
+    d = named.to_dict()
+    assert d["feature_names"] == ["a", "b", "c", "d"] and d["format"] == 2
+    assert ClientContract.from_dict(d).feature_names == ("a", "b", "c", "d")
+    assert "feature_names" not in single.contract.to_dict()  # unnamed: the file as before
+    x = np.arange(8.0).reshape(2, 4)
+    moved, reordered = named.align_columns(x, ["c", "a", "d", "b"])
+    assert reordered and np.array_equal(moved, x[:, [1, 3, 0, 2]])
+    assert named.align_columns(x, None) == (x, False)
+    assert single.contract.align_columns(x, ["c", "a", "d", "b"]) == (x, False)
+    with pytest.raises(InvalidInputError, match=r"missing \['d'\]; not in the model \['e'\]"):
+        named.align_columns(x, ["a", "b", "c", "e"])
+    with pytest.raises(InvalidParameterError, match="repeat"):
+        replace(single.contract, feature_names=("a", "a", "c", "d"))
+    with pytest.raises(InvalidParameterError, match="must be 4 strings"):
+        replace(single.contract, feature_names=("a", "b"))
 
 
 def test_older_client_json_reads_as_one_row(batched) -> None:

@@ -600,7 +600,7 @@ def test_run_with_data_of_another_model(
     code = main(["run", str(ws.model), "--evaluation-keys", str(eval_keys),
                  "--input", str(ct), "--out", str(tmp_path / "out.bin")])  # fmt: skip
     other_id = json.loads((other.model / "manifest.json").read_text())["model_id"]
-    assert_input_error(capsys, code, f"belongs to compiled model {other_id}")
+    assert_input_error(capsys, code, f"made for compiled model {other_id}")
     assert snapshot(tmp_path, ws.model, ws.keys) == before
 
 

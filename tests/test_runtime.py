@@ -141,7 +141,7 @@ def test_keys_of_another_model_are_rejected(workspace) -> None:
         FheModelClient(workspace["a"], workspace["keys_b"])
     server = FheModelServer(workspace["a"])
     other = FheModelClient(workspace["b"], workspace["keys_b"])
-    with pytest.raises(EnvelopeError, match="belongs to compiled model"):
+    with pytest.raises(EnvelopeError, match="made for compiled model"):
         server.register_evaluation_keys(other.evaluation_keys())
     assert snapshot(workspace["root"]) == before
 
@@ -152,7 +152,7 @@ def test_ciphertext_of_another_model_or_key_is_rejected(workspace, data) -> None
     client_b = FheModelClient(workspace["b"], workspace["keys_b"])
     server_a = FheModelServer(workspace["a"])
     server_a.register_evaluation_keys(client_a.evaluation_keys())
-    with pytest.raises(EnvelopeError, match="belongs to compiled model"):
+    with pytest.raises(EnvelopeError, match="made for compiled model"):
         server_a.run(client_b.encrypt(x[:1]))
     # Same model, another key: a ciphertext relabelled for key a is caught at decryption time
     # by the key id, and results of another key are refused by the client.

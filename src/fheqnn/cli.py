@@ -316,6 +316,16 @@ def _training_data(args: argparse.Namespace) -> tuple[tuple[np.ndarray, ...], di
             )
     assert y is not None  # a target column or a labels file
     check_training_rows(y, args.task, source=source)
+    if args.task == "classifier" and np.asarray(y).dtype.kind in "fiu":
+        values = np.unique(y)
+        whole = bool(np.all(np.mod(values, 1) == 0))
+        if not whole or len(values) > 10:
+            _say(
+                f"note: the target holds {len(values)} distinct numbers"
+                + ("" if whole else ", not all whole")
+                + ": training a classifier, one class per value (give --task regressor to "
+                "predict numbers)"
+            )
     if args.task == "regressor":
         y = y.astype(np.float64)
     from sklearn.model_selection import train_test_split
@@ -380,10 +390,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_folder_atomically(out, write, overwrite=args.overwrite, kind=TRAINING_RUN, inputs=inputs)
     metric = "accuracy" if args.task == "classifier" else "R^2"
     _say(f"trained in {fit_s:.1f} s; test {metric} (clear, quantized): {score:.4f}")
-    _say(
-        f"wrote {out}/: estimator.pkl, model.onnx, calibration.npy, test_x.npy, test_y.npy, "
-        "output_spec.json, standardizer.json"
-    )
+    _say(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return EXIT_OK
 
 
@@ -495,6 +502,20 @@ def _compile_speaking(compile_call: Any) -> Any:
                 warning.message, warning.category, warning.filename, warning.lineno
             )
     return result
+
+
+def _trained_feature_names(folder: Path) -> tuple[str, ...] | None:
+    """The feature columns' names a training folder recorded (a CSV header), else ``None``."""
+    try:
+        info = json.loads((folder / "train.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    names = info.get("feature_names") if isinstance(info, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    if len(set(names)) != len(names):
+        return None  # a header that repeats a name cannot find columns by name
+    return tuple(names)
 
 
 def _trained_n_accum_bits(folder: Path) -> tuple[int | None, str]:
@@ -644,6 +665,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 calibration_labels=y_cal,
             )
         )
+    names = _trained_feature_names(base) if args.from_dir else None
+    if names is not None:
+        from dataclasses import replace
+
+        # The client finds the columns of an input file by these names (predict, encrypt).
+        model.contract = replace(model.contract, feature_names=names)
     _say(model.report.to_text())
     note = _nondeterminism_note(
         any(layer.round_lsbs and not layer.rounding_exact for layer in model.program.layers),
@@ -763,9 +790,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
     out = _check_output_file(args.out, inputs=(args.input,), envelope=True)
     client = FheModelClient(args.model, args.keys)
-    x = load_matrix(
-        args.input, n_features=client.part.n_features, target=args.target, first_rows=args.rows
-    )
+    x, _ = _inference_rows(args.input, client.part, target=args.target, first_rows=args.rows)
     with _Step(f"encrypting {len(x)} rows"):
         blob = client.encrypt(x)
     _write_bytes(out, blob)
@@ -828,7 +853,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient, FheModelServer
 
     client = FheModelClient(args.model, args.keys)
-    x, y = _prediction_data(args, client.part.n_features)
+    x, y = _prediction_data(args, client.part)
     if y is not None and len(y) != len(x):
         raise CliError(
             f"{args.labels} has {len(y)} labels but {args.input} has {len(x)} rows; expected "
@@ -874,29 +899,43 @@ def _say_score(pred: np.ndarray, y: np.ndarray, kind: str) -> None:
     _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
 
 
-def _prediction_data(
-    args: argparse.Namespace, n_features: int
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _prediction_data(args: argparse.Namespace, part: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """``predict``'s rows and true labels: from --labels, or the --target column of --input."""
-    from .tabular import MAX_INFERENCE_ROWS, inference_byte_limit, read_labels, read_table
+    from .tabular import MAX_INFERENCE_ROWS, inference_byte_limit, read_labels
 
     if args.labels and args.target is not None:
         raise CliError(
             "give either --labels FILE or --target COLUMN (the labels are that column of "
             "--input), not both"
         )
-    table = read_table(
-        args.input,
-        target=args.target,
-        n_features=n_features,
-        max_bytes=inference_byte_limit(n_features),
-        max_rows=MAX_INFERENCE_ROWS,
-        what="input",
-    )
-    y = table.y
+    x, y = _inference_rows(args.input, part, target=args.target)
     if args.labels:
         y = read_labels(args.labels, max_bytes=inference_byte_limit(1), max_rows=MAX_INFERENCE_ROWS)
-    return table.x, y
+    return x, y
+
+
+def _inference_rows(
+    path: str | Path, part: Any, *, target: str | None, first_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows (and the ``target`` column, if named) of an inference input file, its columns in
+    the model's order: found by name when both the file's header and the model know names."""
+    from .tabular import MAX_INFERENCE_ROWS, inference_byte_limit, read_table
+
+    table = read_table(
+        path,
+        target=target,
+        n_features=part.n_features,
+        max_bytes=inference_byte_limit(part.n_features),
+        max_rows=MAX_INFERENCE_ROWS,
+        first_rows=first_rows,
+        what="input",
+    )
+    x, moved = part.align_columns(table.x, table.feature_names, what=str(path))
+    if moved:
+        _say(
+            f"{path}: columns matched to the model's features by name (the header's order differs)"
+        )
+    return x, table.y
 
 
 # ----------------------------------------------------------------------------- serving

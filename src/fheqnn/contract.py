@@ -12,6 +12,7 @@ numpy only: an encryption client loads this, never the training or ONNX code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from .compiler.serialize import (
     quantizer_from_dict,
     quantizer_to_dict,
 )
-from .errors import InvalidParameterError
+from .errors import InvalidInputError, InvalidParameterError
 from .validation import check_features, check_int
 
 #: Version of :meth:`ClientContract.to_dict`. 1: no input standardization; 2: adds it; 3: adds
@@ -149,6 +150,9 @@ class ClientContract:
         standardizer: per-feature standardization before quantization (``None``: none).
         batch_size: rows per circuit call: the client encrypts rows in chunks of this many,
             the last chunk padded (see :meth:`chunks`), and drops the padding after decryption.
+        feature_names: the names of the input columns, in the model's order, when training
+            knew them (a CSV header); ``None`` otherwise. Clients use them to find the columns
+            of a file by name (:meth:`align_columns`).
     """
 
     n_features: int
@@ -162,11 +166,21 @@ class ClientContract:
     output_spec: OutputSpec
     standardizer: Standardizer | None = None
     batch_size: int = 1
+    feature_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         )
+        if self.feature_names is not None:
+            names = tuple(self.feature_names)
+            if len(names) != self.n_features or not all(isinstance(n, str) for n in names):
+                raise InvalidParameterError(
+                    f"feature_names must be {self.n_features} strings, got {names!r}"
+                )
+            if len(set(names)) != len(names):
+                raise InvalidParameterError(f"feature_names repeat a name: {names!r}")
+            object.__setattr__(self, "feature_names", names)
         if self.standardizer is not None and len(self.standardizer.mean) != self.n_features:
             raise InvalidParameterError(
                 f"standardization has {len(self.standardizer.mean)} features, the model "
@@ -196,6 +210,38 @@ class ClientContract:
         )
 
     # ------------------------------------------------------------------ before encryption
+    def align_columns(
+        self, x: np.ndarray, names: Sequence[str] | None, what: str = "input"
+    ) -> tuple[np.ndarray, bool]:
+        """The columns of ``x`` in the model's order, found by the names of a file's header.
+
+        Without names on either side, ``x`` is returned as it is (columns by position).
+
+        Returns:
+            The rows, and whether their columns were reordered.
+
+        Raises:
+            InvalidInputError: the names are not the model's features (some missing, some
+                unknown): matching by position would give wrong answers silently.
+        """
+        if self.feature_names is None or names is None:
+            return x, False
+        names = tuple(str(n) for n in names)
+        if names == self.feature_names:
+            return x, False
+        missing = [n for n in self.feature_names if n not in names]
+        unknown = [n for n in names if n not in self.feature_names]
+        if missing or unknown or len(set(names)) != len(names):
+            raise InvalidInputError(
+                f"{what} columns {list(names)} are not the model's features "
+                f"{list(self.feature_names)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; not in the model {unknown}" if unknown else "")
+                + ". Rename the header, or drop it to match columns by position"
+            )
+        order = [names.index(n) for n in self.feature_names]
+        return np.asarray(x)[:, order], True
+
     def check(self, x: Any, what: str = "X") -> np.ndarray:
         """Validate float rows: 2-D, numeric, finite, ``n_features`` wide (float64)."""
         return check_features(x, self.n_features, what=what)
@@ -265,9 +311,12 @@ class ClientContract:
         before batching read too).
         """
         batched = {} if self.batch_size == 1 else {"batch_size": self.batch_size}
+        # Optional: readers that predate it ignore it (columns by position, as before).
+        named = {} if self.feature_names is None else {"feature_names": list(self.feature_names)}
         return {
             "format": CLIENT_FORMAT if batched else _ONE_ROW_FORMAT,
             **batched,
+            **named,
             "n_features": self.n_features,
             "n_outputs": self.n_outputs,
             "input_quantizer": quantizer_to_dict(self.input_quantizer),
@@ -323,6 +372,7 @@ class ClientContract:
                 if standardization is None
                 else Standardizer.from_dict(standardization),
                 batch_size=d["batch_size"] if batched else 1,
+                feature_names=None if d.get("feature_names") is None else tuple(d["feature_names"]),
             )
         except InvalidParameterError:
             raise

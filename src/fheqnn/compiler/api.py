@@ -181,7 +181,10 @@ class CompiledModel:
         if self._lowered.options.p_error == "auto":
             values["p_error"] = self.stats.p_error
         lowered = replace(self._lowered, options=self._lowered.options.replace(**values))
-        return compile_program(lowered, self._configuration)
+        model = compile_program(lowered, self._configuration)
+        if self.contract.feature_names is not None:
+            model.contract = replace(model.contract, feature_names=self.contract.feature_names)
+        return model
 
     # ------------------------------------------------------------------ saving
     def save(self, folder: str | Path, *, overwrite: bool = False) -> str:

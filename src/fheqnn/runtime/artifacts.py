@@ -177,8 +177,8 @@ def check_destination(
         if not overwrite:
             raise ArtifactError(
                 f"{what} {target} already exists and is not empty: nothing is overwritten "
-                "silently (choose another folder, or pass overwrite=True / --overwrite to "
-                "replace it)"
+                "silently (choose another folder, or pass --overwrite, overwrite=True in "
+                "Python, to replace it)"
             )
         found = folder_kind(target)
         if kind is None or found != kind:

@@ -170,10 +170,14 @@ class Envelope:
             raise EnvelopeError(f"{what} holds {env.kind}, expected {kind}")
         if model_id is not None and env.model_id != model_id:
             raise EnvelopeError(
-                f"{what} belongs to compiled model {env.model_id}, not to this one ({model_id})"
+                f"{what}: made for compiled model {env.model_id}, not for this one "
+                f"({model_id}); use files made with this model (or this model's folder)"
             )
         if key_id is not None and env.key_id != key_id:
-            raise EnvelopeError(f"{what} was made with key {env.key_id}, not with key {key_id}")
+            raise EnvelopeError(
+                f"{what}: made with key {env.key_id}, not with key {key_id}; use the key "
+                "folder these files were made with, or encrypt again with this one"
+            )
         return env
 
 
