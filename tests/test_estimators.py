@@ -298,7 +298,11 @@ def test_user_callbacks_run(blobs) -> None:
 
 def test_ctrl_c_during_training_is_raised_not_swallowed(blobs) -> None:
     # skorch swallows KeyboardInterrupt in its training loop and returns as if training had
-    # ended; fit must not hand back (or save) a half-trained network as a finished one.
+    # ended; fit must not hand back (or save) a half-trained network as a finished one. A real
+    # SIGINT to this process, as Ctrl-C sends it.
+    import os
+    import signal
+
     from skorch.callbacks import Callback
 
     from fheqnn.errors import NotFittedError
@@ -306,7 +310,7 @@ def test_ctrl_c_during_training_is_raised_not_swallowed(blobs) -> None:
     class CtrlC(Callback):
         def on_epoch_end(self, net, **kwargs):
             if len(net.history) == 2:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
 
     x, y = blobs
     est = NeuralNetClassifier(callbacks=[CtrlC()], random_state=0, **FAST)
@@ -314,6 +318,20 @@ def test_ctrl_c_during_training_is_raised_not_swallowed(blobs) -> None:
         est.fit(x, y)
     with pytest.raises(NotFittedError):
         est.predict(x)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_callback_stopping_training_the_skorch_way_still_just_stops(blobs) -> None:
+    # skorch's own way to end training early is to raise KeyboardInterrupt from a callback
+    # (its EarlyStopping does): that is not a Ctrl-C, and fit completes.
+    from skorch.callbacks import EarlyStopping
+
+    x, y = blobs
+    stop = EarlyStopping(monitor="train_loss", patience=1, threshold=10.0)
+    est = NeuralNetClassifier(callbacks=[stop], random_state=0, max_epochs=30, verbose=0)
+    est.fit(x, y)
+    assert len(est.history_) < 30
+    assert est.predict(x).shape == (len(x),)
 
 
 def test_select_after_freeze_keeps_an_epoch_with_frozen_masks(blobs) -> None:

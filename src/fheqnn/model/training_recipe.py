@@ -18,8 +18,12 @@ quantized network needs around it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,25 +98,37 @@ class _Progress(Callback):
         self.bar_.close()
 
 
-class _InterruptibleNet(NeuralNet):
-    """skorch's NeuralNet, except that Ctrl-C is not swallowed.
+@contextlib.contextmanager
+def _noticing_ctrl_c() -> Iterator[dict[str, bool]]:
+    """Record whether a real Ctrl-C (SIGINT) arrives while the block runs.
 
-    skorch catches ``KeyboardInterrupt`` inside ``fit`` and returns the half-trained network as
-    if training had ended (its documented convenience for notebooks). Our ``fit`` would then
-    restore, prune and save that network as a finished model: measured with ``fheqnn train``,
-    an interrupt exited 0 with a model of R2 0.24 instead of 0.27, or crashed later on a module
-    whose import the interrupt had cut short. The interrupt is recorded here and raised again
-    once skorch returns.
+    skorch catches ``KeyboardInterrupt`` inside ``fit`` and returns as if training had ended:
+    that is how its ``EarlyStopping`` stops, and its convenience for notebooks. Our ``fit``
+    would then restore, prune and save the half-trained network as a finished model (measured
+    with ``fheqnn train``: exit 0 with R2 0.24 instead of 0.27, or a crash later on a module
+    whose import the interrupt had cut short). A signal, unlike an early stop, is noticed here
+    so that ``fit`` can raise it again. Outside the main thread no handler can be installed
+    (and no Ctrl-C arrives): nothing is recorded.
     """
+    seen = {"ctrl_c": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
 
-    interrupted_ = False
+    def handler(signum: int, frame: Any) -> None:
+        if previous is signal.SIG_IGN:
+            return
+        seen["ctrl_c"] = True
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
 
-    def fit_loop(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().fit_loop(*args, **kwargs)
-        except KeyboardInterrupt:
-            self.interrupted_ = True
-            raise
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _can_split(y: np.ndarray, fraction: float, stratify: bool) -> bool:
@@ -210,7 +226,7 @@ def fit_with_skorch(
         ours.append(("early_stopping", early))
     if config.verbose:
         ours.append(("progress", _Progress()))
-    net = _InterruptibleNet(
+    net = NeuralNet(
         module=module,
         criterion=loss_fn,
         optimizer=torch.optim.AdamW,
@@ -235,10 +251,11 @@ def fit_with_skorch(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        net.fit(x, y)
+        with _noticing_ctrl_c() as seen:
+            net.fit(x, y)
     finally:
         torch.set_num_threads(threads)
-    if net.interrupted_:
+    if seen["ctrl_c"]:
         raise KeyboardInterrupt
     trained = net.module_
     best_epoch = len(net.history)
