@@ -123,18 +123,24 @@ def test_compile_from_an_older_folder_falls_back_to_the_estimator(
     assert json.loads((tmp_path / "d/report.json").read_text())["n_accum_bits"] == 9
 
 
-@pytest.mark.encrypted
-def test_predict_prints_the_string_labels(
-    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    x, y = wine_rows(3, seed=1)
-    data = wine_csv(tmp_path / "new.csv", x, y)  # the target column is still there
+def predict_colour(wine: Wine, data: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """``predict`` on a CSV that still holds the ``colour`` column; its standard output."""
     code = main([
         "predict", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
         "--target", "colour", "--quiet",
     ])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
+    return out
+
+
+@pytest.mark.encrypted
+def test_predict_prints_the_string_labels(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = wine_rows(3, seed=1)
+    data = wine_csv(tmp_path / "new.csv", x, y)  # the target column is still there
+    out = predict_colour(wine, data, capsys)
     expected = expected_predictions(wine.model, x)
     assert set(expected) <= {"red", "white"}
     assert np.array2string(expected) in out
@@ -158,12 +164,7 @@ def test_predict_finds_columns_by_name_when_the_header_order_differs(
     ]
     data = tmp_path / "shuffled.csv"
     data.write_text("\n".join(lines) + "\n")
-    code = main([
-        "predict", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
-        "--target", "colour", "--quiet",
-    ])  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0
+    out = predict_colour(wine, data, capsys)
     assert "columns matched to the model's features by name" in out
     # The rows as written in the file (rounded like the CSV), in the model's order.
     in_order = np.column_stack([np.round(x[:, 0], 1), np.round(x[:, 1], 4), np.round(x[:, 2], 3)])
