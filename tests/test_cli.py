@@ -407,6 +407,18 @@ def test_predict_scores_a_regressor_with_r2_not_equality(
         f"R^2 {r2_score(y[:4], expected):.4f}, mean absolute error "
         f"{mean_absolute_error(y[:4], expected):.4g} (encrypted)" in out
     )
+    # The same network compiled from its ONNX file alone has no output spec ("raw"): its one
+    # output is still scored as a value (it printed an accuracy of 0, found in review).
+    raw, raw_keys = tmp_path / "raw", tmp_path / "raw_keys"
+    assert main(["compile", "--onnx", str(train / "model.onnx"), "--calibration",
+                 str(train / "calibration.npy"), "--rounding", "off", "--p-error", "default",
+                 "--out", str(raw)]) == 0  # fmt: skip
+    assert main(["keygen", str(raw), "--keys", str(raw_keys)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(raw), "--keys", str(raw_keys), "--input", str(train / "test_x.npy"),
+                 "--labels", str(train / "test_y.npy"), "--rows", "3", "--quiet"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "mean absolute error" in out and "accuracy" not in out
 
 
 # ----------------------------------------------------------------------------- train / export

@@ -319,6 +319,37 @@ def test_ctrl_c_during_training_is_raised_not_swallowed(blobs) -> None:
     with pytest.raises(NotFittedError):
         est.predict(x)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    # A refit interrupted halfway leaves the previous model whole: its standardization and
+    # classes, not the new data's with the old network (found in review).
+    est = NeuralNetClassifier(random_state=0, **FAST).fit(x, y)
+    before = est.predict(x)
+    est.set_params(callbacks=[CtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(100 * x + 50, np.where(y == 0, "cat", "dog"))
+    assert est.classes_.tolist() == sorted(set(y.tolist()))
+    np.testing.assert_array_equal(est.predict(x), before)
+
+
+def test_an_application_sigint_handler_that_does_not_raise_keeps_working(blobs) -> None:
+    import os
+    import signal
+
+    from skorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            if len(net.history) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        x, y = blobs
+        est = NeuralNetClassifier(callbacks=[CtrlC()], random_state=0, **FAST).fit(x, y)
+        assert seen == [signal.SIGINT] and len(est.history_) == FAST["max_epochs"]
+        assert signal.getsignal(signal.SIGINT) is not previous  # still the application's
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_callback_stopping_training_the_skorch_way_still_just_stops(blobs) -> None:

@@ -347,6 +347,31 @@ CLI_CASES: list[tuple[str, list[str], int]] = [
         ["export", "--model", "run/estimator.pkl", "--out", "run/model.onnx"],
         2,
     ),
+    (
+        "decrypt-out-deep-inside-another-model",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "m2/sub/new.npy"],
+        2,
+    ),
+    (
+        "decrypt-out-in-a-training-run",
+        [
+            "decrypt",
+            "m",
+            "--keys",
+            "k",
+            "--input",
+            "out.bin",
+            "--out",
+            "run/calibration.npy",
+            "--overwrite",
+        ],
+        2,
+    ),
+    (
+        "export-out-in-a-training-run",
+        ["export", "--model", "run/estimator.pkl", "--out", "run/x.onnx"],
+        2,
+    ),
     ("bench-out-secret-key", ["bench", "--out", "k/secret.keys", "--report-only"], 2),
     ("bench-out-user-csv-renamed", ["bench", "--out", "bad/fake.jsonl", "--report-only"], 2),
     # keys: other model, malformed, truncated, missing

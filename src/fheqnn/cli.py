@@ -81,38 +81,6 @@ class _Step:
 # ----------------------------------------------------------------------------- data files
 
 
-def load_matrix(
-    path: str | Path,
-    *,
-    what: str = "input",
-    n_features: int | None = None,
-    target: str | None = None,
-    first_rows: int | None = None,
-) -> np.ndarray:
-    """Read a numeric matrix from a .npy or .csv file (see :mod:`fheqnn.tabular`).
-
-    With ``n_features`` (an inference input), the file is checked against the model's feature
-    count and against the size that :data:`~fheqnn.tabular.MAX_INFERENCE_ROWS` such rows can
-    take before it is read; otherwise against :data:`~fheqnn.tabular.MAX_TRAINING_BYTES`.
-    ``target`` names a column to drop.
-    """
-    from .tabular import MAX_INFERENCE_ROWS, MAX_TRAINING_BYTES, inference_byte_limit, read_matrix
-
-    if n_features is None:
-        limit, max_rows = MAX_TRAINING_BYTES, None
-    else:
-        limit, max_rows = inference_byte_limit(n_features), MAX_INFERENCE_ROWS
-    return read_matrix(
-        path,
-        n_features=n_features,
-        target=target,
-        max_bytes=limit,
-        max_rows=max_rows,
-        first_rows=first_rows,
-        what=what,
-    )
-
-
 def _save_array(path: Path, array: np.ndarray) -> None:
     import io
 
@@ -193,10 +161,11 @@ def _check_file_output(
 ) -> Path:
     """Refuse a single-file ``--out`` that could destroy something: besides
     :func:`_check_output_file`'s checks, it must end in ``suffix``, lie outside the command's
-    input ``folders`` and outside any compiled model or key folder, and an existing file is
+    input ``folders`` and outside any compiled model, key folder or training run (at any
+    depth: ``--overwrite`` on such a folder would delete the file with it), and an existing file is
     replaced only with ``overwrite`` and only if ``is_ours(path)`` says it is a file of the
     same kind (``overwrite=None``: the command appends, so only the kind is checked)."""
-    from .runtime.artifacts import COMPILED_MODEL, KEY_FOLDER, folder_kind
+    from .runtime.artifacts import COMPILED_MODEL, KEY_FOLDER, TRAINING_RUN, folder_kind
 
     path = _check_output_file(path, inputs=inputs, envelope=False)
     if path.suffix.lower() != suffix:
@@ -207,12 +176,13 @@ def _check_file_output(
             raise CliError(
                 f"--out {path} is inside {folder}, an input of this command; write elsewhere"
             )
-    parent_kind = folder_kind(resolved.parent) if resolved.parent.is_dir() else None
-    if parent_kind in (COMPILED_MODEL, KEY_FOLDER):
-        raise CliError(
-            f"--out {path} is inside a {parent_kind} ({resolved.parent}), whose files are never "
-            "replaced or added to; write elsewhere"
-        )
+    for parent in resolved.parents:
+        kind = folder_kind(parent) if parent.is_dir() else None
+        if kind in (COMPILED_MODEL, KEY_FOLDER, TRAINING_RUN):
+            raise CliError(
+                f"--out {path} is inside a {kind} ({parent}), whose files are never replaced "
+                "or added to; write elsewhere"
+            )
     if path.exists():
         if not is_ours(path):
             raise CliError(
@@ -504,6 +474,28 @@ def _compile_speaking(compile_call: Any) -> Any:
     return result
 
 
+def _calibration_rows(path: str | Path, names: tuple[str, ...] | None) -> np.ndarray:
+    """Calibration rows; a CSV with a header is matched to the trained ``names`` by name."""
+    from .tabular import MAX_TRAINING_BYTES, read_table
+
+    table = read_table(path, target=None, max_bytes=MAX_TRAINING_BYTES, what="calibration")
+    return _by_name(table, names, path)
+
+
+def _by_name(table: Any, expected: Sequence[str] | None, path: str | Path) -> np.ndarray:
+    """The rows of a file read by :func:`~fheqnn.tabular.read_table`, their columns in the
+    ``expected`` order when both the file's header and the model know names (said when they
+    are reordered)."""
+    from .contract import align_columns
+
+    x, moved = align_columns(table.x, table.feature_names, expected, what=str(path))
+    if moved:
+        _say(
+            f"{path}: columns matched to the model's features by name (the header's order differs)"
+        )
+    return x
+
+
 def _trained_feature_names(folder: Path) -> tuple[str, ...] | None:
     """The feature columns' names a training folder recorded (a CSV header), else ``None``."""
     try:
@@ -641,7 +633,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         kind=COMPILED_MODEL,
         inputs=inputs,
     )
-    x_cal = load_matrix(calibration, what="calibration")
+    # The run's own network knows its columns by name; another --onnx does not.
+    names = _trained_feature_names(base) if args.from_dir and not args.onnx else None
+    x_cal = _calibration_rows(calibration, names)
     labels_path = args.calibration_labels
     if labels_path is None and args.from_dir and (base / CALIBRATION_LABELS).is_file():
         labels_path = base / CALIBRATION_LABELS
@@ -665,11 +659,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 calibration_labels=y_cal,
             )
         )
-    names = _trained_feature_names(base) if args.from_dir else None
-    if names is not None:
+    # The client finds the columns of an input file by these names (predict, encrypt).
+    if names is not None and len(names) == model.contract.n_features:
         from dataclasses import replace
 
-        # The client finds the columns of an input file by these names (predict, encrypt).
         model.contract = replace(model.contract, feature_names=names)
     _say(model.report.to_text())
     note = _nondeterminism_note(
@@ -879,7 +872,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _say_score(pred: np.ndarray, y: np.ndarray, kind: str) -> None:
     """How decrypted predictions compare with true labels: R^2 and mean absolute error for a
-    regressor (exact equality of real values says nothing), else accuracy."""
+    regressor (exact equality of real values says nothing), else accuracy. A model without
+    post-processing (``raw``) is read as the compiler's guard reads it: one output is a value,
+    several are class scores (their argmax is the class index)."""
+    if kind == "raw" and pred.ndim == 2:
+        if pred.shape[1] == 1:
+            pred, kind = pred[:, 0], "regressor"
+        else:
+            pred = pred.argmax(axis=1)
     if kind == "regressor":
         from sklearn.metrics import mean_absolute_error, r2_score
 
@@ -930,12 +930,7 @@ def _inference_rows(
         first_rows=first_rows,
         what="input",
     )
-    x, moved = part.align_columns(table.x, table.feature_names, what=str(path))
-    if moved:
-        _say(
-            f"{path}: columns matched to the model's features by name (the header's order differs)"
-        )
-    return x, table.y
+    return _by_name(table, part.feature_names, path), table.y
 
 
 # ----------------------------------------------------------------------------- serving

@@ -135,6 +135,41 @@ class Standardizer:
         return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["scale"]))
 
 
+def align_columns(
+    x: np.ndarray,
+    names: Sequence[str] | None,
+    expected: Sequence[str] | None,
+    what: str = "input",
+) -> tuple[np.ndarray, bool]:
+    """The columns of ``x`` (named ``names``, from a file's header) in the order ``expected``.
+
+    Without names on either side, ``x`` is returned as it is (columns by position).
+
+    Returns:
+        The rows, and whether their columns were reordered.
+
+    Raises:
+        InvalidInputError: the names are not the expected ones (some missing, some unknown):
+            matching by position would give wrong answers silently.
+    """
+    if expected is None or names is None:
+        return x, False
+    names, expected = tuple(str(n) for n in names), tuple(expected)
+    if names == expected:
+        return x, False
+    missing = [n for n in expected if n not in names]
+    unknown = [n for n in names if n not in expected]
+    if missing or unknown or len(set(names)) != len(names):
+        raise InvalidInputError(
+            f"{what} columns {list(names)} are not the model's features {list(expected)}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; not in the model {unknown}" if unknown else "")
+            + ". Rename the header, or drop it to match columns by position"
+        )
+    order = [names.index(n) for n in expected]
+    return np.asarray(x)[:, order], True
+
+
 @dataclass(frozen=True, eq=False)
 class ClientContract:
     """What the client does before encryption and after decryption (no weights).
@@ -213,34 +248,9 @@ class ClientContract:
     def align_columns(
         self, x: np.ndarray, names: Sequence[str] | None, what: str = "input"
     ) -> tuple[np.ndarray, bool]:
-        """The columns of ``x`` in the model's order, found by the names of a file's header.
-
-        Without names on either side, ``x`` is returned as it is (columns by position).
-
-        Returns:
-            The rows, and whether their columns were reordered.
-
-        Raises:
-            InvalidInputError: the names are not the model's features (some missing, some
-                unknown): matching by position would give wrong answers silently.
-        """
-        if self.feature_names is None or names is None:
-            return x, False
-        names = tuple(str(n) for n in names)
-        if names == self.feature_names:
-            return x, False
-        missing = [n for n in self.feature_names if n not in names]
-        unknown = [n for n in names if n not in self.feature_names]
-        if missing or unknown or len(set(names)) != len(names):
-            raise InvalidInputError(
-                f"{what} columns {list(names)} are not the model's features "
-                f"{list(self.feature_names)}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; not in the model {unknown}" if unknown else "")
-                + ". Rename the header, or drop it to match columns by position"
-            )
-        order = [names.index(n) for n in self.feature_names]
-        return np.asarray(x)[:, order], True
+        """The columns of ``x`` in the model's order, found by the names of a file's header
+        (see :func:`align_columns`)."""
+        return align_columns(x, names, self.feature_names, what)
 
     def check(self, x: Any, what: str = "X") -> np.ndarray:
         """Validate float rows: 2-D, numeric, finite, ``n_features`` wide (float64)."""

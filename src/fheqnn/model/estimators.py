@@ -9,7 +9,9 @@ are inferred from the data in ``fit``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -197,6 +199,22 @@ class _SparseQuantNetEstimator(BaseEstimator):
                 f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
             ) from exc
 
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """A ``fit`` that fails or is interrupted (Ctrl-C) leaves the estimator as it was.
+
+        ``fit`` sets the standardization and the classes before training; without this, a
+        refit interrupted mid-training kept the old network with the new data's
+        standardization and labels, and predicted wrong answers without an error.
+        """
+        before = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
     def _fit_module(
         self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any, stratify: bool
     ) -> None:
@@ -344,7 +362,13 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
     """
 
     def fit(self, X: Any, y: Any) -> NeuralNetClassifier:
-        """Train on ``X`` (n_rows, n_features) and labels ``y`` (n_rows,); return ``self``."""
+        """Train on ``X`` (n_rows, n_features) and labels ``y`` (n_rows,); return ``self``.
+
+        If training fails or is interrupted, the estimator is left as it was before."""
+        with self._all_or_nothing():
+            return self._fit_classifier(X, y)
+
+    def _fit_classifier(self, X: Any, y: Any) -> NeuralNetClassifier:
         x, y_arr = self._validate_xy(X, y, y_numeric=False)
         if y_arr.ndim != 1:
             raise InvalidInputError(f"y must be 1-D class labels, got shape {y_arr.shape}")
@@ -412,7 +436,13 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
     _auto_validation_fraction = 0.15
 
     def fit(self, X: Any, y: Any) -> NeuralNetRegressor:
-        """Train on ``X`` (n_rows, n_features) and ``y`` (n_rows,) or (n_rows, n_targets)."""
+        """Train on ``X`` (n_rows, n_features) and ``y`` (n_rows,) or (n_rows, n_targets).
+
+        If training fails or is interrupted, the estimator is left as it was before."""
+        with self._all_or_nothing():
+            return self._fit_regressor(X, y)
+
+    def _fit_regressor(self, X: Any, y: Any) -> NeuralNetRegressor:
         x, y_arr = self._validate_xy(X, y, y_numeric=True)
         y2 = np.asarray(y_arr, dtype=np.float64)
         self.y_is_1d_ = y2.ndim == 1

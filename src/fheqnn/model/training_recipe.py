@@ -111,18 +111,21 @@ def _noticing_ctrl_c() -> Iterator[dict[str, bool]]:
     (and no Ctrl-C arrives): nothing is recorded.
     """
     seen = {"ctrl_c": False}
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        # SIG_DFL ends the process and SIG_IGN ignores the signal: nothing for skorch to
+        # swallow. A handler installed outside Python (None) is left alone too.
         yield seen
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum: int, frame: Any) -> None:
-        if previous is signal.SIG_IGN:
-            return
-        seen["ctrl_c"] = True
-        if callable(previous):
+        # The application's own handler decides (Python's raises KeyboardInterrupt); only an
+        # interrupt it raises is recorded, so a handler that merely sets a flag keeps working.
+        try:
             previous(signum, frame)
-        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            seen["ctrl_c"] = True
+            raise
 
     signal.signal(signal.SIGINT, handler)
     try:
