@@ -196,6 +196,25 @@ def test_predict_finds_columns_by_name_when_the_header_order_differs(
     assert not np.allclose(proba, by_position)
 
 
+def test_compile_reads_a_calibration_csv_by_name(wine: Wine, tmp_path: Path) -> None:
+    x, _ = wine_rows(60, seed=4)
+    shuffled = tmp_path / "cal.csv"
+    shuffled.write_text("noise,alcohol,sulphates\n" + "".join(f"{r[2]},{r[0]},{r[1]}\n" for r in x))
+    code, out, err = run_cli(
+        "compile", "--from", wine.train, "--calibration", shuffled, "--rounding", "off",
+        "--out", tmp_path / "c",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "cal.csv: columns matched to the model's features by name" in out
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("a,b,c\n" + "".join(f"{r[0]},{r[1]},{r[2]}\n" for r in x))
+    code, _, err = run_cli(
+        "compile", "--from", wine.train, "--calibration", renamed, "--out", tmp_path / "d"
+    )
+    assert code == 2 and "missing ['alcohol', 'sulphates', 'noise']" in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_header_naming_other_columns_is_refused(
     wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

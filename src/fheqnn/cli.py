@@ -637,7 +637,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     names = _trained_feature_names(base) if args.from_dir and not args.onnx else None
     x_cal = _calibration_rows(calibration, names)
     labels_path = args.calibration_labels
-    if labels_path is None and args.from_dir and (base / CALIBRATION_LABELS).is_file():
+    # The run's labels belong to the run's own calibration rows, not to another --calibration.
+    if (
+        labels_path is None
+        and args.from_dir
+        and not args.calibration
+        and (base / CALIBRATION_LABELS).is_file()
+    ):
         labels_path = base / CALIBRATION_LABELS
     y_cal = None
     if labels_path is not None:
