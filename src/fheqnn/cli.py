@@ -149,7 +149,7 @@ def _is_jsonl_file(path: Path) -> bool:
         return False
 
 
-def _check_file_output(
+def _check_typed_file_output(
     path: str | Path,
     *,
     suffix: str,
@@ -375,7 +375,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"estimator file {str(path)!r} does not exist")
-    out = _check_file_output(
+    out = _check_typed_file_output(
         args.out,
         suffix=".onnx",
         what="an ONNX model",
@@ -496,13 +496,22 @@ def _by_name(table: Any, expected: Sequence[str] | None, path: str | Path) -> np
     return x
 
 
-def _trained_feature_names(folder: Path) -> tuple[str, ...] | None:
-    """The feature columns' names a training folder recorded (a CSV header), else ``None``."""
+def _train_info(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A training folder's ``train.json``, read once: ``(info, None)``, ``(None, None)`` when it
+    has none (older folders), or ``(None, why)`` when it is not a JSON object."""
+    info_path = folder / "train.json"
+    if not info_path.is_file():
+        return None, None
     try:
-        info = json.loads((folder / "train.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    names = info.get("feature_names") if isinstance(info, dict) else None
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return None, f"{info_path} is not valid JSON: {exc}"
+    return (info, None) if isinstance(info, dict) else (None, None)
+
+
+def _trained_feature_names(info: dict[str, Any] | None) -> tuple[str, ...] | None:
+    """The feature columns' names a training run recorded (a CSV header), else ``None``."""
+    names = None if info is None else info.get("feature_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     if len(set(names)) != len(names):
@@ -510,21 +519,19 @@ def _trained_feature_names(folder: Path) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _trained_n_accum_bits(folder: Path) -> tuple[int | None, str]:
+def _trained_n_accum_bits(
+    folder: Path, info: dict[str, Any] | None, error: str | None
+) -> tuple[int | None, str]:
     """The accumulator budget a training folder was trained for, and where it was found.
 
-    ``train.json`` records it; folders written before it did fall back to the pickled
-    estimator's module.
+    ``train.json`` (``info``, as :func:`_train_info` read it) records it; folders written
+    before it did fall back to the pickled estimator's module.
     """
-    info_path = folder / "train.json"
-    if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CliError(f"{info_path} is not valid JSON: {exc}") from exc
-        bits = info.get("n_accum_bits") if isinstance(info, dict) else None
-        if isinstance(bits, int) and not isinstance(bits, bool):
-            return bits, f"the trained module's, from {info_path}"
+    if error is not None:
+        raise CliError(error)
+    bits = None if info is None else info.get("n_accum_bits")
+    if isinstance(bits, int) and not isinstance(bits, bool):
+        return bits, f"the trained module's, from {folder / 'train.json'}"
     pickled = folder / "estimator.pkl"
     if pickled.is_file():
         try:
@@ -598,8 +605,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         # takes the rows as they are.
         if std_path is None and (base / "standardizer.json").is_file():
             std_path = base / "standardizer.json"
+        info, info_error = _train_info(base)
         if n_accum_bits is None:
-            n_accum_bits, where = _trained_n_accum_bits(base)
+            n_accum_bits, where = _trained_n_accum_bits(base, info, info_error)
             _say(
                 f"accumulator budget: {n_accum_bits} bits ({where}; --n-accum-bits overrides)"
                 if n_accum_bits is not None
@@ -634,7 +642,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs=inputs,
     )
     # The run's own network knows its columns by name; another --onnx does not.
-    names = _trained_feature_names(base) if args.from_dir and not args.onnx else None
+    names = _trained_feature_names(info) if args.from_dir and not args.onnx else None
     x_cal = _calibration_rows(calibration, names)
     labels_path = args.calibration_labels
     # The run's labels belong to the run's own calibration rows, not to another --calibration.
@@ -818,7 +826,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from .runtime.artifacts import envelope_limits
 
     if args.out:
-        _check_file_output(
+        _check_typed_file_output(
             args.out,
             suffix=".npy",
             what="a NumPy .npy file",
@@ -1202,7 +1210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .compiler.options import MAX_BATCH_SIZE
 
-    out = _check_file_output(
+    out = _check_typed_file_output(
         args.out, suffix=".jsonl", what="JSON lines", is_ours=_is_jsonl_file, overwrite=None
     )
     if not args.report_only:
