@@ -324,6 +324,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     est.fit(x_tr, y_tr)
     fit_s = time.perf_counter() - start
+    from .interrupts import raise_if_interrupted
+
+    raise_if_interrupted()  # a Ctrl-C that something swallowed: nothing is written
     score = float(est.score(x_te, y_te))
     from .runtime.artifacts import write_folder_atomically
 
@@ -1538,10 +1541,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from .interrupts import forget_interrupts, record_and_raise
+
+    # From here on, Ctrl-C is a KeyboardInterrupt that unwinds (and cleans up) every step, and
+    # is recorded in case something swallows it (see record_and_raise); both only for this
+    # command (main() is also called in-process, by tests and scripts).
+    previous = signal.getsignal(signal.SIGINT)
+    forget_interrupts()
+    signal.signal(signal.SIGINT, record_and_raise)
+    try:
+        return _run_command(args)
+    finally:
+        forget_interrupts()
+        if callable(previous) or previous in (signal.SIG_DFL, signal.SIG_IGN):
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's function, its exceptions turned into exit codes."""
     from .errors import FheqnnError
 
-    # From here on, Ctrl-C is a KeyboardInterrupt that unwinds (and cleans up) every step.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if AS_PROGRAM and args.command in NATIVE_COMMANDS:
             return _in_child(args)
@@ -1549,6 +1568,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as exc:
+        from .interrupts import interrupted_before
+
+        if interrupted_before():
+            # An error after a Ctrl-C is its consequence (e.g. a module whose import the
+            # interrupt cut short, measured in training): report the interrupt.
+            return _interrupted()
         if args.verbose and not isinstance(exc, CliError | OSError | FheqnnError):
             raise
         return _exit_code(exc)
@@ -1626,7 +1651,9 @@ def _interrupted() -> int:
         # Concrete still runs in a worker thread that cannot be stopped; tearing the
         # interpreter down around it can crash, so leave at once (nothing is half-written).
         os._exit(EXIT_INTERRUPTED)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from .interrupts import record_and_raise
+
+    signal.signal(signal.SIGINT, record_and_raise)
     return EXIT_INTERRUPTED
 
 

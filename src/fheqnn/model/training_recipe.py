@@ -36,6 +36,7 @@ from skorch.history import History
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..interrupts import interrupted_before
 from .qnn_module import SparseQuantNeuralNetwork
 from .training import TrainingConfig, _warmup_cosine
 
@@ -80,6 +81,21 @@ class _EarlyStoppingAfter(EarlyStopping):
             super().on_epoch_end(net, **kwargs)
 
 
+class _StopAfterCtrlC(Callback):
+    """End training at the next epoch once a Ctrl-C was seen.
+
+    An interrupt that lands inside one of torch's lazy imports can be swallowed there, and
+    training went on to the last epoch (measured: 1 run in 3 around the first steps)."""
+
+    def __init__(self, seen: dict[str, bool]) -> None:
+        self.seen = seen
+
+    def on_epoch_end(self, net: NeuralNet, **kwargs: Any) -> None:
+        # Also one the command-line tool recorded before training began (interrupts.py).
+        if self.seen["ctrl_c"] or interrupted_before():
+            raise KeyboardInterrupt
+
+
 class _Progress(Callback):
     """A progress bar on stderr, one tick per epoch."""
 
@@ -99,7 +115,7 @@ class _Progress(Callback):
 
 
 @contextlib.contextmanager
-def _noticing_ctrl_c() -> Iterator[dict[str, bool]]:
+def _noticing_ctrl_c(seen: dict[str, bool]) -> Iterator[dict[str, bool]]:
     """Record whether a real Ctrl-C (SIGINT) arrives while the block runs.
 
     skorch catches ``KeyboardInterrupt`` inside ``fit`` and returns as if training had ended:
@@ -110,7 +126,6 @@ def _noticing_ctrl_c() -> Iterator[dict[str, bool]]:
     so that ``fit`` can raise it again. Outside the main thread no handler can be installed
     (and no Ctrl-C arrives): nothing is recorded.
     """
-    seen = {"ctrl_c": False}
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         # SIG_DFL ends the process and SIG_IGN ignores the signal: nothing for skorch to
@@ -227,6 +242,8 @@ def fit_with_skorch(
             sink=logger.info,
         )
         ours.append(("early_stopping", early))
+    seen = {"ctrl_c": False}
+    ours.append(("stop_after_ctrl_c", _StopAfterCtrlC(seen)))
     if config.verbose:
         ours.append(("progress", _Progress()))
     net = NeuralNet(
@@ -254,8 +271,14 @@ def fit_with_skorch(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with _noticing_ctrl_c() as seen:
+        with _noticing_ctrl_c(seen):
             net.fit(x, y)
+    except Exception:
+        # An interrupt that lands in one of torch's lazy imports leaves that module half made;
+        # the next use fails (ValueError, AttributeError, measured): the cause is the Ctrl-C.
+        if seen["ctrl_c"]:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         torch.set_num_threads(threads)
     if seen["ctrl_c"]:
