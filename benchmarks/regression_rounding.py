@@ -36,7 +36,8 @@ from fheqnn.datasets import load_split
 DRAWS = 5
 
 
-def _training_part(name: str) -> tuple[np.ndarray, np.ndarray]:
+def training_part(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 75 % training part of ``name``: a data set of ours, or scikit-learn's Friedman #1."""
     if name == "friedman1":
         from sklearn.datasets import make_friedman1
         from sklearn.model_selection import train_test_split
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
 
-    x_tr, y_tr = _training_part(args.dataset)
+    x_tr, y_tr = training_part(args.dataset)
     folds = KFold(args.folds, shuffle=True, random_state=7).split(x_tr)
     rows = []
     for fold, (fit, held) in enumerate(folds):
