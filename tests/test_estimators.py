@@ -410,19 +410,59 @@ def test_accumulator_aware_weight_quant_rejects_what_it_cannot_do(blobs) -> None
         )
 
 
-def test_auto_validation_is_none_for_the_classifier_and_15_percent_for_the_regressor(
-    blobs,
-) -> None:
+def test_auto_means_no_validation_split_and_input_noise_per_estimator(blobs) -> None:
     x, y = blobs
     clf = NeuralNetClassifier(random_state=0, **FAST).fit(x, y)
-    assert clf.validation_fraction == "auto"
+    assert clf.validation_fraction == clf.input_noise == "auto"
+    assert clf._validation_fraction() is None and clf._input_noise() == 0.3
     assert "valid_loss" not in clf.history_[-1]
     reg = NeuralNetRegressor(random_state=0, **FAST).fit(x, x[:, 0] - 2 * x[:, 1])
-    assert reg.validation_fraction == "auto"
-    assert "valid_loss" in reg.history_[-1]
-    # The regressor's validation rows are held out of training: 15 % of 150 rows.
-    batches = reg.history_[-1, "batches"]
+    assert reg._validation_fraction() is None and reg._input_noise() == 0.5
+    assert "valid_loss" not in reg.history_[-1]
+    # Every row trains.
+    assert sum(b.get("train_batch_size", 0) for b in reg.history_[-1, "batches"]) == 150
+    split = NeuralNetRegressor(validation_fraction=0.15, random_state=0, **FAST)
+    batches = split.fit(x, x[:, 0]).history_[-1, "batches"]
     assert sum(b.get("valid_batch_size", 0) for b in batches) == 23
-    assert sum(b.get("train_batch_size", 0) for b in batches) == 150 - 23
-    plain = NeuralNetRegressor(validation_fraction=None, random_state=0, **FAST)
-    assert "valid_loss" not in plain.fit(x, x[:, 0]).history_[-1]
+    # The noise is drawn from the seeded generator: same seed, same model; and it is used.
+    again = NeuralNetClassifier(random_state=0, **FAST).fit(x, y)
+    np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
+    quiet = NeuralNetClassifier(input_noise=0, random_state=0, **FAST).fit(x, y)
+    assert not np.array_equal(quiet.predict_proba(x), clf.predict_proba(x))
+
+
+def test_input_noise_touches_training_batches_only() -> None:
+    """The noise goes into a copy of each training batch: the data, validation and scoring
+    never see it. A plain linear module at learning rate 0 makes both losses exact."""
+    from skorch.dataset import ValidSplit
+
+    from fheqnn.model.training_recipe import _Net
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-1.0], [0.5]], dtype=np.float32)).astype(np.float32)
+    kept = x.copy()
+    runs = {}
+    for noise in (0.0, 3.0):
+        torch.manual_seed(0)
+        net = _Net(
+            module=nn.Linear(3, 1),
+            input_noise=noise,
+            criterion=nn.MSELoss,
+            optimizer=torch.optim.SGD,
+            lr=0.0,
+            max_epochs=2,
+            train_split=ValidSplit(0.2, random_state=0),
+            verbose=0,
+        )
+        runs[noise] = net.fit(x, y).history
+    np.testing.assert_array_equal(x, kept)
+    assert runs[3.0][-1, "valid_loss"] == pytest.approx(runs[0.0][-1, "valid_loss"], rel=1e-6)
+    assert runs[3.0][-1, "train_loss"] > 1.5 * runs[0.0][-1, "train_loss"]
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), "lots", None])
+def test_bad_input_noise_is_refused(blobs, value) -> None:
+    x, y = blobs
+    with pytest.raises(ValueError, match=r"input_noise must be 'auto' or a number >= 0, got"):
+        NeuralNetClassifier(input_noise=value, **FAST).fit(x, y)

@@ -7,6 +7,7 @@ quantized network needs around it:
   ``mask_freeze_fraction`` of ``max_epochs``, then stay fixed so the last epochs fine-tune one
   topology (``mask_updates="fixed"`` freezes them from the start, as the reference does);
 - AdamW with a linear warm-up then cosine decay of the learning rate, stepped every batch;
+- Gaussian noise on the inputs of each training batch (``TrainingConfig.input_noise``);
 - early stopping on the validation loss, the best epoch restored. The restored state dict holds
   the dense weights *and* the masks of that epoch (``weight_mask`` buffers), so the restored
   network is the one that was scored and still keeps every neuron within
@@ -94,6 +95,25 @@ class _StopAfterCtrlC(Callback):
         # Also one the command-line tool recorded before training began (interrupts.py).
         if self.seen["ctrl_c"] or interrupted_before():
             raise KeyboardInterrupt
+
+
+class _Net(NeuralNet):
+    """skorch's ``NeuralNet``, with Gaussian noise added to the inputs of each training batch.
+
+    Noise of standard deviation ``input_noise`` (in units of the standardized features) is
+    added to a copy of the batch, never to the data, and only in training steps: validation,
+    scoring and the network itself are unchanged (see ``TrainingConfig.input_noise``).
+    """
+
+    def __init__(self, *args: Any, input_noise: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_noise = input_noise
+
+    def train_step_single(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        if self.input_noise:
+            x, y = batch
+            batch = (x + self.input_noise * torch.randn_like(x), y)
+        return super().train_step_single(batch, **fit_params)
 
 
 class _Progress(Callback):
@@ -246,8 +266,9 @@ def fit_with_skorch(
     ours.append(("stop_after_ctrl_c", _StopAfterCtrlC(seen)))
     if config.verbose:
         ours.append(("progress", _Progress()))
-    net = NeuralNet(
+    net = _Net(
         module=module,
+        input_noise=config.input_noise,
         criterion=loss_fn,
         optimizer=torch.optim.AdamW,
         optimizer__weight_decay=config.weight_decay,
