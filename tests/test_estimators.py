@@ -432,8 +432,8 @@ def test_auto_means_no_validation_split_and_input_noise_per_estimator(blobs) -> 
 
 
 def test_input_noise_touches_training_batches_only() -> None:
-    """The noise goes into a copy of each training batch: the data, validation and scoring
-    never see it. A plain linear module at learning rate 0 makes both losses exact."""
+    """The noise is drawn in training steps only: validation sees the rows as they are. A plain
+    linear module at learning rate 0 makes both losses exact."""
     from skorch.dataset import ValidSplit
 
     from fheqnn.model.training_recipe import _Net
@@ -441,28 +441,45 @@ def test_input_noise_touches_training_batches_only() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 3)).astype(np.float32)
     y = (x @ np.array([[1.0], [-1.0], [0.5]], dtype=np.float32)).astype(np.float32)
-    kept = x.copy()
     runs = {}
     for noise in (0.0, 3.0):
-        torch.manual_seed(0)
-        net = _Net(
-            module=nn.Linear(3, 1),
-            input_noise=noise,
-            criterion=nn.MSELoss,
-            optimizer=torch.optim.SGD,
-            lr=0.0,
-            max_epochs=2,
-            train_split=ValidSplit(0.2, random_state=0),
-            verbose=0,
-        )
-        runs[noise] = net.fit(x, y).history
-    np.testing.assert_array_equal(x, kept)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = _Net(
+                module=nn.Linear(3, 1),
+                input_noise=noise,
+                criterion=nn.MSELoss,
+                optimizer=torch.optim.SGD,
+                lr=0.0,
+                max_epochs=2,
+                train_split=ValidSplit(0.2, random_state=0),
+                verbose=0,
+            )
+            runs[noise] = net.fit(x, y).history
     assert runs[3.0][-1, "valid_loss"] == pytest.approx(runs[0.0][-1, "valid_loss"], rel=1e-6)
     assert runs[3.0][-1, "train_loss"] > 1.5 * runs[0.0][-1, "train_loss"]
 
 
-@pytest.mark.parametrize("value", [-0.1, float("nan"), "lots", None])
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "lots", None, True])
 def test_bad_input_noise_is_refused(blobs, value) -> None:
     x, y = blobs
     with pytest.raises(ValueError, match=r"input_noise must be 'auto' or a number >= 0, got"):
         NeuralNetClassifier(input_noise=value, **FAST).fit(x, y)
+
+
+def test_the_plain_training_loop_adds_the_same_input_noise() -> None:
+    """``train_module`` (the float baselines of ``fheqnn bench``) reads ``input_noise`` too."""
+    from fheqnn.model.training import TrainingConfig, train_module
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(100, 3)), dtype=torch.float32)
+    y = x @ torch.tensor([[1.0], [-1.0], [0.5]])
+    losses = {}
+    for noise in (0.0, 3.0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = nn.Linear(3, 1)
+        config = TrainingConfig(max_epochs=2, lr=1e-12, weight_decay=0.0, input_noise=noise)
+        history = train_module(module, x, y, nn.MSELoss(), config, torch.Generator().manual_seed(0))
+        losses[noise] = history[-1]["train_loss"]
+    assert losses[3.0] > 1.5 * losses[0.0]

@@ -134,8 +134,8 @@ def test_flips_near_the_boundary_fail_the_guard_even_when_overall_agreement_is_h
     guard = lowered.guard
     reference = guard.reference
     near = boundary_rows(reference)
-    # Flip the predicted class of a quarter of the boundary rows (1.7 % of all rows): overall
-    # agreement stays above 0.98, agreement near the boundary drops to 0.75.
+    # Flip the predicted class of a quarter of the boundary rows (8 % of all rows here): agreement
+    # near the boundary drops to ~0.75 while overall agreement stays above 0.9.
     flipped = reference.copy()
     chosen = near[: len(near) // 4]
     # Swap each chosen row's two largest outputs: its predicted class changes (no ties here).
@@ -149,11 +149,20 @@ def test_flips_near_the_boundary_fail_the_guard_even_when_overall_agreement_is_h
     assert measured.agreement >= 1 - len(chosen) / len(x) - 1e-9 > 0.9
     assert measured.boundary_agreement < 0.8
     assert not guard.passes(measured)
-    # The same agreement without the boundary criterion would pass.
+    # With the overall threshold at 0.9, the boundary criterion alone fails it ...
+    score = GuardScore(measured.agreement, None, measured.boundary_agreement)
+    strict = AccuracyGuard(
+        guard.program,
+        guard.calibration_q,
+        min_agreement=0.9,
+        min_boundary_agreement=guard.min_boundary_agreement,
+    )
+    assert not strict.passes(score)
+    # ... and the same agreement without the boundary criterion passes.
     lenient = AccuracyGuard(
         guard.program, guard.calibration_q, min_agreement=0.9, min_boundary_agreement=0.0
     )
-    assert lenient.passes(GuardScore(measured.agreement, None, measured.boundary_agreement))
+    assert lenient.passes(score)
 
 
 def test_the_report_says_what_the_boundary_rows_measured(data, onnx_model) -> None:
@@ -314,10 +323,11 @@ def test_auto_rounding_of_a_regressor_without_labels_rounds_and_keeps_held_out_r
         return calibration_score(lowered.contract.postprocess(outputs), y[300:], False)
 
     rounded = np.mean([r2(lowered.program, np.random.default_rng(d)) for d in range(5)])
-    # Measured over seeds 0-4 of this fixture (session 7): -0.021 to +0.014 with the default
-    # training (input noise), -0.010 to +0.004 before it. For scale, on Friedman #1 folds
-    # every layer at 5 bits lost 0.014 mean (0.028 worst), at 4 bits 0.086 (accuracy.md).
-    assert rounded >= r2(unrounded.program) - 0.025
+    # Measured over seeds 0-4 of this fixture (session 7): -0.021 (seed 0, this one) to +0.014
+    # with the default training (input noise roughly doubles the rounding loss here), -0.010
+    # to +0.004 before it. For scale, on Friedman #1 folds every layer at 5 bits lost 0.014
+    # mean (0.028 worst), at 4 bits 0.086 (accuracy.md).
+    assert rounded >= r2(unrounded.program) - 0.03
     # A stricter threshold is honoured: it costs precision.
     strict = lower_onnx(
         regressor.export_onnx(), x[:300], CompileOptions(min_agreement=0.999), **kwargs

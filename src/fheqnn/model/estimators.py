@@ -366,14 +366,14 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
     ``patience``: epochs without improvement before
     stopping; ``select_after_freeze``: only epochs after the masks froze compete for "best";
     ``callbacks``: extra skorch callbacks; ``input_noise``: standard deviation of the Gaussian
-    noise added to the standardized inputs of each training batch, a regularizer that made
-    networks generalize better on every table measured; ``"auto"``, the default, is 0.3 for the
-    classifier). ``weight_quant`` chooses how accumulators are kept
-    within ``module__n_accum_bits``: ``"topk"`` (the seed's pruning: at most
-    ``max_active_neurons()`` non-zero weights per neuron), ``"a2q"`` or ``"a2q+"`` (brevitas'
-    accumulator-aware quantizers: a bounded L1 norm of each neuron's integer weights, no
-    pruning; see :mod:`fheqnn.model.a2q_module`). Raw features are fine: a per-feature
-    standardization is learned in ``fit`` and applied before the network.
+    noise added to the standardized inputs of each training batch, a regularizer; ``"auto"``,
+    the default, is 0.3 for the classifier, which raised compiled accuracy on cross-validation
+    of breast cancer, wine and digits and stayed within a row on iris). ``weight_quant``
+    chooses how accumulators are kept within ``module__n_accum_bits``: ``"topk"`` (the seed's
+    pruning: at most ``max_active_neurons()`` non-zero weights per neuron), ``"a2q"`` or
+    ``"a2q+"`` (brevitas' accumulator-aware quantizers: a bounded L1 norm of each neuron's
+    integer weights, no pruning; see :mod:`fheqnn.model.a2q_module`). Raw features are fine:
+    a per-feature standardization is learned in ``fit`` and applied before the network.
 
     Attributes:
         classes_: the class labels, sorted.

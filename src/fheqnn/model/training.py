@@ -1,5 +1,6 @@
-"""The training loop shared by the estimators and the float baselines of the benchmarks.
+"""The training hyper-parameters, and a plain training loop (the benchmarks' float baselines).
 
+The estimators train with skorch (``training_recipe.py``) from the same ``TrainingConfig``.
 Quantization-aware training with the pruning masks active: the forward pass uses the quantized,
 masked weights, so the network that is trained is the one that will run on integers.
 """
@@ -43,8 +44,9 @@ class TrainingConfig:
         input_noise: standard deviation of the Gaussian noise added to the (standardized)
             inputs of every training batch, a fresh draw each step; 0 adds none. A regularizer:
             the network cannot rely on a feature's exact value, and on small tables it generalizes
-            better (measured in ``benchmarks/results/accuracy.md``). Used by the estimators'
-            skorch recipe; scoring, validation and the trained network are unaffected.
+            better (measured in ``benchmarks/results/accuracy.md``). Drawn in training steps
+            only (the estimators' skorch recipe and :func:`train_module`); validation and
+            scoring see the rows as they are.
         verbose: show a progress bar (stderr) when true.
     """
 
@@ -131,7 +133,12 @@ def train_module(
         losses = []
         for start in range(0, n_rows, config.batch_size):
             idx = order[start : start + config.batch_size]
-            loss = loss_fn(module(x[idx]), y[idx])
+            inputs = x[idx]
+            if config.input_noise:
+                inputs = inputs + config.input_noise * torch.randn(
+                    inputs.shape, generator=generator, dtype=inputs.dtype
+                )
+            loss = loss_fn(module(inputs), y[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}: loss is {loss.item()}; lower lr"

@@ -101,8 +101,9 @@ class _Net(NeuralNet):
     """skorch's ``NeuralNet``, with Gaussian noise added to the inputs of each training batch.
 
     Noise of standard deviation ``input_noise`` (in units of the standardized features) is
-    added to a copy of the batch, never to the data, and only in training steps: validation,
-    scoring and the network itself are unchanged (see ``TrainingConfig.input_noise``).
+    added to a copy of the batch, never to the data, and only in training steps: validation and
+    scoring see the rows as they are (see ``TrainingConfig.input_noise``). What the network
+    learns from the noisy batches includes its input quantizer's scale.
     """
 
     def __init__(self, *args: Any, input_noise: float = 0.0, **kwargs: Any) -> None:
