@@ -6,9 +6,11 @@ configuration and fold, an estimator (seed = fold index) is fitted on the other 
 on the held-out fold: in the clear (torch), and through the lowered integer program as
 ``compile`` would build it (rounding chosen by the accuracy guard on the training folds; mean
 of 5 draws of approximate rounding; no Concrete compilation, so no error probability). With
-``--compile-configs`` each fitted fold is lowered once per set of compile options (plus one
-key of this script's own, ``"guard_spread"``: the spread of approximate rounding, in steps, that
-the rounding guard models instead of ``fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD``). Also
+``--compile-configs`` each fitted fold is lowered once per set of compile options (plus two
+keys of this script's own: ``"guard_spread"``, the spread of approximate rounding, in steps, that
+the rounding guard models instead of ``fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD``; and
+``"calibration_noise"``, which calibrates on the training folds plus noisy copies of them, noise
+in units of each feature's standard deviation). Also
 reported: table lookups per row and the compiler's estimated seconds per encrypted row.
 
     python benchmarks/holdout.py --dataset breast_cancer --folds 5 \\
@@ -106,13 +108,26 @@ def main(argv: list[str] | None = None) -> int:
                 rows = results.setdefault(json.dumps(config), [])
                 options = dict(compile_config)
                 spread = options.pop("guard_spread", None)
+                # Experimental: calibrate (and guard) on the rows plus noisy copies of them,
+                # noise in units of each feature's standard deviation.
+                noise = options.pop("calibration_noise", None)
+                calibration = x_tr[fit_rows]
+                if noise:
+                    rng = np.random.default_rng(1000 + fold)
+                    spread_x = calibration.std(axis=0)
+                    calibration = np.concatenate(
+                        [
+                            calibration,
+                            calibration + noise * spread_x * rng.normal(size=calibration.shape),
+                        ]
+                    )
                 saved_spread = ir.APPROX_ROUNDING_SPREAD
                 if spread is not None:
                     ir.APPROX_ROUNDING_SPREAD = spread
                 try:
                     lowered = lower_onnx(
                         model.export_onnx(),
-                        x_tr[fit_rows],
+                        calibration,
                         CompileOptions(n_accum_bits=model.module_.n_accum_bits, **options),
                         output_spec=model._output_spec(),
                         standardizer=Standardizer(*model._input_standardization()),
