@@ -62,6 +62,15 @@ class TrainingConfig:
     verbose: bool = False
 
 
+def add_input_noise(
+    x: torch.Tensor, std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``x`` plus Gaussian noise of standard deviation ``std`` (a new tensor; ``x`` is kept)."""
+    if not std:
+        return x
+    return x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
 def _warmup_cosine(total_steps: int, warmup_fraction: float = 0.1) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over the first steps, then cosine decay to ~0."""
     warmup = max(1, math.ceil(warmup_fraction * total_steps))
@@ -133,11 +142,7 @@ def train_module(
         losses = []
         for start in range(0, n_rows, config.batch_size):
             idx = order[start : start + config.batch_size]
-            inputs = x[idx]
-            if config.input_noise:
-                inputs = inputs + config.input_noise * torch.randn(
-                    inputs.shape, generator=generator, dtype=inputs.dtype
-                )
+            inputs = add_input_noise(x[idx], config.input_noise, generator)
             loss = loss_fn(module(inputs), y[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..interrupts import interrupted_before
 from .qnn_module import SparseQuantNeuralNetwork
-from .training import TrainingConfig, _warmup_cosine
+from .training import TrainingConfig, _warmup_cosine, add_input_noise
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class _Net(NeuralNet):
     def train_step_single(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         if self.input_noise:
             x, y = batch
-            batch = (x + self.input_noise * torch.randn_like(x), y)
+            batch = (add_input_noise(x, self.input_noise), y)
         return super().train_step_single(batch, **fit_params)
 
 
