@@ -20,6 +20,7 @@ from fheqnn import (
     EnvelopeError,
     FheModelClient,
     FheModelServer,
+    InputRangeWarning,
     InvalidInputError,
     InvalidParameterError,
 )
@@ -173,6 +174,43 @@ def test_client_json_records_feature_names_when_known(single) -> None:
         replace(single.contract, feature_names=("a", "a", "c", "d"))
     with pytest.raises(InvalidParameterError, match="must be 4 strings"):
         replace(single.contract, feature_names=("a", "b"))
+
+
+def test_the_client_warns_about_rows_far_outside_the_calibration_range(
+    single, data, tmp_path: Path
+) -> None:
+    import warnings
+
+    x, _ = data
+    d = single.contract.to_dict()
+    np.testing.assert_array_equal(d["feature_range"]["low"], x.min(axis=0))
+    np.testing.assert_array_equal(d["feature_range"]["high"], x.max(axis=0))
+    single.save(tmp_path / "model")
+    client = FheModelClient(tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputRangeWarning)
+        expected = client.quantize(x[:2])
+    far = x[:2].copy()
+    far[1, 2] = x[:, 2].max() + 3 * np.ptp(x[:, 2])
+    with pytest.warns(InputRangeWarning, match=r"1 of 2 rows .* row 1, feature column 2 is .* the "
+                      r"calibration rows span"):  # fmt: skip
+        q = client.quantize(far)
+    # Warned, not refused: the far row is still quantized (its far value clipped), the other
+    # row and the other features as before.
+    assert np.array_equal(q[0], expected[0]) and np.array_equal(
+        q[1, [0, 1, 3]], expected[1, [0, 1, 3]]
+    )
+    assert q[1, 2] >= expected[:, 2].max()
+    # A client.json written before the range existed is read, and not checked.
+    older = ClientContract.from_dict({k: v for k, v in d.items() if k != "feature_range"})
+    assert older.feature_range is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputRangeWarning)
+        older.quantize(far)
+    with pytest.raises(InvalidParameterError, match="low <= high"):
+        ClientContract.from_dict({**d, "feature_range": {"low": [1.0] * 4, "high": [0.0] * 4}})
+    with pytest.raises(InvalidParameterError, match="feature range has 1 features, the model 4"):
+        ClientContract.from_dict({**d, "feature_range": {"low": [0.0], "high": [1.0]}})
 
 
 def test_older_client_json_reads_as_one_row(batched) -> None:

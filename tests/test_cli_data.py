@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fheqnn import InputRangeWarning
 from fheqnn.cli import main
 from fheqnn.tabular import inference_byte_limit
 from test_cli import (
@@ -192,8 +193,28 @@ def test_predict_finds_columns_by_name_when_the_header_order_differs(
                  "--proba", "--out", str(tmp_path / "proba.npy")]) == 0  # fmt: skip
     proba = np.load(tmp_path / "proba.npy")
     np.testing.assert_allclose(proba, class_probabilities(wine.model, in_order))
-    by_position = class_probabilities(wine.model, in_order[:, [2, 0, 1]])
+    # Taken by position, these columns would also be far outside the calibration range.
+    with pytest.warns(InputRangeWarning, match="'sulphates' \\(column 1\\) is 1"):
+        by_position = class_probabilities(wine.model, in_order[:, [2, 0, 1]])
     assert not np.allclose(proba, by_position)
+
+
+def test_a_column_in_other_units_is_warned_about_at_encryption(wine: Wine, tmp_path: Path) -> None:
+    """The input quantizer clips what lies beyond its range: sulphates given in g/L where the
+    model learned kg/L would be answered as if they were the largest it saw, without a word."""
+    x, y = wine_rows(3, seed=5)
+    args = ("encrypt", wine.model, "--keys", wine.keys, "--target", "colour", "--input")
+    code, _, err = run_cli(*args, wine_csv(tmp_path / "ok.csv", x, y), "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "warning" not in err
+    x[:, 1] *= 1000.0
+    code, out, err = run_cli(*args, wine_csv(tmp_path / "gl.csv", x, y), "--out", tmp_path / "b")
+    assert code == 0, err  # a warning, not a refusal: extrapolation can be meant
+    assert err.startswith("warning: 3 of 3 rows hold values far outside the range of the "
+                          "calibration rows")  # fmt: skip
+    assert "row 0, feature 'sulphates' (column 1) is " in err
+    assert "check the columns' units and order" in err and "warning" not in out
+    assert (tmp_path / "b").is_file()
 
 
 def test_compile_reads_a_calibration_csv_by_name(wine: Wine, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1557,14 +1557,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """fheqnn's warnings about the user's data (rows far outside the training range) as one
+    ``warning: ...`` line on stderr, without Python's file and line; others as Python shows
+    them."""
+    import warnings
+
+    from .errors import InputRangeWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, *rest: Any) -> None:
+        if issubclass(category, InputRangeWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, *rest)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputRangeWarning)
+        warnings.showwarning = show
+        yield
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """The command's function, its exceptions turned into exit codes."""
     from .errors import FheqnnError
 
     try:
-        if AS_PROGRAM and args.command in NATIVE_COMMANDS:
-            return _in_child(args)
-        return int(args.func(args))
+        with _plain_warnings():
+            if AS_PROGRAM and args.command in NATIVE_COMMANDS:
+                return _in_child(args)
+            return int(args.func(args))
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as exc:

@@ -52,3 +52,10 @@ class AccuracyLossError(FheqnnError, ValueError):
 class CompileAccuracyWarning(UserWarning):
     """Compile-time choices cost agreement with the unrounded program, or calibration accuracy,
     beyond the guard's threshold (or the calibration rows are too few to tell)."""
+
+
+class InputRangeWarning(UserWarning):
+    """Rows given for prediction hold values far outside the range of the rows the model was
+    trained (or calibrated) on: a column in other units, or columns in another order. The
+    model clips its inputs to its quantization range, so such rows get an answer that says
+    little about them."""

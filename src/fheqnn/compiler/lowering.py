@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..contract import ClientContract, OutputSpec, Standardizer
+from ..contract import ClientContract, FeatureRange, OutputSpec, Standardizer
 from ..errors import AccuracyLossError, CompileAccuracyWarning, InvalidInputError
 from .ir import Program
 from .options import CompileOptions
@@ -176,7 +176,10 @@ def lower_program(
     check(analyse(program, options.n_accum_bits))
 
     contract = ClientContract.from_program(program, output_spec, standardizer)
-    q_cal = contract.quantize(calibration_inputs, what="calibration inputs")
+    x_cal = contract.check(calibration_inputs, what="calibration inputs")
+    # The client warns about rows far outside what the model was calibrated on.
+    contract = replace(contract, feature_range=FeatureRange.of_rows(x_cal))
+    q_cal = contract.quantize(x_cal, what="calibration inputs")
     labels = _labels(calibration_labels, len(q_cal))
     postprocess, classifier = _postprocessing(contract)
     guard = AccuracyGuard(

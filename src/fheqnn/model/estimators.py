@@ -22,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ..contract import Standardizer
+from ..contract import FeatureRange, Standardizer
 from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
 from ..validation import check_choice, check_features, check_int, check_number
 from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
@@ -249,6 +249,8 @@ class _SparseQuantNetEstimator(BaseEstimator):
         # learned here, applied in the clear before quantization (constant columns: scale 1).
         self.x_mean_ = mean
         self.x_scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
+        # Rows far outside this range are warned about at prediction (see FeatureRange).
+        self.feature_range_ = FeatureRange.of_rows(x)
         x_std = self._standardize(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -291,7 +293,12 @@ class _SparseQuantNetEstimator(BaseEstimator):
         if fhe is not None:
             # The compiled model's client contract standardizes the raw rows itself.
             return self._compiled().predict_raw(check_features(X, self.n_features_in_), fhe)
-        x = self._standardize(self._validate_x(X, reset=False))
+        x = self._validate_x(X, reset=False)
+        feature_range = getattr(self, "feature_range_", None)  # None: pickled before it existed
+        if feature_range is not None:
+            names = getattr(self, "feature_names_in_", None)
+            feature_range.warn_outside(x, None if names is None else list(names))
+        x = self._standardize(x)
         self.module_.eval()
         with torch.no_grad():
             return self.module_(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
@@ -383,6 +390,8 @@ class NeuralNetClassifier(ClassifierMixin, _SparseQuantNetEstimator):
         best_epoch_: the epoch whose weights were kept (lowest validation loss; the last epoch
             without validation).
         x_mean_, x_scale_: the input standardization learned in ``fit``, shape (n_features,).
+        feature_range_: each feature's range in the training rows (:class:`FeatureRange`);
+            prediction warns (``InputRangeWarning``) about rows far outside it.
         n_features_in_: number of features seen in ``fit``.
     """
 
@@ -458,6 +467,8 @@ class NeuralNetRegressor(RegressorMixin, _SparseQuantNetEstimator):
         best_epoch_: the epoch whose weights were kept (lowest validation loss; the last epoch
             without validation).
         x_mean_, x_scale_: the input standardization learned in ``fit``, shape (n_features,).
+        feature_range_: each feature's range in the training rows (:class:`FeatureRange`);
+            prediction warns (``InputRangeWarning``) about rows far outside it.
         n_features_in_: number of features seen in ``fit``.
         y_mean_, y_scale_: the target standardization, shape (n_outputs,).
     """
