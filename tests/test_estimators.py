@@ -145,8 +145,15 @@ def test_progress_display_can_be_silenced(blobs, capsys) -> None:
 
 
 def test_predict_before_fit() -> None:
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
     with pytest.raises(NotFittedError, match="not fitted yet"):
         NeuralNetClassifier().predict(np.zeros((2, 4)))
+    # Code written for scikit-learn estimators catches it with scikit-learn's class too.
+    with pytest.raises(SklearnNotFittedError, match="not fitted yet"):
+        NeuralNetRegressor().predict(np.zeros((2, 4)))
+    with pytest.raises(SklearnNotFittedError, match="not compiled"):
+        NeuralNetClassifier(**FAST).fit(np.eye(4), [0, 1, 0, 1]).predict(np.eye(4), fhe="simulate")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -43,6 +44,13 @@ def _network_class(weight_quant: str) -> type[SparseQuantNeuralNetwork]:
     from .a2q_module import A2QNeuralNetwork, A2QPlusNeuralNetwork
 
     return A2QNeuralNetwork if weight_quant == "a2q" else A2QPlusNeuralNetwork
+
+
+class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
+    """The estimators' "fit (or compile) first": fheqnn's :class:`NotFittedError` and
+    scikit-learn's at once, so code written for any scikit-learn estimator (``except
+    sklearn.exceptions.NotFittedError``) catches it too. (``fheqnn.errors`` itself does not
+    import scikit-learn, which encryption clients never load.)"""
 
 
 def _auto_or_number(
@@ -217,7 +225,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         try:
             check_is_fitted(self, "module_")
         except Exception as exc:  # sklearn's NotFittedError
-            raise NotFittedError(
+            raise EstimatorNotFittedError(
                 f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
             ) from exc
 
@@ -305,7 +313,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
 
     def _compiled(self) -> Any:
         if getattr(self, "fhe_model_", None) is None:
-            raise NotFittedError(
+            raise EstimatorNotFittedError(
                 f"this {type(self).__name__} is not compiled: call compile(X) before predicting "
                 "with fhe='disable', 'simulate' or 'execute'"
             )
