@@ -192,9 +192,10 @@ def test_the_client_warns_about_rows_far_outside_the_calibration_range(
         expected = client.quantize(x[:2])
     far = x[:2].copy()
     far[1, 2] = x[:, 2].max() + 3 * np.ptp(x[:, 2])
-    with pytest.warns(InputRangeWarning, match=r"1 of 2 rows .* row 1, feature column 2 is .* the "
-                      r"calibration rows span"):  # fmt: skip
+    with pytest.warns(InputRangeWarning, match=r"1 of 2 rows holds .* row 1, feature column 2 "
+                      r"is .* the calibration rows span") as record:  # fmt: skip
         q = client.quantize(far)
+    assert len(record) == 1
     # Warned, not refused: the far row is still quantized (its far value clipped), the other
     # row and the other features as before.
     assert np.array_equal(q[0], expected[0]) and np.array_equal(

@@ -194,26 +194,37 @@ def test_predict_finds_columns_by_name_when_the_header_order_differs(
     proba = np.load(tmp_path / "proba.npy")
     np.testing.assert_allclose(proba, class_probabilities(wine.model, in_order))
     # Taken by position, these columns would also be far outside the calibration range.
-    with pytest.warns(InputRangeWarning, match="'sulphates' \\(column 1\\) is 1"):
+    with pytest.warns(InputRangeWarning, match="'sulphates' \\(the model's column 1\\) is 1"):
         by_position = class_probabilities(wine.model, in_order[:, [2, 0, 1]])
     assert not np.allclose(proba, by_position)
 
 
-def test_a_column_in_other_units_is_warned_about_at_encryption(wine: Wine, tmp_path: Path) -> None:
+@pytest.mark.encrypted
+def test_a_column_in_other_units_is_warned_about_once(wine: Wine, tmp_path: Path) -> None:
     """The input quantizer clips what lies beyond its range: sulphates given in g/L where the
-    model learned kg/L would be answered as if they were the largest it saw, without a word."""
-    x, y = wine_rows(3, seed=5)
-    args = ("encrypt", wine.model, "--keys", wine.keys, "--target", "colour", "--input")
-    code, _, err = run_cli(*args, wine_csv(tmp_path / "ok.csv", x, y), "--out", tmp_path / "a")
+    model learned kg/L would be answered as if they were the largest it saw, without a word.
+    ``predict`` encrypts in chunks; the file is checked once, as a whole."""
+    x, y = wine_rows(5, seed=5)
+    args = ("--keys", wine.keys, "--target", "colour", "--input")
+    code, _, err = run_cli("encrypt", wine.model, *args, wine_csv(tmp_path / "ok.csv", x, y),
+                           "--out", tmp_path / "a")  # fmt: skip
     assert code == 0, err
     assert "warning" not in err
     x[:, 1] *= 1000.0
-    code, out, err = run_cli(*args, wine_csv(tmp_path / "gl.csv", x, y), "--out", tmp_path / "b")
+    code, out, err = run_cli("predict", wine.model, *args, wine_csv(tmp_path / "gl.csv", x, y),
+                             "--quiet")  # fmt: skip
     assert code == 0, err  # a warning, not a refusal: extrapolation can be meant
-    assert err.startswith("warning: 3 of 3 rows hold values far outside the range of the "
+    assert err.count("warning:") == 1, err
+    assert err.startswith("warning: 5 of 5 rows hold values far outside the range of the "
                           "calibration rows")  # fmt: skip
-    assert "row 0, feature 'sulphates' (column 1) is " in err
+    assert "row 0, feature 'sulphates' (the model's column 1) is " in err
     assert "check the columns' units and order" in err and "warning" not in out
+    x[:, 1] /= 1000.0 * 1000.0  # now in tonnes per litre: just below the range, every row
+    code, _, err = run_cli("encrypt", wine.model, *args, wine_csv(tmp_path / "t.csv", x, y),
+                           "--out", tmp_path / "b")  # fmt: skip
+    assert code == 0, err
+    assert err.startswith("warning: 5 of 5 rows lie outside the range of the calibration rows on "
+                          "feature 'sulphates' (the model's column 1)")  # fmt: skip
     assert (tmp_path / "b").is_file()
 
 

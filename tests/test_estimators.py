@@ -495,7 +495,7 @@ def test_the_plain_training_loop_adds_the_same_input_noise() -> None:
 
 def test_rows_far_outside_the_training_range_are_warned_about(blobs) -> None:
     """A column in other units is clipped by the input quantizer and answered without a word;
-    the estimator says so, naming the column, and stays silent on ordinary rows."""
+    the estimator says so once per call, naming the column, and stays silent on ordinary rows."""
     import warnings
 
     x, y = blobs
@@ -503,24 +503,59 @@ def test_rows_far_outside_the_training_range_are_warned_about(blobs) -> None:
     low, high = np.asarray(clf.feature_range_.low), np.asarray(clf.feature_range_.high)
     np.testing.assert_array_equal(low, x.min(axis=0))
     np.testing.assert_array_equal(high, x.max(axis=0))
+    width = high - low
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputRangeWarning)
         clf.predict(x)
         # Just under a range's width beyond the range: ordinary extrapolation, no warning.
         edge = x[:3].copy()
-        edge[:, 2] = high[2] + 0.99 * (high[2] - low[2])
+        edge[:, 2] = high[2] + 0.99 * width[2]
         clf.predict(edge)
+        # Four rows just outside the range on one feature: not yet "most rows".
+        near = x[:8].copy()
+        near[:4, 1] = low[1] - 0.5 * width[1]
+        clf.predict(near)
+    edge[0, 2] = high[2] + 1.01 * width[2]
+    with pytest.warns(InputRangeWarning, match=r"^1 of 3 rows holds values far") as record:
+        clf.predict(edge)
+    assert len(record) == 1
     wrong_units = x[:10].copy()
     wrong_units[:4, 3] += 1000.0  # four rows' last feature measured from another origin
-    with pytest.warns(InputRangeWarning, match=r"4 of 10 rows .* row 0, feature column 3 is"):
+    with pytest.warns(
+        InputRangeWarning, match=r"4 of 10 rows .* row 0, feature column 3 is"
+    ) as record:
         predicted = clf.predict(wrong_units)
+    assert len(record) == 1
     assert predicted.shape == (10,)  # a warning, not an error: extrapolation can be meant
     with pytest.warns(
         InputRangeWarning, match=r"row 0, feature column 0 .* and 1 other feature too"
-    ):
+    ) as record:
         both = wrong_units.copy()
-        both[0, 0] = low[0] - 2.0 * (high[0] - low[0])
+        both[0, 0] = low[0] - 2.0 * width[0]
         clf.predict_proba(both)
+    assert len(record) == 1
+
+
+def test_most_rows_just_outside_the_training_range_are_warned_about(blobs) -> None:
+    """A feature given in smaller units lands near (not far beyond) the range's low end; most
+    rows of a call leaving the range on one feature is the sign (kilograms for grams)."""
+    x, y = blobs
+    raw = x + np.array([0.0, 0.0, 0.0, 3.0])  # a positive last feature, ~1.5 to ~4.9
+    clf = NeuralNetClassifier(max_epochs=4, verbose=0, random_state=0).fit(raw, y)
+    shrunk = raw[:10].copy()
+    shrunk[:, 3] /= 1000.0  # ~0.003, below the range but within a width of it
+    assert not clf.feature_range_.far_outside(shrunk).any()
+    with pytest.warns(
+        InputRangeWarning,
+        match=r"^10 of 10 rows lie outside the range of the training rows on feature column 3 "
+        r"\(.* to .*; values given from 0\.0",
+    ) as record:
+        clf.predict(shrunk)
+    assert len(record) == 1
+    shrunk[:, 0] = clf.feature_range_.low[0] - 1e-3  # the first feature too: one warning still
+    with pytest.warns(InputRangeWarning, match="and as many on 1 other feature") as record:
+        clf.predict(shrunk)
+    assert len(record) == 1
 
 
 def test_a_feature_constant_in_training_is_not_range_checked(blobs) -> None:

@@ -329,24 +329,29 @@ class FheModelClient:
         return self._evaluation_keys
 
     # ------------------------------------------------------------------ data
-    def quantize(self, x: Any) -> np.ndarray:
-        """Validate, standardize and quantize float rows (int64, (n_rows, n_features))."""
-        return self.part.quantize(x)
+    def quantize(self, x: Any, *, check_range: bool = True) -> np.ndarray:
+        """Validate, standardize and quantize float rows (int64, (n_rows, n_features)).
+
+        ``check_range``: warn about rows outside the calibration range
+        (:meth:`~fheqnn.contract.ClientContract.warn_out_of_range`); ``False`` for the parts of
+        rows already checked as a whole.
+        """
+        return self.part.quantize(x, check_range=check_range)
 
     @property
     def batch_size(self) -> int:
         """Rows per circuit call: :meth:`encrypt` makes one ciphertext per chunk of this many."""
         return self.part.batch_size
 
-    def encrypt(self, x: Any) -> bytes:
+    def encrypt(self, x: Any, *, check_range: bool = True) -> bytes:
         """Quantize, encrypt and serialize float rows.
 
         One ciphertext payload per chunk of :attr:`batch_size` rows, the last chunk padded with
         copies of its last row; the envelope's ``n_rows`` tells :meth:`decrypt_integers` how
-        many results to keep.
+        many results to keep. ``check_range`` as in :meth:`quantize`.
         """
         info = self._require_keys()
-        q = self.quantize(x)
+        q = self.quantize(x, check_range=check_range)
         payloads = tuple(self._client.encrypt(chunk).serialize() for chunk in self.part.chunks(q))
         return Envelope(
             "inputs", self.model_id, info.key_id, payloads, {"n_rows": len(q)}

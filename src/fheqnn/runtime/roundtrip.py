@@ -58,7 +58,9 @@ def encrypted_predict(
             one circuit call per worker).
         progress: called with the number of rows finished after each chunk.
     """
-    x = np.asarray(x)
+    # The rows are checked (and warned about) as a whole, once; then encrypted in parts.
+    x = client.part.check(x)
+    client.part.warn_out_of_range(x)
     batch = getattr(client, "batch_size", 1)
     step = max(1, chunk or getattr(server, "workers", 1) * batch)
     outputs, server_s = [], 0.0
@@ -68,7 +70,7 @@ def encrypted_predict(
         server.register_evaluation_keys(client.evaluation_keys())
     for start in range(0, len(x), step):
         part = x[start : start + step]
-        blob = client.encrypt(part)
+        blob = client.encrypt(part, check_range=False)
         t0 = time.perf_counter()
         result = server.run(blob)
         server_s += time.perf_counter() - t0

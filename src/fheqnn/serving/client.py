@@ -252,9 +252,15 @@ class HttpClient:
             self.upload_keys(client)
             return self.run(client.model_id, info.key_id, ciphertext)
 
-    def predict_raw(self, client: FheModelClient, x: Any) -> np.ndarray:
-        """Encrypt rows, run them on the service, decrypt: float outputs (n_rows, n_outputs)."""
-        return client.decrypt_raw(self.run_encrypted(client, client.encrypt(x)))
+    def predict_raw(
+        self, client: FheModelClient, x: Any, *, check_range: bool = True
+    ) -> np.ndarray:
+        """Encrypt rows, run them on the service, decrypt: float outputs (n_rows, n_outputs).
+
+        ``check_range`` as in :meth:`FheModelClient.quantize` (``False`` for the parts of rows
+        already checked as a whole)."""
+        blob = client.encrypt(x, check_range=check_range)
+        return client.decrypt_raw(self.run_encrypted(client, blob))
 
     def predict(self, client: FheModelClient, x: Any) -> np.ndarray:
         """Predictions after post-processing (labels, values), as the local ``predict``."""
