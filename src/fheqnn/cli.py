@@ -1074,8 +1074,7 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
     from .serving.client import HttpClient
 
     rows_per_request = request_rows(client.batch_size, args.batch_rows)
-    x = client.part.check(x)
-    client.part.warn_out_of_range(x)  # once for the whole file, not per request
+    x = client.part.check_and_warn(x)  # once for the whole file, not per request
     outputs, run_s = [], 0.0
     with (
         HttpClient(args.server, token=_token(args.token_env)) as http,

@@ -186,13 +186,16 @@ class FeatureRange:
         width = high - low
         return ((x < low - width) | (x > high + width)) & (width > 0)
 
+    def outside(self, x: np.ndarray) -> np.ndarray:
+        """Boolean mask of the values of ``x`` outside the range at all."""
+        return (x < np.asarray(self.low)) | (x > np.asarray(self.high))
+
     def shifted(self, x: np.ndarray) -> np.ndarray:
         """Boolean mask of the features (columns) that most rows of ``x`` leave: at least
         :data:`SHIFT_MIN_ROWS` rows and more than half of them outside the range, where rows
         like the ones the range came from would rarely be (about 2 in n + 1 for a range taken
         from n rows)."""
-        outside = (x < np.asarray(self.low)) | (x > np.asarray(self.high))
-        count = outside.sum(axis=0)
+        count = self.outside(x).sum(axis=0)
         width = np.asarray(self.high) - np.asarray(self.low)
         return (count >= SHIFT_MIN_ROWS) & (2 * count > len(x)) & (width > 0)
 
@@ -234,9 +237,7 @@ class FeatureRange:
         shifted = self.shifted(x) & ~far.any(axis=0)
         if shifted.any():
             column = int(np.nonzero(shifted)[0][0])
-            outside = int(
-                ((x[:, column] < self.low[column]) | (x[:, column] > self.high[column])).sum()
-            )
+            outside = int(self.outside(x)[:, column].sum())
             others = int(shifted.sum()) - 1
             said.append(
                 f"{outside} of {len(x)} rows lie outside the range of the {seen} rows on feature "
@@ -416,23 +417,20 @@ class ClientContract:
         """Validated rows, standardized when the model learned a standardization."""
         return x if self.standardizer is None else self.standardizer.apply(x)
 
-    def warn_out_of_range(self, x: np.ndarray) -> None:
-        """Warn (:class:`~fheqnn.errors.InputRangeWarning`) about validated rows far outside
-        the range of the calibration rows (see :class:`FeatureRange`); once per call."""
-        if self.feature_range is not None:
+    def check_and_warn(self, x: Any, what: str = "X", *, check_range: bool = True) -> np.ndarray:
+        """:meth:`check` the rows, then (``check_range``) warn once
+        (:class:`~fheqnn.errors.InputRangeWarning`) about rows outside the range of the
+        calibration rows (see :class:`FeatureRange`). Callers that cut rows into parts call
+        this on the whole, then quantize the parts with ``check_range=False``."""
+        x = self.check(x, what)
+        if check_range and self.feature_range is not None:
             self.feature_range.warn_outside(x, self.feature_names, seen="calibration")
+        return x
 
     def quantize(self, x: Any, what: str = "X", *, check_range: bool = True) -> np.ndarray:
-        """Validate, standardize and quantize float rows: int64 ``(n_rows, n_features)``.
-
-        Args:
-            check_range: warn about rows far outside the calibration range
-                (:meth:`warn_out_of_range`); callers that cut rows into parts check the whole
-                once and pass ``False`` for the parts.
-        """
-        x = self.check(x, what)
-        if check_range:
-            self.warn_out_of_range(x)
+        """Validate, standardize and quantize float rows: int64 ``(n_rows, n_features)``;
+        ``check_range`` as in :meth:`check_and_warn`."""
+        x = self.check_and_warn(x, what, check_range=check_range)
         return self.input_quantizer.quantize(self.standardize(x))
 
     def chunks(self, q: np.ndarray) -> list[np.ndarray]:

@@ -333,7 +333,7 @@ class FheModelClient:
         """Validate, standardize and quantize float rows (int64, (n_rows, n_features)).
 
         ``check_range``: warn about rows outside the calibration range
-        (:meth:`~fheqnn.contract.ClientContract.warn_out_of_range`); ``False`` for the parts of
+        (:meth:`~fheqnn.contract.ClientContract.check_and_warn`); ``False`` for the parts of
         rows already checked as a whole.
         """
         return self.part.quantize(x, check_range=check_range)

@@ -59,8 +59,7 @@ def encrypted_predict(
         progress: called with the number of rows finished after each chunk.
     """
     # The rows are checked (and warned about) as a whole, once; then encrypted in parts.
-    x = client.part.check(x)
-    client.part.warn_out_of_range(x)
+    x = client.part.check_and_warn(x)
     batch = getattr(client, "batch_size", 1)
     step = max(1, chunk or getattr(server, "workers", 1) * batch)
     outputs, server_s = [], 0.0
