@@ -436,3 +436,69 @@ def test_train_with_a_named_target_and_numeric_labels(tmp_path: Path) -> None:
     spec = json.loads((out / "output_spec.json").read_text())
     assert spec["classes"] == [3, 7]  # integers, as in the file
     assert np.load(out / "test_y.npy").dtype == np.int64
+
+
+@pytest.mark.encrypted
+def test_predict_writes_every_prediction_to_a_csv_or_npy_file(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Printed, more than 200 predictions are cut to the first and last 3 (numpy's summary):
+    before ``--out`` the encrypted answers for a user's file were computed and thrown away.
+    (The display threshold is lowered to 8 here, to keep the encrypted runs short.)"""
+    monkeypatch.setattr("fheqnn.cli.PRINTED_PREDICTIONS", 8)
+    x, y = wine_rows(12, seed=6)
+    data = wine_csv(tmp_path / "many.csv", x, y)
+    in_file = np.column_stack([np.round(x[:, 0], 1), np.round(x[:, 1], 4), np.round(x[:, 2], 3)])
+    expected = expected_predictions(wine.model, in_file)
+    out = predict_colour(wine, data, capsys)
+    assert "..." in out
+    assert "(the first and last 3 of 12 rows; --out FILE.csv writes them all)" in out
+    table = tmp_path / "preds.csv"
+    args = ["predict", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+            "--target", "colour", "--quiet", "--out", str(table)]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {table} (12 rows)" in out and "'red'" not in out
+    lines = table.read_text().splitlines()
+    assert lines[0] == "prediction"
+    assert lines[1:] == expected.tolist()
+    # Once more: refused without --overwrite; the input, or a CSV that is not ours, never.
+    (tmp_path / "mine.csv").write_text("id,score\n1,2\n")
+    before = snapshot(tmp_path)
+    assert_input_error(capsys, main(args), "exists; pass --overwrite")
+    for other, needle in [
+        (data, "also an input of this command"),
+        (tmp_path / "mine.csv", "is not a table of predictions written by fheqnn"),
+        (tmp_path / "preds.txt", "must end in .csv"),
+    ]:
+        args[-1] = str(other)
+        assert_input_error(capsys, main([*args, "--overwrite"]), needle)
+    assert snapshot(tmp_path) == before
+    args[-1] = str(tmp_path / "preds.npy")
+    assert main([*args, "--rows", "7"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "preds.npy"), expected[:7])
+
+
+@pytest.mark.encrypted
+def test_decrypt_writes_class_probabilities_under_the_class_names(
+    wine: Wine, tmp_path: Path
+) -> None:
+    x, y = wine_rows(6, seed=7)
+    data = wine_csv(tmp_path / "six.csv", x, y)
+    model, keys = str(wine.model), str(wine.keys)
+    assert main(["encrypt", model, "--keys", keys, "--input", str(data), "--target", "colour",
+                 "--out", str(tmp_path / "in.bin")]) == 0  # fmt: skip
+    assert main(["run", model, "--evaluation-keys", f"{keys}/evaluation.keys", "--input",
+                 str(tmp_path / "in.bin"), "--out", str(tmp_path / "out.bin")]) == 0  # fmt: skip
+    table = tmp_path / "proba.csv"
+    assert main(["decrypt", model, "--keys", keys, "--input", str(tmp_path / "out.bin"),
+                 "--proba", "--out", str(table)]) == 0  # fmt: skip
+    lines = table.read_text().splitlines()
+    assert lines[0] == "proba_red,proba_white"
+    in_file = np.column_stack([np.round(x[:, 0], 1), np.round(x[:, 1], 4), np.round(x[:, 2], 3)])
+    written = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    np.testing.assert_allclose(written, class_probabilities(wine.model, in_file))
+    # Every digit is kept: the same floats as the array decrypt saves.
+    assert main(["decrypt", model, "--keys", keys, "--input", str(tmp_path / "out.bin"),
+                 "--proba", "--out", str(tmp_path / "proba.npy")]) == 0  # fmt: skip
+    np.testing.assert_array_equal(written, np.load(tmp_path / "proba.npy"))

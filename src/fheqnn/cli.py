@@ -126,6 +126,86 @@ def _is_npy_file(path: Path) -> bool:
         return handle.read(6) == b"\x93NUMPY"
 
 
+#: Predictions printed in full up to this many; beyond, numpy shows the first and last 3.
+PRINTED_PREDICTIONS = 200
+#: First header cells of the prediction tables ``predict`` / ``decrypt`` write (``--out F.csv``).
+PREDICTION_COLUMNS = ("prediction", "proba_")
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """Whether ``path`` looks like a table of predictions written by this tool: its header's
+    first cell is ``prediction...`` or ``proba_...`` (nothing else is ever replaced)."""
+    with open(path, "rb") as handle:
+        head = handle.read(64).decode("utf-8", errors="replace").lstrip('\ufeff"')
+    return head.startswith(PREDICTION_COLUMNS)
+
+
+def _check_predictions_output(args: argparse.Namespace, *, inputs: Sequence[Any]) -> Path | None:
+    """``--out`` of ``predict`` / ``decrypt``, checked before any work: a ``.csv`` table or a
+    ``.npy`` array, replaced only with ``--overwrite`` and only if it is one of ours."""
+    if args.out is None:
+        return None
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".csv", ".npy"):
+        raise CliError(
+            f"--out {args.out} must end in .csv (a table, one row per input row) or .npy (a "
+            "NumPy array)"
+        )
+    csv_file = suffix == ".csv"
+    return _check_typed_file_output(
+        args.out,
+        suffix=suffix,
+        what="a table of predictions written by fheqnn" if csv_file else "a NumPy .npy file",
+        is_ours=_is_predictions_csv if csv_file else _is_npy_file,
+        overwrite=args.overwrite,
+        inputs=inputs,
+        folders=(args.model, args.keys),
+    )
+
+
+def _prediction_table(pred: np.ndarray, classes: Sequence[Any] | None, proba: bool) -> bytes:
+    """CSV text of predictions, one line per row under a header: ``prediction`` (one value per
+    row), ``prediction_0``... (several outputs) or ``proba_<class>`` (class probabilities).
+    Labels are written as they were in the training file; floats with every digit kept."""
+    import csv
+    import io
+
+    values = pred.reshape(len(pred), -1)
+    if proba:
+        names = classes if classes is not None and len(classes) == values.shape[1] else None
+        header = [f"proba_{c}" for c in (names or range(values.shape[1]))]
+    elif pred.ndim == 1:
+        header = ["prediction"]
+    else:
+        header = [f"prediction_{i}" for i in range(values.shape[1])]
+
+    def cell(value: Any) -> str:
+        value = value.item() if hasattr(value, "item") else value
+        return repr(value) if isinstance(value, float) else str(value)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([cell(v) for v in row] for row in values)
+    return buffer.getvalue().encode()
+
+
+def _give_predictions(
+    out: Path | None, pred: np.ndarray, *, classes: Sequence[Any] | None = None, proba: bool = False
+) -> None:
+    """Write the predictions to ``out`` (atomically), or print them."""
+    if out is None:
+        _say(np.array2string(pred, threshold=PRINTED_PREDICTIONS))
+        if len(pred) > PRINTED_PREDICTIONS:
+            _say(f"(the first and last 3 of {len(pred)} rows; --out FILE.csv writes them all)")
+        return
+    if out.suffix.lower() == ".npy":
+        _save_array(out, pred)
+    else:
+        _write_bytes(out, _prediction_table(pred, classes, proba))
+    _say(f"wrote {out} ({len(pred)} rows)")
+
+
 def _is_onnx_file(path: Path) -> bool:
     import onnx
 
@@ -831,24 +911,13 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient
     from .runtime.artifacts import envelope_limits
 
-    if args.out:
-        _check_typed_file_output(
-            args.out,
-            suffix=".npy",
-            what="a NumPy .npy file",
-            is_ours=_is_npy_file,
-            overwrite=args.overwrite,
-            inputs=(args.input,),
-            folders=(args.model, args.keys),
-        )
+    out = _check_predictions_output(args, inputs=(args.input,))
     client = FheModelClient(args.model, args.keys)
     blob = _read_envelope(args.input, "encrypted result", envelope_limits(client.folder)["outputs"])
     pred = client.decrypt_proba(blob) if args.proba else client.decrypt(blob)
-    if args.out:
-        _save_array(Path(args.out), np.asarray(pred))
-        _say(f"wrote {args.out}")
-    else:
-        _say(np.array2string(np.asarray(pred), threshold=200))
+    _give_predictions(
+        out, np.asarray(pred), classes=client.part.output_spec.classes, proba=args.proba
+    )
     return EXIT_OK
 
 
@@ -865,6 +934,7 @@ def _encrypted_predict(client: Any, server: Any, x: np.ndarray, quiet: bool) -> 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient, FheModelServer
 
+    out = _check_predictions_output(args, inputs=(args.input, args.labels))
     client = FheModelClient(args.model, args.keys)
     x, y = _prediction_data(args, client.part)
     if y is not None and len(y) != len(x):
@@ -880,7 +950,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
     pred = np.asarray(trip.predictions)
-    _say(np.array2string(pred, threshold=200))
+    _give_predictions(out, pred)
     _say(
         f"{len(x)} rows, server time {trip.server_seconds:.2f} s "
         f"({trip.seconds_per_row:.3f} s per row)"
@@ -1430,8 +1500,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help="result file from 'run'")
     p.add_argument("--proba", action="store_true", help="class probabilities")
-    p.add_argument("--out", help=".npy file to write (default: print)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing .npy file")
+    p.add_argument(
+        "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an --out file this command wrote"
+    )
 
     p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict)
     p.add_argument("model", help="compiled model folder")
@@ -1444,6 +1518,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the features, used for the accuracy",
     )
     p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
+    p.add_argument(
+        "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an --out file this command wrote"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
