@@ -276,7 +276,10 @@ def test_inference_csv_with_the_target_column_needs_it_named(
     before = snapshot(tmp_path, wine.model, wine.keys)
     code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
                  "--out", str(tmp_path / "in.bin")])  # fmt: skip
-    assert_input_error(capsys, code, "new.csv", "4 features per row, expected 3", "--target NAME")
+    assert_input_error(
+        capsys, code, "new.csv", "4 features per row, expected 3", "--target NAME",
+        "the model has no column 'colour'",
+    )  # fmt: skip
     assert snapshot(tmp_path, wine.model, wine.keys) == before
     code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
                  "--target", "colour", "--rows", "1",
@@ -502,3 +505,26 @@ def test_decrypt_writes_class_probabilities_under_the_class_names(
     assert main(["decrypt", model, "--keys", keys, "--input", str(tmp_path / "out.bin"),
                  "--proba", "--out", str(tmp_path / "proba.npy")]) == 0  # fmt: skip
     np.testing.assert_array_equal(written, np.load(tmp_path / "proba.npy"))
+
+
+def test_a_file_with_a_column_too_few_is_told_which_one(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong feature count names the model's columns: those the header lacks (and those it
+    has that the model does not), or, without a header, all of them in order."""
+    x, y = wine_rows(3, seed=8)
+    with_header = tmp_path / "two.csv"
+    with_header.write_text("alcohol,acidity,colour\n" + "".join(
+        f"{r[0]:.1f},{r[2]:.3f},{label}\n" for r, label in zip(x, y, strict=True)))  # fmt: skip
+    no_header = tmp_path / "two.npy"
+    np.save(no_header, x[:, :2])
+    before = snapshot(tmp_path)
+    for data, needle in [
+        (with_header, "the header lacks 'sulphates', 'noise'; the model has no column 'acidity'"),
+        (no_header, "the model's columns, in order: 'alcohol', 'sulphates', 'noise'"),
+    ]:
+        code = main(["predict", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+                     *(["--target", "colour"] if data.suffix == ".csv" else []),
+                     "--out", str(tmp_path / "p.csv")])  # fmt: skip
+        assert_input_error(capsys, code, "2 features per row, expected 3", needle)
+    assert snapshot(tmp_path) == before

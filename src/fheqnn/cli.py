@@ -1019,6 +1019,7 @@ def _inference_rows(
         max_rows=MAX_INFERENCE_ROWS,
         first_rows=first_rows,
         what="input",
+        model_names=part.feature_names,
     )
     return _by_name(table, part.feature_names, path), table.y
 

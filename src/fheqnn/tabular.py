@@ -87,6 +87,7 @@ def read_table(
     max_rows: int | None = None,
     first_rows: int | None = None,
     what: str = "data",
+    model_names: Sequence[str] | None = None,
 ) -> Table:
     """Read a .csv or .npy file as features and an optional target column.
 
@@ -102,6 +103,8 @@ def read_table(
         max_rows: refuse a file with more data rows than this; ``None`` for no limit.
         first_rows: read only the first rows (at least 1); ``None`` reads all of them.
         what: what the file is, for messages (``"data"``, ``"input"``, ``"calibration"``).
+        model_names: the feature names of the model the rows are for, if it knows them: a
+            wrong feature count then names the columns it expects (those the header lacks).
 
     Returns:
         The :class:`Table`.
@@ -116,10 +119,10 @@ def read_table(
         raise InvalidInputError(f"first_rows must be at least 1, got {first_rows}")
     _check_file(path, what, max_bytes)
     if path.suffix.lower() == ".npy":
-        return _read_npy_table(path, target, n_features, max_rows, first_rows, what)
+        return _read_npy_table(path, target, n_features, max_rows, first_rows, what, model_names)
     if path.suffix.lower() == ".csv":
         return _read_csv_table(
-            path, target, header, n_features, max_bytes, max_rows, first_rows, what
+            path, target, header, n_features, max_bytes, max_rows, first_rows, what, model_names
         )
     raise InvalidInputError(
         f"{what} file {path}: unsupported file type {path.suffix!r} (use .csv or .npy)"
@@ -405,14 +408,38 @@ def _resolve_target(
     return index % n_columns
 
 
+def _names(names: Sequence[str], most: int = 15) -> str:
+    """``'a', 'b', ...`` for a message; more than ``most`` names are cut after 12."""
+    if len(names) <= most:
+        return ", ".join(repr(n) for n in names)
+    return ", ".join(repr(n) for n in names[:12]) + f" and {len(names) - 12} more"
+
+
 def _check_feature_count(
-    path: Path, got: int, n_features: int | None, what: str, columns: int, has_target: bool
+    path: Path,
+    got: int,
+    n_features: int | None,
+    what: str,
+    columns: int,
+    has_target: bool,
+    *,
+    file_names: Sequence[str] | None = None,
+    model_names: Sequence[str] | None = None,
 ) -> None:
     if n_features is None or got == n_features:
         return
     hint = ""
     if not has_target and columns == n_features + 1:
         hint = " (if one column is the target, name it so that it is dropped: --target NAME)"
+    if model_names is not None and len(model_names) == n_features:
+        missing = [n for n in model_names if file_names is not None and n not in file_names]
+        extra = [n for n in (file_names or ()) if n not in model_names]
+        if missing or extra:
+            parts = [f"the header lacks {_names(missing)}"] if missing else []
+            parts += [f"the model has no column {_names(extra)}"] if extra else []
+            hint += "; " + "; ".join(parts)
+        else:
+            hint += f"; the model's columns, in order: {_names(model_names)}"
     raise InvalidInputError(
         f"{what} file {path} has {got} features per row, expected {n_features}{hint}"
     )
@@ -427,6 +454,7 @@ def _read_csv_table(
     max_rows: int | None,
     first_rows: int | None,
     what: str,
+    model_names: Sequence[str] | None = None,
     *,
     labels_only: bool = False,
 ) -> Table:
@@ -470,7 +498,16 @@ def _read_csv_table(
         raise InvalidInputError(
             f"{what} file {path} has {n_columns} column(s) and no feature column besides the target"
         )
-    _check_feature_count(path, len(features), n_features, what, n_columns, t is not None)
+    _check_feature_count(
+        path,
+        len(features),
+        n_features,
+        what,
+        n_columns,
+        t is not None,
+        file_names=None if names is None else [names[j] for j in features],
+        model_names=model_names,
+    )
 
     values = array("d")
     labels: list[str] = []
@@ -576,6 +613,7 @@ def _read_npy_table(
     max_rows: int | None,
     first_rows: int | None,
     what: str,
+    model_names: Sequence[str] | None = None,
 ) -> Table:
     shape, dtype = _npy_header(path, what)
     if dtype.kind not in "biuf":
@@ -601,7 +639,9 @@ def _read_npy_table(
         raise InvalidInputError(
             f"{what} file {path} has shape {shape}: no feature column besides the target"
         )
-    _check_feature_count(path, len(features), n_features, what, n_columns, t is not None)
+    _check_feature_count(
+        path, len(features), n_features, what, n_columns, t is not None, model_names=model_names
+    )
     if first_rows is None:
         _check_row_count(path, n_rows, max_rows, what)
     take = n_rows if first_rows is None else min(first_rows, n_rows)
