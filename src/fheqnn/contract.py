@@ -239,10 +239,12 @@ class FeatureRange:
             column = int(np.nonzero(shifted)[0][0])
             outside = int(self.outside(x)[:, column].sum())
             others = int(shifted.sum()) - 1
+            given = f"{x[:, column].min():.6g} to {x[:, column].max():.6g}"
+            if x[:, column].min() == x[:, column].max():
+                given = f"all {x[0, column]:.6g}"
             said.append(
                 f"{outside} of {len(x)} rows lie outside the range of the {seen} rows on feature "
-                f"{label(column)} ({span(column)}; values given from {x[:, column].min():.6g} to "
-                f"{x[:, column].max():.6g})"
+                f"{label(column)}: the {seen} rows span {span(column)}, these {given}"
                 + (
                     f", and as many on {others} other feature{'s' if others > 1 else ''}"
                     if others
