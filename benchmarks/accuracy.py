@@ -44,11 +44,12 @@ CONFIGS = {
 DEFAULT_ORDER = ["breast_cancer", "wine", "digits", "iris", "diabetes"]
 
 
-def _baselines(name: str, seed: int, x_tr, y_tr, x_te, y_te) -> dict[str, float]:
+def baselines(regression: bool, seed: int, x_tr, y_tr, x_te, y_te) -> dict[str, float]:
+    """The scikit-learn baselines' scores (accuracy, or R2), fitted on ``x_tr`` with ``seed``."""
     with warnings.catch_warnings():
         # sklearn's MLP warns when it stops at max_iter; it is a baseline as users run it.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if name in REGRESSION:
+        if regression:
             models = {
                 "RidgeCV": RidgeCV(alphas=np.logspace(-3, 3, 13)),
                 "MLPRegressor": MLPRegressor(
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                     summary = model.fhe_model_.summary()
                     row["lookup_bits"] = summary["lookup_bits"]
                     row["estimated_s_per_row"] = summary["estimated_seconds_per_row"]
-                row.update(_baselines(name, seed, x_tr, y_tr, x_te, y_te))
+                row.update(baselines(name in REGRESSION, seed, x_tr, y_tr, x_te, y_te))
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 if args.out is not None:

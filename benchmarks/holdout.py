@@ -19,6 +19,7 @@ reported: table lookups per row and the compiler's estimated seconds per encrypt
         --compile-configs '{}' '{"align_rounding": false}' --simulate-p-error 1e-3
     python benchmarks/holdout.py --dataset digits --folds 3 \\
         --compile-configs '{}' '{"guard_spread": 0.22}' --simulate-p-error 1e-3
+    python benchmarks/holdout.py --dataset wine --folds 5 --baselines   # + scikit-learn's
 
 Prints one JSON line per fold and a summary line per configuration (mean and worst).
 """
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         "rounding included; mean of 2 passes)",
     )
     parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also score accuracy.py's scikit-learn baselines on the same folds (seed = fold)",
+    )
+    parser.add_argument(
         "--align-spread",
         type=float,
         default=None,
@@ -96,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     estimator = NeuralNetRegressor if regression else NeuralNetClassifier
     splitter = (KFold if regression else StratifiedKFold)(args.folds, shuffle=True, random_state=7)
     compile_configs = [json.loads(text) for text in args.compile_configs]
+    if args.baselines:
+        from accuracy import baselines
+
+        scores: dict[str, list[float]] = {}
+        for fold, (fit_rows, held_rows) in enumerate(splitter.split(x_tr, y_tr)):
+            parts = (x_tr[fit_rows], y_tr[fit_rows], x_tr[held_rows], y_tr[held_rows])
+            for key, value in baselines(regression, fold, *parts).items():
+                scores.setdefault(key, []).append(value)
+                print(json.dumps({"dataset": args.dataset, "baseline": key, "fold": fold,
+                                  "score": round(value, 4)}), flush=True)  # fmt: skip
+        for key, values in scores.items():
+            print(f"SUMMARY {args.dataset} {key}: mean {np.mean(values):.4f} worst "
+                  f"{np.min(values):.4f}", flush=True)  # fmt: skip
     for text in args.configs:
         fit_config = json.loads(text)
         results: dict[str, list[dict]] = {}
