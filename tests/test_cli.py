@@ -419,6 +419,27 @@ def test_predict_scores_a_regressor_with_r2_not_equality(
                  "--labels", str(train / "test_y.npy"), "--rows", "3", "--quiet"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "mean absolute error" in out and "accuracy" not in out
+    # Written to a table, the values keep every digit.
+    table = tmp_path / "levels_pred.csv"
+    assert main(["predict", str(model), "--keys", str(keys), "--input", str(csv), "--target",
+                 "level", "--rows", "4", "--quiet", "--out", str(table)]) == 0  # fmt: skip
+    lines = table.read_text().splitlines()
+    assert lines[0] == "prediction"
+    np.testing.assert_array_equal([float(v) for v in lines[1:]], expected)
+    # Class probabilities of a regressor are refused (a softmax of one value printed [[1.]]).
+    from fheqnn.errors import InvalidParameterError
+    from fheqnn.runtime import FheModelClient, FheModelServer
+
+    client = FheModelClient(model, keys)
+    results = FheModelServer(model).run(client.encrypt(x[:2]), client.evaluation_keys())
+    with pytest.raises(InvalidParameterError, match="regressor; its results are values"):
+        client.decrypt_proba(results)
+    (tmp_path / "out.bin").write_bytes(results)
+    before = snapshot(tmp_path)
+    code = main(["decrypt", str(model), "--keys", str(keys), "--input", str(tmp_path / "out.bin"),
+                 "--proba", "--out", str(tmp_path / "p.csv")])  # fmt: skip
+    assert_input_error(capsys, code, "--proba: this model is a regressor")
+    assert snapshot(tmp_path) == before
 
 
 # ----------------------------------------------------------------------------- train / export

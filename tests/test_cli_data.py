@@ -277,15 +277,15 @@ def test_inference_csv_with_the_target_column_needs_it_named(
     code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
                  "--out", str(tmp_path / "in.bin")])  # fmt: skip
     assert_input_error(
-        capsys, code, "new.csv", "4 features per row, expected 3", "--target NAME",
-        "the model has no column 'colour'",
+        capsys, code, "new.csv", "4 features per row, expected 3",
+        "the model has no column 'colour': if it holds the labels, drop it with --target colour",
     )  # fmt: skip
     assert snapshot(tmp_path, wine.model, wine.keys) == before
     code = main(["encrypt", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
                  "--target", "colour", "--rows", "1",
                  "--out", str(tmp_path / "in.bin")])  # fmt: skip
     assert code == 0
-    assert "encrypting 1 rows" in capsys.readouterr().out
+    assert "encrypting 1 row " in capsys.readouterr().out
 
 
 def test_predict_with_a_wrong_label_count(
@@ -355,7 +355,7 @@ BAD_FILES = {
     "single-class": (
         "\n".join([HEADER] + ["1,2,3,red"] * 8) + "\n", [], ["single class 'red'", "2 classes"]
     ),
-    "one-row": (HEADER + "\n1,2,3,red\n", [], ["single class 'red' in all 1 rows"]),
+    "one-row": (HEADER + "\n1,2,3,red\n", [], ["single class 'red' in its only row"]),
     "too-few-rows": (
         HEADER + "\n1,2,3,red\n1,2,3,white\n2,2,3,red\n2,2,3,white\n", [], ["needs at least 8"]
     ),

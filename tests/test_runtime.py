@@ -161,7 +161,8 @@ def test_ciphertext_of_another_model_or_key_is_rejected(workspace, data) -> None
     forged = Envelope("outputs", env.model_id, "0" * 32, env.payloads).to_bytes()
     with pytest.raises(EnvelopeError, match="made with key"):
         client_a.decrypt(forged)
-    with pytest.raises(EnvelopeError, match="holds outputs, expected inputs"):
+    expected = r"holds encrypted results \(written by .run.\), expected encrypted rows"
+    with pytest.raises(EnvelopeError, match=expected):
         server_a.run(results)
 
 

@@ -322,7 +322,7 @@ def test_labels_errors(tmp_path: Path) -> None:
     ("y", "task", "needle"),
     [
         (["red"] * 6, "classifier", "the single class 'red' in all 6 rows"),
-        ([1], "classifier", "the single class 1 in all 1 rows"),
+        ([1], "classifier", "the single class 1 in its only row"),
         ([0, 0, 1, 1, 2], "classifier", "class 2 has a single row"),
         (list(range(30)) * 2 + [99], "classifier", "for a regressor, give --task regressor"),
         ([0, 0, 1, 1, 2, 2], "classifier", "6 data rows for 3 classes"),

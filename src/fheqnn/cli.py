@@ -54,6 +54,11 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _rows(n: int) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
 class _Step:
     """Prints a long step's start and, at the end, how long it took."""
 
@@ -203,7 +208,7 @@ def _give_predictions(
         _save_array(out, pred)
     else:
         _write_bytes(out, _prediction_table(pred, classes, proba))
-    _say(f"wrote {out} ({len(pred)} rows)")
+    _say(f"wrote {out} ({_rows(len(pred))})")
 
 
 def _is_onnx_file(path: Path) -> bool:
@@ -884,7 +889,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     out = _check_output_file(args.out, inputs=(args.input,), envelope=True)
     client = FheModelClient(args.model, args.keys)
     x, _ = _inference_rows(args.input, client.part, target=args.target, first_rows=args.rows)
-    with _Step(f"encrypting {len(x)} rows"):
+    with _Step(f"encrypting {_rows(len(x))}"):
         blob = client.encrypt(x)
     _write_bytes(out, blob)
     _say(f"wrote {args.out} ({len(blob)} bytes)")
@@ -913,8 +918,18 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
     out = _check_predictions_output(args, inputs=(args.input,))
     client = FheModelClient(args.model, args.keys)
+    if args.proba and client.part.output_spec.kind == "regressor":
+        raise CliError(
+            "--proba: this model is a regressor; its results are values, not class "
+            "probabilities (leave --proba out)"
+        )
     blob = _read_envelope(args.input, "encrypted result", envelope_limits(client.folder)["outputs"])
-    pred = client.decrypt_proba(blob) if args.proba else client.decrypt(blob)
+    from .runtime.envelope import EnvelopeError
+
+    try:
+        pred = client.decrypt_proba(blob) if args.proba else client.decrypt(blob)
+    except EnvelopeError as exc:
+        raise CliError(f"--input {args.input}: {exc}") from exc
     _give_predictions(
         out, np.asarray(pred), classes=client.part.output_spec.classes, proba=args.proba
     )
@@ -952,7 +967,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = np.asarray(trip.predictions)
     _give_predictions(out, pred)
     _say(
-        f"{len(x)} rows, server time {trip.server_seconds:.2f} s "
+        f"{_rows(len(x))}, server time {trip.server_seconds:.2f} s "
         f"({trip.seconds_per_row:.3f} s per row)"
     )
     if y is not None:

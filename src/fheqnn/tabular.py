@@ -250,6 +250,8 @@ def check_training_rows(
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         shown = "no rows" if n == 0 else f"the single class {classes[0].item()!r} in all {n} rows"
+        if n == 1:
+            shown = f"the single class {classes[0].item()!r} in its only row"
         raise InvalidInputError(
             f"{source}: the target column holds {shown}; a classifier needs at least 2 classes"
         )
@@ -434,7 +436,12 @@ def _check_feature_count(
     if model_names is not None and len(model_names) == n_features:
         missing = [n for n in model_names if file_names is not None and n not in file_names]
         extra = [n for n in (file_names or ()) if n not in model_names]
-        if missing or extra:
+        if not has_target and not missing and len(extra) == 1:
+            hint = (
+                f"; the model has no column {extra[0]!r}: if it holds the labels, drop it with "
+                f"--target {extra[0]}"
+            )
+        elif missing or extra:
             parts = [f"the header lacks {_names(missing)}"] if missing else []
             parts += [f"the model has no column {_names(extra)}"] if extra else []
             hint += "; " + "; ".join(parts)

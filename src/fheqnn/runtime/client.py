@@ -411,5 +411,15 @@ class FheModelClient:
         return self.part.postprocess(self.decrypt_raw(results))
 
     def decrypt_proba(self, results: bytes) -> np.ndarray:
-        """Softmax of the decrypted outputs (classifiers)."""
+        """Softmax of the decrypted outputs (classifiers).
+
+        Raises:
+            InvalidParameterError: the model is a regressor (its outputs are values; a softmax
+                of one output is always 1).
+        """
+        if self.part.output_spec.kind == "regressor":
+            raise InvalidParameterError(
+                "decrypt_proba: this model is a regressor; its results are values, not class "
+                "probabilities (use decrypt)"
+            )
         return softmax(self.decrypt_raw(results))

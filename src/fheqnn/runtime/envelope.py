@@ -36,6 +36,14 @@ class EnvelopeError(FheqnnError, ValueError):
     """Serialized data that is not ours, truncated, corrupt, or for another model or key."""
 
 
+#: What each kind of envelope holds and which step writes it, for messages.
+_KIND_WORDS = {
+    "inputs": "encrypted rows (written by 'encrypt')",
+    "outputs": "encrypted results (written by 'run')",
+    "evaluation_keys": "evaluation keys (written by 'keygen')",
+}
+
+
 @dataclass(frozen=True)
 class Envelope:
     """Payloads with their labels."""
@@ -167,7 +175,10 @@ class Envelope:
             raise EnvelopeError(f"{what} has {len(data) - pos} unexpected trailing bytes")
         env = cls(header["kind"], header["model_id"], header["key_id"], tuple(payloads), meta)
         if env.kind != kind:
-            raise EnvelopeError(f"{what} holds {env.kind}, expected {kind}")
+            raise EnvelopeError(
+                f"{what} holds {_KIND_WORDS.get(env.kind, env.kind)}, expected "
+                f"{_KIND_WORDS.get(kind, kind)}"
+            )
         if model_id is not None and env.model_id != model_id:
             raise EnvelopeError(
                 f"{what}: made for compiled model {env.model_id}, not for this one "
