@@ -528,3 +528,31 @@ def test_a_file_with_a_column_too_few_is_told_which_one(
                      "--out", str(tmp_path / "p.csv")])  # fmt: skip
         assert_input_error(capsys, code, "2 features per row, expected 3", needle)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.encrypted
+def test_an_existing_ciphertext_file_is_replaced_only_with_overwrite(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``encrypt`` and ``run`` replaced an existing ciphertext file without a word (a results
+    file can take hours to compute; found by a new-user trial)."""
+    data = wine_csv(tmp_path / "two.csv", *wine_rows(2, seed=9))
+    model, keys, rows, results = (
+        str(wine.model),
+        str(wine.keys),
+        tmp_path / "in.bin",
+        tmp_path / "out.bin",
+    )
+    encrypt = ["encrypt", model, "--keys", keys, "--input", str(data), "--target", "colour",
+               "--out", str(rows)]  # fmt: skip
+    run = ["run", model, "--evaluation-keys", f"{keys}/evaluation.keys", "--input", str(rows),
+           "--out", str(results)]  # fmt: skip
+    assert main(encrypt) == 0 and main(run) == 0
+    before = snapshot(tmp_path)
+    assert_input_error(capsys, main(encrypt), f"--out {rows} exists; pass --overwrite")
+    assert_input_error(capsys, main(run), f"--out {results} exists; pass --overwrite")
+    assert snapshot(tmp_path) == before
+    assert main([*encrypt, "--overwrite"]) == 0 and main([*run, "--overwrite"]) == 0
+    # Fresh randomness: both files were written again.
+    assert rows.read_bytes() != before[(str(tmp_path), "in.bin")]
+    assert results.read_bytes() != before[(str(tmp_path), "out.bin")]

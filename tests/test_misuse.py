@@ -288,6 +288,41 @@ CLI_CASES: list[tuple[str, list[str], int]] = [
         ],
         2,
     ),
+    # an existing ciphertext file only with --overwrite (results can take hours to compute)
+    (
+        "encrypt-over-existing-ciphertext",
+        ["encrypt", "m", "--keys", "k", "--input", "x.npy", "--out", "in.bin"],
+        2,
+    ),
+    (
+        "run-over-existing-result",
+        [
+            "run",
+            "m",
+            "--evaluation-keys",
+            "k/evaluation.keys",
+            "--input",
+            "in.bin",
+            "--out",
+            "out.bin",
+        ],
+        2,
+    ),
+    (
+        "predict-out-over-user-csv",
+        ["predict", "m", "--keys", "k", "--input", "x.npy", "--out", "x.csv", "--overwrite"],
+        2,
+    ),
+    (
+        "predict-out-wrong-suffix",
+        ["predict", "m", "--keys", "k", "--input", "x.npy", "--out", "p.txt"],
+        2,
+    ),
+    (
+        "decrypt-csv-over-user-csv",
+        ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "x.csv", "--overwrite"],
+        2,
+    ),
     (
         "decrypt-out-is-folder",
         ["decrypt", "m", "--keys", "k", "--input", "out.bin", "--out", "empty"],

@@ -97,9 +97,12 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _check_output_file(path: str | Path, *, inputs: Sequence[Any] = (), envelope: bool) -> Path:
+def _check_output_file(
+    path: str | Path, *, inputs: Sequence[Any] = (), envelope: bool, overwrite: bool = True
+) -> Path:
     """Refuse an output file that is a folder, one of the command's inputs, or (for
-    ciphertext outputs, ``envelope``) an existing file that is not an envelope of ours."""
+    ciphertext outputs, ``envelope``) an existing file that is not an envelope of ours, or one
+    that is when ``overwrite`` is false (encrypted results can take hours to compute)."""
     path = Path(path)
     if str(path).strip() == "":
         raise CliError("--out is empty: name a file to write")
@@ -118,6 +121,8 @@ def _check_output_file(path: str | Path, *, inputs: Sequence[Any] = (), envelope
                 f"--out {path} exists and is not an fheqnn ciphertext file: it is never "
                 "replaced; remove it yourself or write to another file"
             )
+        if not overwrite:
+            raise CliError(f"--out {path} exists; pass --overwrite to replace it")
     parent = path.resolve().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -886,7 +891,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient
 
-    out = _check_output_file(args.out, inputs=(args.input,), envelope=True)
+    out = _check_output_file(
+        args.out, inputs=(args.input,), envelope=True, overwrite=args.overwrite
+    )
     client = FheModelClient(args.model, args.keys)
     x, _ = _inference_rows(args.input, client.part, target=args.target, first_rows=args.rows)
     with _Step(f"encrypting {_rows(len(x))}"):
@@ -901,7 +908,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.ray:
         return _run_on_ray(args)
-    target = _check_output_file(args.out, inputs=(args.input, args.evaluation_keys), envelope=True)
+    target = _check_output_file(
+        args.out,
+        inputs=(args.input, args.evaluation_keys),
+        envelope=True,
+        overwrite=args.overwrite,
+    )
     server = FheModelServer(args.model)
     keys = _read_envelope(args.evaluation_keys, "evaluation keys", server.limits["evaluation_keys"])
     inputs = _read_envelope(args.input, "encrypted input", server.limits["inputs"])
@@ -1181,7 +1193,12 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     from .runtime.artifacts import envelope_limits, open_model_folder
     from .serving import ray_backend
 
-    target = _check_output_file(args.out, inputs=(args.input, args.evaluation_keys), envelope=True)
+    target = _check_output_file(
+        args.out,
+        inputs=(args.input, args.evaluation_keys),
+        envelope=True,
+        overwrite=args.overwrite,
+    )
     limits = envelope_limits(open_model_folder(args.model))
     keys = _read_envelope(args.evaluation_keys, "evaluation keys", limits["evaluation_keys"])
     inputs = _read_envelope(args.input, "encrypted input", limits["inputs"])
@@ -1499,12 +1516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="a column of the --input CSV to drop (name or index)")
     p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
     p.add_argument("--out", required=True, help="ciphertext file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ciphertext file")
 
     p = add("run", "run the circuit on encrypted rows (server side)", cmd_run)
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--evaluation-keys", required=True, help="the client's evaluation.keys")
     p.add_argument("--input", required=True, help="ciphertext file from 'encrypt'")
     p.add_argument("--out", required=True, help="result file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ciphertext file")
     p.add_argument(
         "--ray", metavar="ADDRESS", help="spread the rows over Ray: 'local' or a cluster address"
     )
