@@ -407,6 +407,9 @@ def test_predict_scores_a_regressor_with_r2_not_equality(
         f"R^2 {r2_score(y[:4], expected):.4f}, mean absolute error "
         f"{mean_absolute_error(y[:4], expected):.4g} (encrypted)" in out
     )
+    from fheqnn.errors import InvalidParameterError
+    from fheqnn.runtime import FheModelClient, FheModelServer
+
     # The same network compiled from its ONNX file alone has no output spec ("raw"): its one
     # output is still scored as a value (it printed an accuracy of 0, found in review).
     raw, raw_keys = tmp_path / "raw", tmp_path / "raw_keys"
@@ -419,6 +422,9 @@ def test_predict_scores_a_regressor_with_r2_not_equality(
                  "--labels", str(train / "test_y.npy"), "--rows", "3", "--quiet"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "mean absolute error" in out and "accuracy" not in out
+    raw_client = FheModelClient(raw, raw_keys)
+    with pytest.raises(InvalidParameterError, match="a model with a single output"):
+        raw_client.check_proba()
     # Written to a table, the values keep every digit.
     table = tmp_path / "levels_pred.csv"
     assert main(["predict", str(model), "--keys", str(keys), "--input", str(csv), "--target",
@@ -427,18 +433,15 @@ def test_predict_scores_a_regressor_with_r2_not_equality(
     assert lines[0] == "prediction"
     np.testing.assert_array_equal([float(v) for v in lines[1:]], expected)
     # Class probabilities of a regressor are refused (a softmax of one value printed [[1.]]).
-    from fheqnn.errors import InvalidParameterError
-    from fheqnn.runtime import FheModelClient, FheModelServer
-
     client = FheModelClient(model, keys)
     results = FheModelServer(model).run(client.encrypt(x[:2]), client.evaluation_keys())
-    with pytest.raises(InvalidParameterError, match="regressor; its results are values"):
+    with pytest.raises(InvalidParameterError, match="a regressor; its results are values"):
         client.decrypt_proba(results)
     (tmp_path / "out.bin").write_bytes(results)
     before = snapshot(tmp_path)
     code = main(["decrypt", str(model), "--keys", str(keys), "--input", str(tmp_path / "out.bin"),
                  "--proba", "--out", str(tmp_path / "p.csv")])  # fmt: skip
-    assert_input_error(capsys, code, "--proba: this model is a regressor")
+    assert_input_error(capsys, code, "class probabilities: this model is a regressor")
     assert snapshot(tmp_path) == before
 
 

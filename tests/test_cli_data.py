@@ -35,6 +35,11 @@ def wine_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def as_written(x: np.ndarray) -> np.ndarray:
+    """The rows :func:`wine_csv` writes, as read back (rounded like the CSV)."""
+    return np.column_stack([np.round(x[:, 0], 1), np.round(x[:, 1], 4), np.round(x[:, 2], 3)])
+
+
 def wine_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     """A CSV as a spreadsheet writes it: header row, CRLF, a quoted field, string labels last."""
     lines = [HEADER]
@@ -452,7 +457,7 @@ def test_predict_writes_every_prediction_to_a_csv_or_npy_file(
     monkeypatch.setattr("fheqnn.cli.PRINTED_PREDICTIONS", 8)
     x, y = wine_rows(12, seed=6)
     data = wine_csv(tmp_path / "many.csv", x, y)
-    in_file = np.column_stack([np.round(x[:, 0], 1), np.round(x[:, 1], 4), np.round(x[:, 2], 3)])
+    in_file = as_written(x)
     expected = expected_predictions(wine.model, in_file)
     out = predict_colour(wine, data, capsys)
     assert "..." in out
@@ -468,12 +473,15 @@ def test_predict_writes_every_prediction_to_a_csv_or_npy_file(
     assert lines[1:] == expected.tolist()
     # Once more: refused without --overwrite; the input, or a CSV that is not ours, never.
     (tmp_path / "mine.csv").write_text("id,score\n1,2\n")
+    (tmp_path / "dates.csv").write_text("prediction_date,amount\n2026-01-02,3\n")
     before = snapshot(tmp_path)
     assert_input_error(capsys, main(args), "exists; pass --overwrite")
     for other, needle in [
         (data, "also an input of this command"),
         (tmp_path / "mine.csv", "is not a table of predictions written by fheqnn"),
+        (tmp_path / "dates.csv", "is not a table of predictions written by fheqnn"),
         (tmp_path / "preds.txt", "must end in .csv"),
+        (tmp_path, "is a folder"),
     ]:
         args[-1] = str(other)
         assert_input_error(capsys, main([*args, "--overwrite"]), needle)
@@ -481,14 +489,28 @@ def test_predict_writes_every_prediction_to_a_csv_or_npy_file(
     args[-1] = str(tmp_path / "preds.npy")
     assert main([*args, "--rows", "7"]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "preds.npy"), expected[:7])
+    # A write that fails at the end (a full disk, simulated) does not lose the answers.
+    import errno
+
+    def full_disk(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("fheqnn.fileio.atomic_write_bytes", full_disk)
+    args[-1] = str(tmp_path / "again.csv")
+    code = main(args)
+    printed = capsys.readouterr()
+    assert code == 2, printed.err
+    assert "No space left on device; the 12 rows of predictions are printed above" in printed.err
+    assert np.array2string(expected, threshold=100) in printed.out  # all 12, not cut
+    assert not (tmp_path / "again.csv").exists()
 
 
 @pytest.mark.encrypted
 def test_decrypt_writes_class_probabilities_under_the_class_names(
-    wine: Wine, tmp_path: Path
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    x, y = wine_rows(6, seed=7)
-    data = wine_csv(tmp_path / "six.csv", x, y)
+    x, y = wine_rows(8, seed=7)
+    data = wine_csv(tmp_path / "eight.csv", x, y)
     model, keys = str(wine.model), str(wine.keys)
     assert main(["encrypt", model, "--keys", keys, "--input", str(data), "--target", "colour",
                  "--out", str(tmp_path / "in.bin")]) == 0  # fmt: skip
@@ -499,13 +521,21 @@ def test_decrypt_writes_class_probabilities_under_the_class_names(
                  "--proba", "--out", str(table)]) == 0  # fmt: skip
     lines = table.read_text().splitlines()
     assert lines[0] == "proba_red,proba_white"
-    in_file = np.column_stack([np.round(x[:, 0], 1), np.round(x[:, 1], 4), np.round(x[:, 2], 3)])
+    in_file = as_written(x)
     written = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     np.testing.assert_allclose(written, class_probabilities(wine.model, in_file))
     # Every digit is kept: the same floats as the array decrypt saves.
     assert main(["decrypt", model, "--keys", keys, "--input", str(tmp_path / "out.bin"),
                  "--proba", "--out", str(tmp_path / "proba.npy")]) == 0  # fmt: skip
     np.testing.assert_array_equal(written, np.load(tmp_path / "proba.npy"))
+    # Printed, 8 rows x 2 classes are more values than a (lowered) display threshold of 8:
+    # numpy cuts them, and the note says so (it counted rows, not values).
+    monkeypatch.setattr("fheqnn.cli.PRINTED_PREDICTIONS", 8)
+    capsys.readouterr()
+    assert main(["decrypt", model, "--keys", keys, "--input", str(tmp_path / "out.bin"),
+                 "--proba"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "..." in out and "(the first and last 3 of 8 rows;" in out
 
 
 def test_a_file_with_a_column_too_few_is_told_which_one(

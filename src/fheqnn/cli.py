@@ -136,34 +136,43 @@ def _is_npy_file(path: Path) -> bool:
         return handle.read(6) == b"\x93NUMPY"
 
 
-#: Predictions printed in full up to this many; beyond, numpy shows the first and last 3.
+#: Predictions printed in full up to this many values; beyond, numpy shows the first and
+#: last 3 rows.
 PRINTED_PREDICTIONS = 200
-#: First header cells of the prediction tables ``predict`` / ``decrypt`` write (``--out F.csv``).
-PREDICTION_COLUMNS = ("prediction", "proba_")
 
 
 def _is_predictions_csv(path: Path) -> bool:
-    """Whether ``path`` looks like a table of predictions written by this tool: its header's
-    first cell is ``prediction...`` or ``proba_...`` (nothing else is ever replaced)."""
+    """Whether ``path`` is a table of predictions as this tool writes them: every cell of its
+    header is ``prediction``, ``prediction_<n>`` or ``proba_<class>`` (nothing else is ever
+    replaced: a user's table with one such column among others is not ours)."""
+    import csv
+    import re
+
     with open(path, "rb") as handle:
-        head = handle.read(64).decode("utf-8", errors="replace").lstrip('\ufeff"')
-    return head.startswith(PREDICTION_COLUMNS)
+        first = handle.readline(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff")
+    try:
+        header = next(csv.reader([first]), [])
+    except csv.Error:
+        return False
+    ours = re.compile(r"prediction(_\d+)?|proba_.*")
+    return bool(header) and all(ours.fullmatch(cell) for cell in header)
 
 
 def _check_predictions_output(args: argparse.Namespace, *, inputs: Sequence[Any]) -> Path | None:
     """``--out`` of ``predict`` / ``decrypt``, checked before any work: a ``.csv`` table or a
-    ``.npy`` array, replaced only with ``--overwrite`` and only if it is one of ours."""
+    ``.npy`` array, replaced only with ``--overwrite`` and (a table) only if it is one of ours."""
     if args.out is None:
         return None
-    suffix = Path(args.out).suffix.lower()
+    path = _check_output_file(args.out, inputs=inputs, envelope=False)
+    suffix = path.suffix.lower()
     if suffix not in (".csv", ".npy"):
         raise CliError(
-            f"--out {args.out} must end in .csv (a table, one row per input row) or .npy (a "
+            f"--out {path} must end in .csv (a table, one row per input row) or .npy (a "
             "NumPy array)"
         )
     csv_file = suffix == ".csv"
     return _check_typed_file_output(
-        args.out,
+        path,
         suffix=suffix,
         what="a table of predictions written by fheqnn" if csv_file else "a NumPy .npy file",
         is_ours=_is_predictions_csv if csv_file else _is_npy_file,
@@ -176,14 +185,15 @@ def _check_predictions_output(args: argparse.Namespace, *, inputs: Sequence[Any]
 def _prediction_table(pred: np.ndarray, classes: Sequence[Any] | None, proba: bool) -> bytes:
     """CSV text of predictions, one line per row under a header: ``prediction`` (one value per
     row), ``prediction_0``... (several outputs) or ``proba_<class>`` (class probabilities).
-    Labels are written as they were in the training file; floats with every digit kept."""
+    Class labels are written as the training file's labels were read (text stays text);
+    floats with every digit kept."""
     import csv
     import io
 
     values = pred.reshape(len(pred), -1)
     if proba:
         names = classes if classes is not None and len(classes) == values.shape[1] else None
-        header = [f"proba_{c}" for c in (names or range(values.shape[1]))]
+        header = [f"proba_{c}" for c in (range(values.shape[1]) if names is None else names)]
     elif pred.ndim == 1:
         header = ["prediction"]
     else:
@@ -201,18 +211,31 @@ def _prediction_table(pred: np.ndarray, classes: Sequence[Any] | None, proba: bo
 
 
 def _give_predictions(
-    out: Path | None, pred: np.ndarray, *, classes: Sequence[Any] | None = None, proba: bool = False
+    out: Path | None,
+    pred: np.ndarray,
+    recheck: Any = None,
+    *,
+    classes: Sequence[Any] | None = None,
+    proba: bool = False,
 ) -> None:
-    """Write the predictions to ``out`` (atomically), or print them."""
+    """Write the predictions to ``out`` (atomically), or print them. ``recheck()`` repeats the
+    checks of ``out`` first (a file may have appeared there while rows were encrypted). If the
+    file cannot be written, the predictions are printed in full instead of being lost."""
     if out is None:
         _say(np.array2string(pred, threshold=PRINTED_PREDICTIONS))
-        if len(pred) > PRINTED_PREDICTIONS:
+        if pred.size > PRINTED_PREDICTIONS and len(pred) > 6:
             _say(f"(the first and last 3 of {len(pred)} rows; --out FILE.csv writes them all)")
         return
-    if out.suffix.lower() == ".npy":
-        _save_array(out, pred)
-    else:
-        _write_bytes(out, _prediction_table(pred, classes, proba))
+    try:
+        if recheck is not None:
+            recheck()
+        if out.suffix.lower() == ".npy":
+            _save_array(out, pred)
+        else:
+            _write_bytes(out, _prediction_table(pred, classes, proba))
+    except (CliError, OSError) as exc:
+        _say(np.array2string(pred, threshold=sys.maxsize))
+        raise CliError(f"{exc}; the {_rows(len(pred))} of predictions are printed above") from exc
     _say(f"wrote {out} ({_rows(len(pred))})")
 
 
@@ -930,11 +953,8 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
     out = _check_predictions_output(args, inputs=(args.input,))
     client = FheModelClient(args.model, args.keys)
-    if args.proba and client.part.output_spec.kind == "regressor":
-        raise CliError(
-            "--proba: this model is a regressor; its results are values, not class "
-            "probabilities (leave --proba out)"
-        )
+    if args.proba:
+        client.check_proba()  # before reading anything
     blob = _read_envelope(args.input, "encrypted result", envelope_limits(client.folder)["outputs"])
     from .runtime.envelope import EnvelopeError
 
@@ -943,7 +963,11 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     except EnvelopeError as exc:
         raise CliError(f"--input {args.input}: {exc}") from exc
     _give_predictions(
-        out, np.asarray(pred), classes=client.part.output_spec.classes, proba=args.proba
+        out,
+        np.asarray(pred),
+        lambda: _check_predictions_output(args, inputs=(args.input,)),
+        classes=client.part.output_spec.classes,
+        proba=args.proba,
     )
     return EXIT_OK
 
@@ -977,7 +1001,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
     pred = np.asarray(trip.predictions)
-    _give_predictions(out, pred)
+    _give_predictions(out, pred, lambda: _check_predictions_output(args, inputs=(args.input,)))
     _say(
         f"{_rows(len(x))}, server time {trip.server_seconds:.2f} s "
         f"({trip.seconds_per_row:.3f} s per row)"
@@ -1539,7 +1563,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an --out file this command wrote"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (a .csv only if it is a table of predictions)",
     )
 
     p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict)
@@ -1557,7 +1583,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an --out file this command wrote"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (a .csv only if it is a table of predictions)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")

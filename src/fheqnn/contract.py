@@ -215,8 +215,9 @@ class FeatureRange:
         self, x: np.ndarray, names: Sequence[str] | None = None, seen: str = "training"
     ) -> None:
         """Warn once (:class:`~fheqnn.errors.InputRangeWarning`) when rows ``x`` hold values
-        far outside the range (:meth:`far_outside`), or when most of them leave it on some
-        feature (:meth:`shifted`); ``seen`` names the rows the range comes from."""
+        far outside the range (:meth:`far_outside`, :meth:`far_below`), or when most of them
+        leave it on some feature (:meth:`shifted`); ``seen`` names the rows the range comes
+        from."""
         import warnings
 
         from .errors import InputRangeWarning

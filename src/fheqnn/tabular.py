@@ -21,6 +21,7 @@ import difflib
 import logging
 import math
 import os
+import shlex
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -432,14 +433,15 @@ def _check_feature_count(
         return
     hint = ""
     if not has_target and columns == n_features + 1:
-        hint = " (if one column is the target, name it so that it is dropped: --target NAME)"
+        how = "--target NAME" if file_names is not None else "--target INDEX (-1: the last)"
+        hint = f" (if one column is the target, name it so that it is dropped: {how})"
     if model_names is not None and len(model_names) == n_features:
         missing = [n for n in model_names if file_names is not None and n not in file_names]
         extra = [n for n in (file_names or ()) if n not in model_names]
         if not has_target and not missing and len(extra) == 1:
             hint = (
                 f"; the model has no column {extra[0]!r}: if it holds the labels, drop it with "
-                f"--target {extra[0]}"
+                f"--target {shlex.quote(extra[0])}"
             )
         elif missing or extra:
             parts = [f"the header lacks {_names(missing)}"] if missing else []

@@ -410,16 +410,26 @@ class FheModelClient:
         """Decrypted predictions after post-processing (labels, values or raw outputs)."""
         return self.part.postprocess(self.decrypt_raw(results))
 
+    def check_proba(self) -> None:
+        """Refuse class probabilities for a model without classes.
+
+        Raises:
+            InvalidParameterError: the model is a regressor, or has a single output (a value:
+                its softmax is 1 on every row).
+        """
+        spec = self.part.output_spec
+        if spec.kind == "regressor" or self.part.n_outputs == 1:
+            what = "a regressor" if spec.kind == "regressor" else "a model with a single output"
+            raise InvalidParameterError(
+                f"class probabilities: this model is {what}; its results are values, not "
+                "class scores (decrypt them without probabilities)"
+            )
+
     def decrypt_proba(self, results: bytes) -> np.ndarray:
         """Softmax of the decrypted outputs (classifiers).
 
         Raises:
-            InvalidParameterError: the model is a regressor (its outputs are values; a softmax
-                of one output is always 1).
+            InvalidParameterError: see :meth:`check_proba`.
         """
-        if self.part.output_spec.kind == "regressor":
-            raise InvalidParameterError(
-                "decrypt_proba: this model is a regressor; its results are values, not class "
-                "probabilities (use decrypt)"
-            )
+        self.check_proba()
         return softmax(self.decrypt_raw(results))
