@@ -324,6 +324,18 @@ def _read_envelope(path: str | Path, what: str, max_bytes: int) -> bytes:
 # ----------------------------------------------------------------------------- train / export
 
 
+def _add_predictions_output(p: argparse.ArgumentParser) -> None:
+    """``--out`` / ``--overwrite`` of the commands that give predictions."""
+    p.add_argument(
+        "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (a .csv only if it is a table of predictions)",
+    )
+
+
 def _add_network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-layers", type=int, default=3, help="linear layers (default 3)")
     p.add_argument(
@@ -1559,14 +1571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help="result file from 'run'")
     p.add_argument("--proba", action="store_true", help="class probabilities")
-    p.add_argument(
-        "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing --out file (a .csv only if it is a table of predictions)",
-    )
+    _add_predictions_output(p)
 
     p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict)
     p.add_argument("model", help="compiled model folder")
@@ -1579,14 +1584,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the features, used for the accuracy",
     )
     p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
-    p.add_argument(
-        "--out", help="file to write: .csv (one row per input row) or .npy (default: print)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing --out file (a .csv only if it is a table of predictions)",
-    )
+    _add_predictions_output(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
