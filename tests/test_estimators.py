@@ -10,6 +10,7 @@ from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from fheqnn import (
+    FeatureRange,
     InputRangeWarning,
     InvalidInputError,
     NeuralNetClassifier,
@@ -574,6 +575,11 @@ def test_most_rows_just_outside_the_training_range_are_warned_about(blobs) -> No
         warnings.simplefilter("error", InputRangeWarning)
         one[0, 3] = low / 4.0  # a quarter of the least value: not yet far below
         clf.predict(one)
+        # A feature whose least value lies near 0 is not judged by ratios either: a share seen
+        # from 0.006 to 1 given 0.00007 (a false alarm the test suite found).
+        share = FeatureRange((0.0062,), (0.9999,))
+        assert not share.far_below(np.array([[7e-5]])).any()
+        assert share.far_below(np.array([[-0.2]])).any()  # below by more than a tenth
         # A feature that is not positive in every training row is not judged by ratios: its
         # least value is under a fifth of itself when negative.
         assert clf.feature_range_.low[0] < 0
