@@ -587,3 +587,51 @@ def test_an_existing_ciphertext_file_is_replaced_only_with_overwrite(
     # Fresh randomness: both files were written again.
     assert rows.read_bytes() != before[(str(tmp_path), "in.bin")]
     assert results.read_bytes() != before[(str(tmp_path), "out.bin")]
+
+
+@pytest.mark.encrypted
+def test_predict_copies_a_column_of_row_ids_into_its_table(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Users' files carry keys (a sample id): ``--id`` keeps that column out of the features and
+    writes it first in the table, so that predictions join back by key, not by row order."""
+    x, y = wine_rows(4, seed=10)
+    ids = ['S-1, lot "a"', "S-2", "", "S-4"]  # a comma and quotes, and an empty id
+    data = tmp_path / "keyed.csv"
+    with open(data, "w", newline="") as handle:
+        import csv
+
+        writer = csv.writer(handle)
+        writer.writerow(["sample", *HEADER.split(",")])
+        for row_id, row, label in zip(ids, x, y, strict=True):
+            writer.writerow([row_id, f"{row[0]:.1f}", f"{row[1]:.4f}", f"{row[2]:.3f}", label])
+    table = tmp_path / "pred.csv"
+    args = ["predict", str(wine.model), "--keys", str(wine.keys), "--input", str(data),
+            "--target", "colour", "--quiet", "--out", str(table), "--id", "sample"]  # fmt: skip
+    assert main(args) == 0
+    with open(table, newline="") as handle:
+        written = list(csv.reader(handle))
+    assert written[0] == ["sample", "prediction"]
+    assert [r[0] for r in written[1:]] == ids
+    assert [r[1] for r in written[1:]] == expected_predictions(wine.model, as_written(x)).tolist()
+    # Ours (a table of predictions with an id column): replaced with --overwrite, by 2 rows.
+    assert main([*args, "--overwrite", "--rows", "2"]) == 0
+    assert table.read_text().splitlines()[1:] == [
+        '"S-1, lot ""a""",' + written[1][1],
+        "S-2," + written[2][1],
+    ]
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    for change, needle in [
+        ({"--out": None}, "give --out FILE.csv too"),
+        ({"--out": str(tmp_path / "p.npy")}, "give --out FILE.csv too"),
+        ({"--id": "colour"}, "cannot be both the target and the row ids"),
+        ({"--id": "sampel"}, "no column named 'sampel' (did you mean 'sample'?)"),
+    ]:
+        argv = list(args)
+        argv[argv.index(str(table))] = str(tmp_path / "new.csv")
+        for flag, value in change.items():
+            at = argv.index(flag)
+            argv[at : at + 2] = [] if value is None else [flag, value]
+        assert_input_error(capsys, main(argv), needle)
+    assert snapshot(tmp_path) == before

@@ -221,6 +221,19 @@ def test_wrong_feature_count_hints_at_the_target_column(tmp_path: Path) -> None:
     assert read_matrix(path, target="colour", n_features=2).shape == (3, 2)
 
 
+def test_a_column_of_row_ids_is_kept_as_text_and_is_no_feature(tmp_path: Path) -> None:
+    table = read_table(write(tmp_path, "id," + WINE.replace("\n1", "\n007,1")), row_ids="id")
+    assert table.row_ids == ("007", "007", "007") and table.row_ids_name == "id"
+    assert table.feature_names == ("alcohol", "acidity") and table.x.shape == (3, 2)
+    headerless = write(tmp_path, "a1,1.5,2\nb2,2.5,3\n", "plain.csv")
+    table = read_table(headerless, target=-1, row_ids=0)
+    assert table.row_ids == ("a1", "b2") and table.row_ids_name is None
+    np.testing.assert_array_equal(table.x, [[1.5], [2.5]])
+    assert "row id column index 5 is out of range" in error_of(headerless, row_ids=5)
+    np.save(tmp_path / "x.npy", np.ones((2, 2)))
+    assert "no column of row identifiers" in error_of(tmp_path / "x.npy", row_ids=0)
+
+
 def test_size_limits_are_checked_before_reading(tmp_path: Path) -> None:
     path = write(tmp_path, "a,b\n" + "1,2\n" * 100)
     message = error_of(path, target=None, max_bytes=100)

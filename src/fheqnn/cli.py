@@ -143,8 +143,9 @@ PRINTED_PREDICTIONS = 200
 
 def _is_predictions_csv(path: Path) -> bool:
     """Whether ``path`` is a table of predictions as this tool writes them: every cell of its
-    header is ``prediction``, ``prediction_<n>`` or ``proba_<class>`` (nothing else is ever
-    replaced: a user's table with one such column among others is not ours)."""
+    header is ``prediction``, ``prediction_<n>`` or ``proba_<class>``, but for a first column
+    of row ids (``predict --id``) (nothing else is ever replaced: a user's table with one such
+    column among others is not ours)."""
     import csv
     import re
 
@@ -155,6 +156,8 @@ def _is_predictions_csv(path: Path) -> bool:
     except csv.Error:
         return False
     ours = re.compile(r"prediction(_\d+)?|proba_.*")
+    if len(header) >= 2 and not ours.fullmatch(header[0]):
+        header = header[1:]  # the row ids' column
     return bool(header) and all(ours.fullmatch(cell) for cell in header)
 
 
@@ -182,11 +185,17 @@ def _check_predictions_output(args: argparse.Namespace, *, inputs: Sequence[Any]
     )
 
 
-def _prediction_table(pred: np.ndarray, classes: Sequence[Any] | None, proba: bool) -> bytes:
+def _prediction_table(
+    pred: np.ndarray,
+    classes: Sequence[Any] | None,
+    proba: bool,
+    ids: tuple[Sequence[str], str] | None = None,
+) -> bytes:
     """CSV text of predictions, one line per row under a header: ``prediction`` (one value per
-    row), ``prediction_0``... (several outputs) or ``proba_<class>`` (class probabilities).
-    Class labels are written as the training file's labels were read (text stays text);
-    floats with every digit kept."""
+    row), ``prediction_0``... (several outputs) or ``proba_<class>`` (class probabilities),
+    after the row ids' column when ``ids`` = (values, column name) are given. Class labels are
+    written as the training file's labels were read (text stays text); floats with every
+    digit kept."""
     import csv
     import io
 
@@ -203,10 +212,14 @@ def _prediction_table(pred: np.ndarray, classes: Sequence[Any] | None, proba: bo
         value = value.item() if hasattr(value, "item") else value
         return repr(value) if isinstance(value, float) else str(value)
 
+    rows = [[cell(v) for v in row] for row in values]
+    if ids is not None:
+        header = [ids[1], *header]
+        rows = [[row_id, *row] for row_id, row in zip(ids[0], rows, strict=True)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([cell(v) for v in row] for row in values)
+    writer.writerows(rows)
     return buffer.getvalue().encode()
 
 
@@ -217,6 +230,7 @@ def _give_predictions(
     *,
     classes: Sequence[Any] | None = None,
     proba: bool = False,
+    ids: tuple[Sequence[str], str] | None = None,
 ) -> None:
     """Write the predictions to ``out`` (atomically), or print them. ``recheck()`` repeats the
     checks of ``out`` first (a file may have appeared there while rows were encrypted). If the
@@ -232,7 +246,7 @@ def _give_predictions(
         if out.suffix.lower() == ".npy":
             _save_array(out, pred)
         else:
-            _write_bytes(out, _prediction_table(pred, classes, proba))
+            _write_bytes(out, _prediction_table(pred, classes, proba, ids))
     except (CliError, OSError) as exc:
         _say(np.array2string(pred, threshold=sys.maxsize))
         raise CliError(f"{exc}; the {_rows(len(pred))} of predictions are printed above") from exc
@@ -998,8 +1012,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient, FheModelServer
 
     out = _check_predictions_output(args, inputs=(args.input, args.labels))
+    if args.id is not None and (out is None or out.suffix.lower() != ".csv"):
+        raise CliError(
+            f"--id {args.id} copies that column into the table of predictions: give --out "
+            "FILE.csv too"
+        )
     client = FheModelClient(args.model, args.keys)
-    x, y = _prediction_data(args, client.part)
+    x, y, ids = _prediction_data(args, client.part)
     if y is not None and len(y) != len(x):
         raise CliError(
             f"{args.labels} has {len(y)} labels but {args.input} has {len(x)} rows; expected "
@@ -1008,12 +1027,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.rows:
         x = x[: args.rows]
         y = None if y is None else y[: args.rows]
+        ids = None if ids is None else (ids[0][: args.rows], ids[1])
     if args.server:
         trip = _remote_round_trip(args, client, x)
     else:
         trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
     pred = np.asarray(trip.predictions)
-    _give_predictions(out, pred, lambda: _check_predictions_output(args, inputs=(args.input,)))
+    _give_predictions(
+        out, pred, lambda: _check_predictions_output(args, inputs=(args.input,)), ids=ids
+    )
     _say(
         f"{_rows(len(x))}, server time {trip.server_seconds:.2f} s "
         f"({trip.seconds_per_row:.3f} s per row)"
@@ -1052,8 +1074,11 @@ def _say_score(pred: np.ndarray, y: np.ndarray, kind: str) -> None:
     _say(f"accuracy (encrypted): {np.mean(pred == y):.4f}")
 
 
-def _prediction_data(args: argparse.Namespace, part: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """``predict``'s rows and true labels: from --labels, or the --target column of --input."""
+def _prediction_data(
+    args: argparse.Namespace, part: Any
+) -> tuple[np.ndarray, np.ndarray | None, tuple[Sequence[str], str] | None]:
+    """``predict``'s rows, true labels (from --labels, or the --target column of --input) and
+    row ids (the --id column and its name)."""
     from .tabular import MAX_INFERENCE_ROWS, inference_byte_limit, read_labels
 
     if args.labels and args.target is not None:
@@ -1061,20 +1086,26 @@ def _prediction_data(args: argparse.Namespace, part: Any) -> tuple[np.ndarray, n
             "give either --labels FILE or --target COLUMN (the labels are that column of "
             "--input), not both"
         )
-    x, y = _inference_rows(args.input, part, target=args.target)
+    table = _inference_table(args.input, part, target=args.target, row_ids=args.id)
+    x, y = _by_name(table, part.feature_names, args.input), table.y
     if args.labels:
         y = read_labels(args.labels, max_bytes=inference_byte_limit(1), max_rows=MAX_INFERENCE_ROWS)
-    return x, y
+    ids = None if table.row_ids is None else (table.row_ids, table.row_ids_name or "id")
+    return x, y, ids
 
 
-def _inference_rows(
-    path: str | Path, part: Any, *, target: str | None, first_rows: int | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rows (and the ``target`` column, if named) of an inference input file, its columns in
-    the model's order: found by name when both the file's header and the model know names."""
+def _inference_table(
+    path: str | Path,
+    part: Any,
+    *,
+    target: str | None,
+    first_rows: int | None = None,
+    row_ids: str | None = None,
+) -> Any:
+    """An inference input file read for a model (its feature count and names)."""
     from .tabular import MAX_INFERENCE_ROWS, inference_byte_limit, read_table
 
-    table = read_table(
+    return read_table(
         path,
         target=target,
         n_features=part.n_features,
@@ -1083,7 +1114,16 @@ def _inference_rows(
         first_rows=first_rows,
         what="input",
         model_names=part.feature_names,
+        row_ids=row_ids,
     )
+
+
+def _inference_rows(
+    path: str | Path, part: Any, *, target: str | None, first_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows (and the ``target`` column, if named) of an inference input file, its columns in
+    the model's order: found by name when both the file's header and the model know names."""
+    table = _inference_table(path, part, target=target, first_rows=first_rows)
     return _by_name(table, part.feature_names, path), table.y
 
 
@@ -1585,6 +1625,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
     _add_predictions_output(p)
+    p.add_argument(
+        "--id",
+        metavar="COLUMN",
+        help="a column of the --input CSV that identifies the rows (name or index): not a "
+        "feature; copied as the first column of the --out table",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")

@@ -61,6 +61,9 @@ class Table:
         feature_names: the header's names of the feature columns, or ``None`` without a header.
         target_name: the header's name of the target column (``None`` without a header or target).
         source: the file it was read from.
+        row_ids: the text of the ``row_ids`` column, one per row, as written (``None`` when no
+            such column was asked for).
+        row_ids_name: the header's name of that column (``None`` without a header).
     """
 
     x: np.ndarray
@@ -68,6 +71,8 @@ class Table:
     feature_names: tuple[str, ...] | None
     target_name: str | None
     source: str
+    row_ids: tuple[str, ...] | None = None
+    row_ids_name: str | None = None
 
 
 def inference_byte_limit(n_features: int, max_rows: int = MAX_INFERENCE_ROWS) -> int:
@@ -89,6 +94,7 @@ def read_table(
     first_rows: int | None = None,
     what: str = "data",
     model_names: Sequence[str] | None = None,
+    row_ids: int | str | None = None,
 ) -> Table:
     """Read a .csv or .npy file as features and an optional target column.
 
@@ -106,6 +112,8 @@ def read_table(
         what: what the file is, for messages (``"data"``, ``"input"``, ``"calibration"``).
         model_names: the feature names of the model the rows are for, if it knows them: a
             wrong feature count then names the columns it expects (those the header lacks).
+        row_ids: a CSV column that identifies the rows (a name or an index, like ``target``):
+            not a feature; its text is kept, as written, in :attr:`Table.row_ids`.
 
     Returns:
         The :class:`Table`.
@@ -120,10 +128,24 @@ def read_table(
         raise InvalidInputError(f"first_rows must be at least 1, got {first_rows}")
     _check_file(path, what, max_bytes)
     if path.suffix.lower() == ".npy":
+        if row_ids is not None:
+            raise InvalidInputError(
+                f"{what} file {path}: a .npy file holds numbers only, so it has no column of row "
+                "identifiers to copy; give the rows as a CSV file"
+            )
         return _read_npy_table(path, target, n_features, max_rows, first_rows, what, model_names)
     if path.suffix.lower() == ".csv":
         return _read_csv_table(
-            path, target, header, n_features, max_bytes, max_rows, first_rows, what, model_names
+            path,
+            target,
+            header,
+            n_features,
+            max_bytes,
+            max_rows,
+            first_rows,
+            what,
+            model_names,
+            row_ids=row_ids,
         )
     raise InvalidInputError(
         f"{what} file {path}: unsupported file type {path.suffix!r} (use .csv or .npy)"
@@ -380,7 +402,12 @@ def _detect_header(first: list[str], rest: list[list[str]]) -> bool:
 
 
 def _resolve_target(
-    target: int | str | None, names: list[str] | None, n_columns: int, path: Path, what: str
+    target: int | str | None,
+    names: list[str] | None,
+    n_columns: int,
+    path: Path,
+    what: str,
+    role: str = "target",
 ) -> int | None:
     if target is None:
         return None
@@ -394,8 +421,8 @@ def _resolve_target(
     if index is None:
         if names is None:
             raise InvalidInputError(
-                f"{what} file {path} has no header row, so the target {target!r} cannot be a "
-                f"name; give a column index (0 to {n_columns - 1}, or -1 for the last)"
+                f"{what} file {path} has no header row, so the {role} column {target!r} cannot "
+                f"be a name; give a column index (0 to {n_columns - 1}, or -1 for the last)"
             )
         close = difflib.get_close_matches(target, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -405,7 +432,7 @@ def _resolve_target(
         )
     if not -n_columns <= index < n_columns:
         raise InvalidInputError(
-            f"{what} file {path}: target column index {index} is out of range for "
+            f"{what} file {path}: {role} column index {index} is out of range for "
             f"{n_columns} columns (0 to {n_columns - 1}, or -{n_columns} to -1)"
         )
     return index % n_columns
@@ -466,6 +493,7 @@ def _read_csv_table(
     model_names: Sequence[str] | None = None,
     *,
     labels_only: bool = False,
+    row_ids: int | str | None = None,
 ) -> Table:
     max_line = None
     if n_features is not None and max_bytes is not None:
@@ -502,7 +530,12 @@ def _read_csv_table(
             "per line"
         )
     t = _resolve_target(target, names, n_columns, path, what)
-    features = [j for j in range(n_columns) if j != t]
+    k = _resolve_target(row_ids, names, n_columns, path, what, role="row id")
+    if k is not None and k == t:
+        raise InvalidInputError(
+            f"{what} file {path}: {_column(k, names)} cannot be both the target and the row ids"
+        )
+    features = [j for j in range(n_columns) if j not in (t, k)]
     if not features and not labels_only:
         raise InvalidInputError(
             f"{what} file {path} has {n_columns} column(s) and no feature column besides the target"
@@ -521,6 +554,7 @@ def _read_csv_table(
     values = array("d")
     labels: list[str] = []
     label_lines = array("q")
+    ids: list[str] = []
     n_rows = 0
 
     def rows() -> Iterator[tuple[int, list[str]]]:
@@ -564,6 +598,8 @@ def _read_csv_table(
                 )
             labels.append(text)
             label_lines.append(line)
+        if k is not None:
+            ids.append(fields[k])
         n_rows += 1
         if max_rows is not None and n_rows > max_rows:
             _check_row_count(path, n_rows, max_rows, what)
@@ -581,6 +617,8 @@ def _read_csv_table(
         feature_names=None if names is None else tuple(names[j] for j in features),
         target_name=None if names is None or t is None else names[t],
         source=str(path),
+        row_ids=None if k is None else tuple(ids),
+        row_ids_name=None if names is None or k is None else names[k],
     )
 
 
