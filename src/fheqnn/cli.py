@@ -1034,7 +1034,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
     pred = np.asarray(trip.predictions)
     _give_predictions(
-        out, pred, lambda: _check_predictions_output(args, inputs=(args.input,)), ids=ids
+        out,
+        pred,
+        lambda: _check_predictions_output(args, inputs=(args.input, args.labels)),
+        ids=ids,
     )
     _say(
         f"{_rows(len(x))}, server time {trip.server_seconds:.2f} s "
