@@ -977,7 +977,10 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient
     from .runtime.artifacts import envelope_limits
 
-    out = _check_predictions_output(args, inputs=(args.input,))
+    def check_out() -> Path | None:
+        return _check_predictions_output(args, inputs=(args.input,))
+
+    out = check_out()
     client = FheModelClient(args.model, args.keys)
     if args.proba:
         client.check_proba()  # before reading anything
@@ -991,7 +994,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     _give_predictions(
         out,
         np.asarray(pred),
-        lambda: _check_predictions_output(args, inputs=(args.input,)),
+        check_out,
         classes=client.part.output_spec.classes,
         proba=args.proba,
     )
@@ -1011,7 +1014,10 @@ def _encrypted_predict(client: Any, server: Any, x: np.ndarray, quiet: bool) -> 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import FheModelClient, FheModelServer
 
-    out = _check_predictions_output(args, inputs=(args.input, args.labels))
+    def check_out() -> Path | None:
+        return _check_predictions_output(args, inputs=(args.input, args.labels))
+
+    out = check_out()
     if args.id is not None and (out is None or out.suffix.lower() != ".csv"):
         raise CliError(
             f"--id {args.id} copies that column into the table of predictions: give --out "
@@ -1036,7 +1042,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _give_predictions(
         out,
         pred,
-        lambda: _check_predictions_output(args, inputs=(args.input, args.labels)),
+        check_out,
         ids=ids,
     )
     _say(
