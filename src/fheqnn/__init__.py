@@ -41,6 +41,7 @@ _EXPORTS = {
     "InvalidParameterError": ".errors",
     "NotFittedError": ".errors",
     "UnsupportedOperatorError": ".errors",
+    "keep_exit_status": ".concrete_seam",
 }
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "UnsupportedOperatorError",
     "__version__",
     "compile_onnx",
+    "keep_exit_status",
 ]
 
 

@@ -7,6 +7,7 @@ program, the client specifications) are produced and read in one way.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -38,8 +39,50 @@ def fhe() -> Any:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         from concrete import fhe as module
+    keep_exit_status()
     restore_python_sigint()
     return module
+
+
+def keep_exit_status() -> None:
+    """Keep the process's exit status after Concrete has simulated or run a circuit.
+
+    Importing ``concrete.compiler`` (concrete-python 2.11) registers an ``atexit`` handler that
+    stops Concrete's dataflow runtime. Once a circuit has been simulated or run, that handler
+    ends the process with C's ``exit(0)``: whatever status the program meant (``sys.exit(3)``,
+    an uncaught exception, pytest's count of failures) becomes 0, and the Python ``atexit``
+    handlers registered before Concrete's never run. fheqnn never starts the dataflow runtime
+    (it compiles without ``dataflow_parallelize`` or ``auto_parallelize``), so the handler has
+    nothing to stop and is taken out. Should anything in the process start that runtime anyway
+    (``concrete.compiler.init_dfr``, which Concrete calls when a circuit asks for it), Concrete's
+    handler is put back at that moment: a started runtime is always stopped at exit, and only
+    then does the exit status become Concrete's again.
+
+    Safe to call any number of times, from any thread; it imports ``concrete.compiler``.
+    """
+    with _exit_status_lock:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            import concrete.compiler as compiler
+
+        terminate = compiler._terminate_df_parallelization
+        start = compiler.init_dfr
+        if getattr(start, "_fheqnn_restores_exit_handler", False):
+            return  # done before; the handler is out unless the runtime was started since
+        atexit.unregister(terminate)
+
+        def init_dfr() -> None:
+            start()
+            atexit.unregister(terminate)  # once, however often the runtime is started
+            atexit.register(terminate)
+
+        init_dfr.__doc__ = start.__doc__
+        init_dfr._fheqnn_restores_exit_handler = True  # type: ignore[attr-defined]
+        compiler.init_dfr = init_dfr
+
+
+_exit_status_lock = threading.Lock()
 
 
 def restore_python_sigint() -> None:

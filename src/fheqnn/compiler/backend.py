@@ -116,10 +116,15 @@ def measured_ranges(circuit: Any, program: Program) -> dict[str, IntRange]:
 #: (what the client uploads shrinks; the server decompresses them once). Concrete's own default
 #: dumps its debug files into a ``.artifacts`` folder of the current directory when a compile
 #: fails unexpectedly: a failed command must leave the user's disk as it was, so that is off.
+#: Concrete's dataflow runtime stays off (its defaults, written out): it is what Concrete's
+#: exit handler stops, and that handler replaces the process's exit status
+#: (:func:`fheqnn.concrete_seam.keep_exit_status` takes it out because we never start it).
 DEFAULT_CONFIGURATION = {
     "compress_evaluation_keys": True,
     "compress_input_ciphertexts": True,
     "dump_artifacts_on_unexpected_failures": False,
+    "dataflow_parallelize": False,
+    "auto_parallelize": False,
 }
 
 

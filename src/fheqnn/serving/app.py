@@ -106,10 +106,10 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
 
 def _is_secret_key(data: bytes) -> bool:
     """Whether ``data`` deserializes as Concrete's full key set (which holds the secret key)."""
-    from concrete import fhe
+    from ..concrete_seam import fhe
 
     try:
-        fhe.Keys.deserialize(bytes(data))
+        fhe().Keys.deserialize(bytes(data))
     except Exception:
         return False
     return True
