@@ -12,8 +12,9 @@ pytest``) and run by the full one (``python -m pytest -m ""``, what CI runs).
 
 from __future__ import annotations
 
-import sys
+import hashlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,19 +23,8 @@ import pytest
 
 from helpers import blobs, tiny_classifier
 
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Keep pytest's exit status if a test imported Concrete without fheqnn's seam.
-
-    concrete-python's exit handler turns the status of a process that simulated or ran a
-    circuit into 0 (see :func:`fheqnn.concrete_seam.keep_exit_status`): a failing suite would
-    exit 0. fheqnn takes the handler out whenever it loads Concrete; a test that imports
-    ``concrete`` directly and runs a circuit before fheqnn does would leave it in.
-    """
-    if "concrete.compiler" in sys.modules:
-        from fheqnn.concrete_seam import keep_exit_status
-
-        keep_exit_status()
+#: Keeps pytest's exit status if a test runs a circuit with Concrete directly.
+pytest_plugins = ["keep_status"]
 
 
 @dataclass(frozen=True)
@@ -61,9 +51,20 @@ class TinyModels:
     keys_b: Path
 
 
+def tree_digest(root: Path) -> str:
+    """SHA-256 over every path below ``root``: its name, mode and content."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(f"{path.relative_to(root)}|{path.lstat().st_mode:o}|".encode())
+        if path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
-    """See :class:`TinyModels` (trained, compiled and given keys once per session)."""
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModels]:
+    """See :class:`TinyModels` (trained, compiled and given keys once per session). At the
+    end of the session, an error if any test changed these folders."""
     from fheqnn import CompileAccuracyWarning, FheModelClient
 
     x, labels = blobs(1, 90, 4, 0.6)
@@ -82,4 +83,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     clf.fhe_model_.save(root / "b")
     FheModelClient(root / "a").keygen(root / "keys_a")
     FheModelClient(root / "b").keygen(root / "keys_b")
-    return TinyModels(root, x, y, clf, root / "a", root / "b", root / "keys_a", root / "keys_b")
+    before = tree_digest(root)
+    yield TinyModels(root, x, y, clf, root / "a", root / "b", root / "keys_a", root / "keys_b")
+    if tree_digest(root) != before:
+        raise AssertionError(f"a test changed the shared tiny models in {root}")

@@ -122,6 +122,7 @@ def test_batched_predictions_equal_one_row_calls(single, batched, data, n_rows) 
     )
 
 
+@pytest.mark.slow
 def test_estimator_compiles_batched_with_the_p_error_search(clf, data, single) -> None:
     """``compile(..., batch_size=B)`` runs the default flow, its p_error search simulating the
     calibration rows in chunks of B; exact rounding keeps it comparable with one-row calls."""

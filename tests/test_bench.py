@@ -98,6 +98,7 @@ def test_table_shows_throughput_and_its_floor() -> None:
 
 
 @pytest.mark.encrypted
+@pytest.mark.slow
 def test_throughput_of_batched_circuits() -> None:
     from fheqnn import FheModelClient, FheModelServer
     from helpers import tiny_classifier

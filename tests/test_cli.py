@@ -376,6 +376,7 @@ def test_predict_prints_accuracy(ws: Workspace, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.encrypted
+@pytest.mark.slow
 def test_predict_scores_a_regressor_with_r2_not_equality(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -115,14 +115,15 @@ def test_compile_from_an_older_folder_falls_back_to_the_estimator(
     del info["n_accum_bits"]
     (train / "train.json").write_text(json.dumps(info))
     code, out, err = run_cli(
-        "compile", "--from", train, "--rounding", "off", "--out", tmp_path / "c"
-    )
+        "compile", "--from", train, "--rounding", "off", "--p-error", "default",
+        "--out", tmp_path / "c",
+    )  # fmt: skip
     assert code == 0, err
     assert f"accumulator budget: {NETWORK['n_accum_bits']} bits" in out
     assert "estimator.pkl (older folder)" in out
     code, out, err = run_cli(
-        "compile", "--from", train, "--rounding", "off", "--n-accum-bits", "9",
-        "--out", tmp_path / "d",
+        "compile", "--from", train, "--rounding", "off", "--p-error", "default",
+        "--n-accum-bits", "9", "--out", tmp_path / "d",
     )  # fmt: skip
     assert code == 0, err
     assert "accumulator budget" not in out
@@ -240,7 +241,7 @@ def test_compile_reads_a_calibration_csv_by_name(wine: Wine, tmp_path: Path) -> 
     shuffled.write_text("noise,alcohol,sulphates\n" + "".join(f"{r[2]},{r[0]},{r[1]}\n" for r in x))
     code, out, err = run_cli(
         "compile", "--from", wine.train, "--calibration", shuffled, "--rounding", "off",
-        "--out", tmp_path / "c",
+        "--p-error", "default", "--out", tmp_path / "c",
     )  # fmt: skip
     assert code == 0, err
     assert "cal.csv: columns matched to the model's features by name" in out

@@ -238,6 +238,7 @@ def test_real_encryption_matches_simulation(compiled, small_data) -> None:
     )
 
 
+@pytest.mark.slow
 def test_rounding_auto_and_forced(tiny_classifier, small_data) -> None:
     import warnings
 

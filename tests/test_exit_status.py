@@ -44,6 +44,7 @@ def run_python(code: str, *, toy: bool = False) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.slow
 def test_concrete_alone_loses_the_status() -> None:
     # The fault this module guards against, shown on Concrete alone: if a release of Concrete
     # stops replacing the status, this fails, and keep_exit_status can go.
@@ -76,6 +77,7 @@ def test_a_script_through_the_seam_keeps_its_status(how: str) -> None:
     assert done.returncode == 3, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_user_who_imports_concrete_first_calls_keep_exit_status() -> None:
     # What the README tells a user whose script imports concrete directly.
     done = run_python(
@@ -110,6 +112,7 @@ def test_an_encrypted_run_then_an_uncaught_error_exits_1(tiny_models) -> None:
     assert done.stdout.strip().startswith("[")  # the run itself worked
 
 
+@pytest.mark.slow
 def test_the_dataflow_runtime_gets_concrete_s_handler_back() -> None:
     # fheqnn never starts Concrete's dataflow runtime; if anything in the process does (through
     # concrete.compiler.init_dfr, as Concrete itself does), the handler that stops it at exit is
@@ -131,6 +134,7 @@ def test_the_dataflow_runtime_gets_concrete_s_handler_back() -> None:
     assert behind_its_back.returncode == 5, behind_its_back.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_fheqnn_program_keeps_its_status(tiny_models, tmp_path: Path) -> None:
     fheqnn = shutil.which("fheqnn")
     assert fheqnn, "the fheqnn program is installed with the package"
@@ -151,6 +155,7 @@ def test_the_fheqnn_program_keeps_its_status(tiny_models, tmp_path: Path) -> Non
     assert "has 7 features per row, expected 4" in bad.stderr
 
 
+@pytest.mark.slow
 def test_main_called_from_a_script_after_an_encrypted_run_keeps_its_status(
     tiny_models, tmp_path: Path
 ) -> None:
@@ -216,12 +221,13 @@ def test_a_failing_test_after_an_encrypted_run_fails_pytest(tiny_models, tmp_pat
     assert done.returncode == 1, done.stdout[-2000:]
 
 
-def test_our_conftest_keeps_pytest_s_status_when_a_test_uses_concrete_directly(
+@pytest.mark.slow
+def test_our_plugin_keeps_pytest_s_status_when_a_test_uses_concrete_directly(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "test_direct.py").write_text(textwrap.dedent(FAILING_TEST_WITH_CONCRETE))
     without = _pytest(tmp_path)
     assert "1 failed" in without.stdout and without.returncode == 0  # Concrete's fault, shown
-    with_ours = _pytest(tmp_path, "-p", "conftest")  # this suite's conftest as a plugin
+    with_ours = _pytest(tmp_path, "-p", "keep_status")  # the plugin this suite's conftest loads
     assert "1 failed" in with_ours.stdout, with_ours.stdout[-2000:]
     assert with_ours.returncode == 1, with_ours.stdout[-2000:]

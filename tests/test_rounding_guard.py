@@ -172,6 +172,7 @@ def test_the_report_says_what_the_boundary_rows_measured(data, onnx_model) -> No
     assert lowered.rounding.boundary_agreement >= 0.98
 
 
+@pytest.mark.slow
 def test_auto_p_error_keeps_the_fastest_candidate_that_keeps_the_guard(data) -> None:
     x, y = data
     clf = tiny_classifier(x, y, max_epochs=30)

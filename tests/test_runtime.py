@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,12 @@ import pytest
 
 from fheqnn import (
     ArtifactError,
-    CompileAccuracyWarning,
     EnvelopeError,
     FheModelClient,
     FheModelServer,
     InvalidInputError,
 )
 from fheqnn.runtime.envelope import Envelope
-from helpers import blobs, tiny_classifier
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -31,37 +28,21 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray]:
-    x, y = blobs(1, 90, 4, 0.6)
-    return x, np.array(["a", "b", "c"])[y]
+def data(tiny_models) -> tuple[np.ndarray, np.ndarray]:
+    return tiny_models.x, tiny_models.y
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, data):
-    """Two compiled models of one tiny network and a key folder for each."""
-    x, y = data
-    root = tmp_path_factory.mktemp("runtime")
-    clf = tiny_classifier(x, y, max_epochs=20)
-    # Encrypted results are compared with simulated ones: bit-exact settings.
-    clf.compile(x, rounding="off", p_error=None)
-    model_a = root / "circuits" / "a"
-    clf.fhe_model_.save(model_a)
-    # A second, coarser model of the same network: what it loses is not what is tested here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CompileAccuracyWarning)
-        clf.compile(x, rounding=2, rounding_exact=True, p_error=None)
-    model_b = root / "circuits" / "b"
-    clf.fhe_model_.save(model_b)
-    keys_a, keys_b = root / "keys" / "a", root / "keys" / "b"
-    FheModelClient(model_a).keygen(keys_a)
-    FheModelClient(model_b).keygen(keys_b)
+def workspace(tiny_models):
+    """Two compiled models of one tiny network and a key folder for each (conftest.py: ``a``
+    bit-exact, so encrypted results are compared with simulated ones; ``b`` coarser)."""
     return {
-        "clf": clf,
-        "a": model_a,
-        "b": model_b,
-        "keys_a": keys_a,
-        "keys_b": keys_b,
-        "root": root,
+        "clf": tiny_models.clf,
+        "a": tiny_models.a,
+        "b": tiny_models.b,
+        "keys_a": tiny_models.keys_a,
+        "keys_b": tiny_models.keys_b,
+        "root": tiny_models.root,
     }
 
 

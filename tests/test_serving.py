@@ -11,7 +11,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from hypothesis import strategies as st
 
 from fheqnn import FheModelClient, FheModelServer
 from fheqnn.cli import main
-from fheqnn.errors import CompileAccuracyWarning
 from fheqnn.runtime.envelope import Envelope
 from fheqnn.serving.app import create_app
 from fheqnn.serving.client import (
@@ -37,7 +35,6 @@ from fheqnn.serving.client import (
 )
 from fheqnn.serving.config import ServeConfig
 from fheqnn.serving.runner import BackgroundServer
-from helpers import blobs, tiny_classifier
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TOKEN = "s3cret-token"
@@ -51,31 +48,26 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def data() -> np.ndarray:
-    x, y = blobs(1, 90, 4, 0.6)
-    return x, np.array(["a", "b", "c"])[y]
+def data(tiny_models) -> tuple[np.ndarray, np.ndarray]:
+    return tiny_models.x, tiny_models.y
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, data):
-    """Two compiled tiny models (a, b), keys for each, a key store, and a served app on a."""
-    x, y = data
+def ws(tmp_path_factory, tiny_models):
+    """Two compiled tiny models (a, b) with keys (conftest.py: ``a`` bit-exact, so that the
+    local, HTTP and Ray runs agree bit for bit), and this module's own folder for key stores
+    and data files."""
     root = tmp_path_factory.mktemp("serving")
-    clf = tiny_classifier(x, y, max_epochs=20)
-    # Concrete's default error probability (2**-40 per lookup) and exact rounding: the local,
-    # HTTP and Ray runs must agree bit for bit.
-    clf.compile(x, rounding="off", p_error=None)
-    clf.fhe_model_.save(root / "a")
-    with warnings.catch_warnings():
-        # Model b only has to be another compiled model (another id); the guard rightly says
-        # that 2-bit lookups cost this tiny network agreement.
-        warnings.simplefilter("ignore", CompileAccuracyWarning)
-        clf.compile(x, rounding=2, rounding_exact=True, p_error=None)
-    clf.fhe_model_.save(root / "b")
-    FheModelClient(root / "a").keygen(root / "keys_a")
-    FheModelClient(root / "b").keygen(root / "keys_b")
-    np.save(root / "x.npy", x[:6])
-    return {"root": root, "a": root / "a", "b": root / "b", "store": root / "store", "x": x}
+    np.save(root / "x.npy", tiny_models.x[:6])
+    return {
+        "root": root,
+        "a": tiny_models.a,
+        "b": tiny_models.b,
+        "keys_a": tiny_models.keys_a,
+        "keys_b": tiny_models.keys_b,
+        "store": root / "store",
+        "x": tiny_models.x,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +81,12 @@ def server(ws):
 
 @pytest.fixture(scope="module")
 def client_a(ws) -> FheModelClient:
-    return FheModelClient(ws["a"], ws["root"] / "keys_a")
+    return FheModelClient(ws["a"], ws["keys_a"])
 
 
 @pytest.fixture(scope="module")
 def client_b(ws) -> FheModelClient:
-    return FheModelClient(ws["b"], ws["root"] / "keys_b")
+    return FheModelClient(ws["b"], ws["keys_b"])
 
 
 def local_result(ws, client: FheModelClient, rows: np.ndarray) -> np.ndarray:
@@ -201,7 +193,7 @@ def test_every_error_status(server, ws, client_a, client_b) -> None:
     check(post(predict_a, ct_a[:-7], **{"X-Key-Id": key_a}), 400, "truncated")
     check(post(predict_a, ct_a, **{"X-Key-Id": "../../etc"}), 400, "malformed X-Key-Id")
     # A secret key is refused, raw or wrapped in an envelope, and never stored.
-    secret = (ws["root"] / "keys_a" / "secret.keys").read_bytes()
+    secret = (ws["keys_a"] / "secret.keys").read_bytes()
     check(post("/keys", secret), 400, "secret key")
     wrapped = Envelope("evaluation_keys", client_a.model_id, "0" * 32, (secret,)).to_bytes()
     check(post("/keys", wrapped), 400, "secret key")
@@ -357,6 +349,7 @@ def _stop(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_cli_serve_restart_keeps_keys_and_predict_over_http(ws, client_a, capsys) -> None:
     """A new server process on the same key store knows the keys; Ctrl-C stops it cleanly."""
     with (
@@ -372,7 +365,7 @@ def test_cli_serve_restart_keeps_keys_and_predict_over_http(ws, client_a, capsys
     try:
         with HttpClient(url) as http:
             assert http.ensure_keys(client_a) is False  # reloaded from the key store
-        args = ["--keys", str(ws["root"] / "keys_a"), "--input", str(ws["root"] / "x.npy")]
+        args = ["--keys", str(ws["keys_a"]), "--input", str(ws["root"] / "x.npy")]
         args += ["--rows", "2", "--quiet"]
         assert main(["predict", str(ws["a"]), *args, "--server", url]) == 0
         remote = capsys.readouterr().out.splitlines()

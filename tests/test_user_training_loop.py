@@ -85,6 +85,7 @@ def _exported_integer_weights(path: Path) -> list[np.ndarray]:
     return weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("w_bits", "a_bits", "accum_bits"), [(3, 3, 8), (4, 4, 10)])
 def test_plain_adam_loop_compiles_within_the_budget(
     breast_cancer, tmp_path: Path, w_bits: int, a_bits: int, accum_bits: int
