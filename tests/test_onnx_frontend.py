@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import fheqnn
-import fheqnn.export
+import fheqnn.model.export
 from fheqnn.compiler.ir import Program
 from fheqnn.compiler.onnx_frontend import (
     ELEMENTWISE_KERNELS,
@@ -954,7 +954,7 @@ def brevitas_exports(tmp_path_factory: pytest.TempPathFactory):
         # Importing brevitas.export and the torch exporters warn (deprecations, torchvision and
         # hadamard kernels absent); none of it concerns this model.
         warnings.simplefilter("ignore")
-        fheqnn.export.export_module_to_onnx(module, legacy)
+        fheqnn.model.export.export_module_to_onnx(module, legacy)
         from brevitas.export import export_onnx_qcdq
 
         export_onnx_qcdq(module, args=torch.zeros(1, 5), export_path=str(dynamo), opset_version=14)

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 import fheqnn
 from fheqnn import SparseQuantNeuralNetwork
-from fheqnn.export import EXPORT_OPSET, export_module_to_onnx
+from fheqnn.model.export import EXPORT_OPSET, export_module_to_onnx
 
 
 @pytest.fixture(scope="module")

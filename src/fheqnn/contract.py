@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from .compiler.ir import Elementwise, Program, Quantizer, accumulator_value
-from .compiler.options import MAX_BATCH_SIZE
 from .compiler.serialize import (
     chain_from_dict,
     chain_to_dict,
@@ -35,6 +34,10 @@ from .validation import check_features, check_int
 #: versions before batching read; they refuse format 3 instead of encrypting single rows for a
 #: circuit that takes several.
 CLIENT_FORMAT = 3
+#: Most rows one circuit call may take (the client encrypts rows in chunks of the batch size).
+#: Compile time, ciphertexts per call and the lookups the optimizer places grow with it; past a
+#: few dozen rows the fixed cost per call is paid off.
+MAX_BATCH_SIZE = 1024
 _ONE_ROW_FORMAT = 2
 _READABLE_FORMATS = (1, 2, 3)
 

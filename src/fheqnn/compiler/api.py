@@ -18,6 +18,7 @@ import numpy as np
 
 from ..contract import ClientContract, OutputSpec, Standardizer, softmax
 from ..errors import InvalidParameterError
+from ..runtime.artifacts import save_compiled_model
 from . import backend
 from .ir import Program
 from .lowering import Lowered, lower_onnx
@@ -193,8 +194,6 @@ class CompiledModel:
         The folder is written atomically; an existing non-empty folder is refused unless
         ``overwrite``. Returns the model id that keys and ciphertexts will refer to.
         """
-        from ..runtime.artifacts import save_compiled_model
-
         return save_compiled_model(self, Path(folder), overwrite=overwrite)
 
     def summary(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..contract import MAX_BATCH_SIZE
 from ..errors import InvalidParameterError
 from ..validation import check_bool, check_int, check_number
 
@@ -19,9 +20,6 @@ P_ERROR_RANGE = (2.0**-64, 0.5)
 #: error moves a lookup's input by about one step, so a few in a row rarely change a prediction;
 #: the simulated calibration rows decide.
 P_ERROR_CANDIDATES = (1e-2, 1e-3, 1e-4)
-#: Most rows one circuit call may take. Compile time, ciphertexts per call and the lookups the
-#: optimizer places grow with it; past a few dozen rows the fixed cost per call is paid off.
-MAX_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)

@@ -328,7 +328,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         Returns:
             The ``onnx.ModelProto``.
         """
-        from ..export import export_module_to_onnx
+        from .export import export_module_to_onnx
 
         self._check_fitted()
         return export_module_to_onnx(self.module_, path)

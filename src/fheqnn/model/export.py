@@ -21,9 +21,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from .errors import InvalidParameterError
-from .fileio import atomic_write_bytes
-from .model.qnn_module import SparseQuantNeuralNetwork
+from ..errors import InvalidParameterError
+from ..fileio import atomic_write_bytes
+from .qnn_module import SparseQuantNeuralNetwork
 
 logger = logging.getLogger(__name__)
 
