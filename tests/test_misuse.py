@@ -1180,6 +1180,19 @@ def test_fuzz_key_json_reader(fuzz_root: Path, data: st.DataObject) -> None:
         path.write_bytes(original)
 
 
+def test_a_client_contract_with_an_integer_too_large_for_numpy_is_malformed(
+    fuzz_root: Path,
+) -> None:
+    # Found by the fuzzer below under another seed: OverflowError escaped the reader.
+    from fheqnn.contract import ClientContract
+    from fheqnn.errors import InvalidParameterError
+
+    original = json.loads((fuzz_root / "m" / "client.json").read_text())
+    original["output_layer"]["offset"] = 2**63
+    with pytest.raises(InvalidParameterError, match="malformed client contract"):
+        ClientContract.from_dict(original)
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_client_contract_reader(fuzz_root: Path, data: st.DataObject) -> None:

@@ -148,7 +148,18 @@ def test_fetch_client_part_then_keygen_and_cli_fetch(server, ws, client_a, tmp_p
     assert not (tmp_path / "none").exists()
 
 
-def test_round_trip_equals_local_and_keys_are_uploaded_once(server, ws, client_a) -> None:
+@pytest.fixture
+def fresh_server(ws, tmp_path):
+    """A server like ``server`` with a key store of its own: no test before has uploaded keys
+    to it (``server`` is shared by the module, in whatever order its tests run)."""
+    store = tmp_path / "store"
+    config = ServeConfig((ws["a"], ws["b"]), key_store=store, max_request_mb=64, max_cached_keys=2)
+    with BackgroundServer(create_app(config)) as running:
+        yield running, store
+
+
+def test_round_trip_equals_local_and_keys_are_uploaded_once(fresh_server, ws, client_a) -> None:
+    server, store = fresh_server
     rows = ws["x"][:2]
     with HttpClient(server.url) as http:
         assert not http.has_keys(client_a.model_id, client_a.key_info.key_id)
@@ -168,7 +179,7 @@ def test_round_trip_equals_local_and_keys_are_uploaded_once(server, ws, client_a
     blob = client_a.evaluation_keys()
     response = httpx.post(f"{server.url}/keys", content=blob)
     assert response.status_code == 200 and response.json()["key_id"] == client_a.key_info.key_id
-    stored = sorted(p.name for p in (ws["store"] / client_a.model_id).iterdir())
+    stored = sorted(p.name for p in (store / client_a.model_id).iterdir())
     assert stored == [f"{client_a.key_info.key_id}.keys"]  # no temporary file left behind
 
 

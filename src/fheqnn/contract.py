@@ -585,5 +585,5 @@ class ClientContract:
             )
         except InvalidParameterError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidParameterError(f"malformed client contract: {exc!r}") from exc
