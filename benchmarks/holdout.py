@@ -40,7 +40,6 @@ from fheqnn.compiler.backend import make_configuration
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import CompileOptions
 from fheqnn.compiler.passes import calibration_score
-from fheqnn.contract import Standardizer
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
 #: Draws of approximate rounding averaged into each fold's compiled score.
@@ -148,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         model.export_onnx(),
                         calibration,
                         CompileOptions(n_accum_bits=model.module_.n_accum_bits, **options),
-                        output_spec=model._output_spec(),
-                        standardizer=Standardizer(*model._input_standardization()),
+                        output_spec=model.output_spec_,
+                        standardizer=model.standardizer_,
                     )
                 finally:
                     ir.APPROX_ROUNDING_SPREAD = saved_spread

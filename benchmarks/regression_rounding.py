@@ -29,7 +29,6 @@ from fheqnn import NeuralNetRegressor
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import CompileOptions
 from fheqnn.compiler.passes import _agreement, calibration_score
-from fheqnn.contract import Standardizer
 from fheqnn.datasets import load_split
 
 #: Draws of approximate rounding averaged per fold and precision.
@@ -65,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for fold, (fit, held) in enumerate(folds):
         model = NeuralNetRegressor(random_state=fold, verbose=0).fit(x_tr[fit], y_tr[fit])
         kwargs = {
-            "output_spec": model._output_spec(),
-            "standardizer": Standardizer(*model._input_standardization()),
+            "output_spec": model.output_spec_,
+            "standardizer": model.standardizer_,
         }
         onnx_model = model.export_onnx()
         budget = model.module_.n_accum_bits

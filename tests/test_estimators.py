@@ -15,6 +15,7 @@ from fheqnn import (
     FeatureRange,
     InputRangeWarning,
     InvalidInputError,
+    InvalidParameterError,
     NeuralNetClassifier,
     NeuralNetRegressor,
     NotFittedError,
@@ -249,6 +250,26 @@ def test_input_standardization_is_learned_and_applied(blobs) -> None:
         (raw[:, :4] - mean[:4]) / scale[:4], y
     )
     assert abs(clf.score(raw, y) - scaled.score((raw[:, :4] - mean[:4]) / scale[:4], y)) <= 0.02
+
+
+def test_fitted_state_other_code_needs_is_public(blobs) -> None:
+    # The CLI and the benchmarks build compiled models from a fitted estimator: what they need
+    # is public fitted state (scikit-learn's trailing underscore), not private methods.
+    x, y = blobs
+    clf = NeuralNetClassifier(random_state=0, **FAST)
+    assert not hasattr(clf, "output_spec_") and not hasattr(clf, "standardizer_")
+    with pytest.raises(NotFittedError):
+        clf.output_spec_  # noqa: B018
+    assert clf.training_config().max_epochs == FAST["max_epochs"]
+    with pytest.raises(InvalidParameterError, match="max_epochs"):
+        NeuralNetClassifier(max_epochs=0).training_config()
+    clf.fit(x * 10.0 + 3.0, np.array(["x", "y", "z"])[y])
+    assert clf.output_spec_.kind == "classifier" and clf.output_spec_.classes == ("x", "y", "z")
+    np.testing.assert_allclose(clf.standardizer_.mean, (x * 10.0 + 3.0).mean(axis=0))
+    np.testing.assert_allclose(clf.standardizer_.scale, (x * 10.0).std(axis=0))
+    regressor = NeuralNetRegressor(random_state=0, **FAST).fit(x, x[:, 0] * 4.0 + 1.0)
+    assert regressor.output_spec_.kind == "regressor"
+    assert clone(clf).get_params() == clf.get_params()
 
 
 def test_best_epoch_is_restored_within_the_budget() -> None:

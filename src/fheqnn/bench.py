@@ -119,7 +119,7 @@ def float_mlp_accuracy(clf: Any, x_tr, y_tr, x_te, y_te, seed: int) -> float:
             torch.as_tensor(x_tr, dtype=torch.float32),
             targets,
             nn.CrossEntropyLoss(),
-            clf._training_config(),
+            clf.training_config(),
             torch.Generator().manual_seed(seed),
         )
     with torch.no_grad():

@@ -484,9 +484,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             labels.astype(str) if labels.dtype == object else labels,
             allow_pickle=False,
         )
-        (folder / "output_spec.json").write_text(json.dumps(est._output_spec().to_dict()))
+        (folder / "output_spec.json").write_text(json.dumps(est.output_spec_.to_dict()))
         # The network was trained on standardized rows: the compiled model's client repeats it.
-        (folder / "standardizer.json").write_text(json.dumps(_standardizer_of(est).to_dict()))
+        (folder / "standardizer.json").write_text(json.dumps(est.standardizer_.to_dict()))
         (folder / "train.json").write_text(
             json.dumps(
                 {
@@ -507,13 +507,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(f"trained in {fit_s:.1f} s; test {metric} (clear, quantized): {score:.4f}")
     _say(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return EXIT_OK
-
-
-def _standardizer_of(est: Any) -> Any:
-    """The per-feature standardization a fitted estimator learned, as the client applies it."""
-    from .contract import Standardizer
-
-    return Standardizer(*est._input_standardization())
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -1347,8 +1340,8 @@ def _demo(args: argparse.Namespace) -> int:
                 est.export_onnx(),
                 x_tr,
                 options=options,
-                output_spec=est._output_spec(),
-                standardizer=_standardizer_of(est),
+                output_spec=est.output_spec_,
+                standardizer=est.standardizer_,
                 calibration_labels=y_tr,
             )
         )

@@ -283,6 +283,27 @@ class _SparseQuantNetEstimator(BaseEstimator):
     def _standardize(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.x_mean_) / self.x_scale_
 
+    @property
+    def output_spec_(self) -> Any:
+        """What the network's outputs mean (:class:`~fheqnn.contract.OutputSpec`: the classes,
+        or one value), as a compiled model's client decodes them. Set by ``fit``."""
+        self._check_fitted()
+        return self._output_spec()
+
+    @property
+    def standardizer_(self) -> Standardizer:
+        """The per-feature standardization learned in ``fit``, as a compiled model's client
+        applies it to raw rows (:class:`~fheqnn.contract.Standardizer`)."""
+        return Standardizer(*self._input_standardization())
+
+    def training_config(self) -> TrainingConfig:
+        """The training configuration these parameters give (validated), as ``fit`` uses it.
+
+        Raises:
+            InvalidParameterError: a training parameter out of its range.
+        """
+        return self._training_config()
+
     def _input_standardization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The per-feature standardization learned in ``fit``: ``(mean, scale)`` tuples.
 
@@ -360,8 +381,8 @@ class _SparseQuantNetEstimator(BaseEstimator):
             self.export_onnx(),
             x,
             options=options,
-            output_spec=self._output_spec(),
-            standardizer=Standardizer(*self._input_standardization()),
+            output_spec=self.output_spec_,
+            standardizer=self.standardizer_,
             calibration_labels=y,
         )
         return self
