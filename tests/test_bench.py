@@ -56,6 +56,7 @@ def test_bad_prune_value_is_refused(tmp_path, capsys) -> None:
     assert not (tmp_path / "x.jsonl").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.encrypted
 def test_lookup_floor_measures_something() -> None:
     floor = bench.lookup_floor(2, repeats=1, batch=4)

@@ -448,6 +448,7 @@ def test_train_with_a_named_target_and_numeric_labels(tmp_path: Path) -> None:
     assert np.load(out / "test_y.npy").dtype == np.int64
 
 
+@pytest.mark.slow
 @pytest.mark.encrypted
 def test_predict_writes_every_prediction_to_a_csv_or_npy_file(
     wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -195,6 +195,7 @@ def test_auto_p_error_keeps_the_fastest_candidate_that_keeps_the_guard(data) -> 
     assert clf.fhe_model_.summary()["p_error"] == stats.p_error
 
 
+@pytest.mark.slow
 def test_auto_p_error_without_timeable_candidates_keeps_the_smallest_keys(
     data, monkeypatch
 ) -> None:

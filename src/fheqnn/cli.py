@@ -576,6 +576,38 @@ _P_ERROR_HELP = (
 )
 
 
+def _add_compile_choices(
+    p: argparse.ArgumentParser, *, exact: bool = True, strict: bool = True
+) -> None:
+    """The compile choices, defined once for every command that compiles (read back by
+    :func:`_compile_options`); ``exact`` and ``strict`` only where the command uses them."""
+    p.add_argument(
+        "--rounding",
+        type=_rounding,
+        default="auto",
+        help="'auto' (default), 'off', or the lookup input precision in bits",
+    )
+    p.add_argument(
+        "--approximate",
+        action="store_true",
+        help="approximate rounding only: one PBS per neuron, rare off-by-one errors "
+        "(default: the cheaper of approximate and exact that keeps accuracy)",
+    )
+    if exact:
+        p.add_argument(
+            "--exact",
+            action="store_true",
+            help="exact rounding only (bit-exact with the interpreter)",
+        )
+    if strict:
+        p.add_argument(
+            "--strict",
+            action="store_true",
+            help="fail when compile-time choices lose accuracy, instead of warning",
+        )
+    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+
+
 def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     """The validated compile options of the command line (one check, shared with the API)."""
     from .compiler.options import CompileOptions
@@ -1496,9 +1528,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, func: Any, *, native: bool = False) -> argparse.ArgumentParser:
+        """A subcommand. ``native``: it calls Concrete's native code, whose SIGINT handler kills
+        the process outright (and holds the GIL), so as a program it runs in a child process
+        that Ctrl-C can stop cleanly (see :func:`_in_child`)."""
         p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, native=native)
         return p
 
     p = add("train", "train a sparse quantized network and save it with its ONNX export", cmd_train)
@@ -1527,7 +1562,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")
 
     p = add(
-        "compile", "compile an ONNX model to a circuit, with the accumulator check", cmd_compile
+        "compile",
+        "compile an ONNX model to a circuit, with the accumulator check",
+        cmd_compile,
+        native=True,
     )
     p.add_argument("--from", dest="from_dir", help="a 'train' folder (model.onnx, calibration.npy)")
     p.add_argument("--onnx", help="ONNX file")
@@ -1539,32 +1577,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quantization; default with --from: the training folder's)",
     )
     p.add_argument("--n-accum-bits", type=int, default=None, help="accumulator budget (bits)")
-    p.add_argument(
-        "--rounding",
-        type=_rounding,
-        default="auto",
-        help="'auto' (default), 'off', or the lookup input precision in bits",
-    )
-    p.add_argument(
-        "--approximate",
-        action="store_true",
-        help="approximate rounding only: one PBS per neuron, rare off-by-one errors "
-        "(default: the cheaper of approximate and exact that keeps accuracy)",
-    )
-    p.add_argument(
-        "--exact", action="store_true", help="exact rounding only (bit-exact with the interpreter)"
-    )
+    _add_compile_choices(p)
     p.add_argument(
         "--calibration-labels",
         help="labels of the calibration rows (.npy / .csv): the rounding then keeps their "
         "accuracy (default with --from: the training folder's)",
     )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail when compile-time choices lose accuracy, instead of warning",
-    )
-    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
     p.add_argument(
         "--batch-size",
         type=_batch_size,
@@ -1582,12 +1600,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--json", action="store_true", help="print report.json")
 
-    p = add("keygen", "generate keys for a compiled model (client side)", cmd_keygen)
+    p = add("keygen", "generate keys for a compiled model (client side)", cmd_keygen, native=True)
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder to create (e.g. keys/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing key folder")
 
-    p = add("encrypt", "quantize and encrypt rows (client side)", cmd_encrypt)
+    p = add("encrypt", "quantize and encrypt rows (client side)", cmd_encrypt, native=True)
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help=".npy / .csv rows")
@@ -1596,7 +1614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ciphertext file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ciphertext file")
 
-    p = add("run", "run the circuit on encrypted rows (server side)", cmd_run)
+    p = add("run", "run the circuit on encrypted rows (server side)", cmd_run, native=True)
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--evaluation-keys", required=True, help="the client's evaluation.keys")
     p.add_argument("--input", required=True, help="ciphertext file from 'encrypt'")
@@ -1608,14 +1626,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-tasks", type=int, default=None, help="Ray tasks (default: its CPUs)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
 
-    p = add("decrypt", "decrypt and post-process results (client side)", cmd_decrypt)
+    p = add("decrypt", "decrypt and post-process results (client side)", cmd_decrypt, native=True)
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help="result file from 'run'")
     p.add_argument("--proba", action="store_true", help="class probabilities")
     _add_predictions_output(p)
 
-    p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict)
+    p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict, native=True)
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help=".npy / .csv rows")
@@ -1644,7 +1662,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"rows per circuit call that is at least {DEFAULT_REQUEST_ROWS})",
     )
 
-    p = add("serve", "serve compiled models over HTTP (encrypted inference)", cmd_serve)
+    # Native: every encrypted run re-installs Concrete's SIGINT handler over uvicorn's, so a
+    # Ctrl-C after the first request would SIGKILL a server in the foreground process.
+    p = add(
+        "serve", "serve compiled models over HTTP (encrypted inference)", cmd_serve, native=True
+    )
     p.add_argument("models", nargs="+", help="compiled model folders")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
@@ -1671,16 +1693,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
 
-    p = add("demo", "the whole flow on a shipped data set, encrypted inference included", cmd_demo)
+    p = add(
+        "demo",
+        "the whole flow on a shipped data set, encrypted inference included",
+        cmd_demo,
+        native=True,
+    )
     p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
     p.add_argument(
         "--rows", type=_positive_int, default=10, help="test rows to run encrypted (default 10)"
     )
-    p.add_argument("--rounding", type=_rounding, default="auto")
-    p.add_argument("--approximate", action="store_true", help="approximate rounding only")
-    p.add_argument("--exact", action="store_true", help="exact rounding only")
-    p.add_argument("--strict", action="store_true", help="fail when compiling loses accuracy")
-    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+    _add_compile_choices(p)
     p.add_argument("--circuits", default="circuits", help="where compiled models go")
     p.add_argument("--keys", default="keys", help="where key folders go")
     _add_network_options(p)
@@ -1714,9 +1737,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows per circuit call to compare (default 1 8 32; 1 is one call per row)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounding", type=_rounding, default="auto")
-    p.add_argument("--approximate", action="store_true", help="approximate rounding")
-    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+    _add_compile_choices(p, exact=False, strict=False)
     p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
     p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
@@ -1787,7 +1808,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
     try:
         with _plain_warnings():
-            if AS_PROGRAM and args.command in NATIVE_COMMANDS:
+            if AS_PROGRAM and args.native:
                 return _in_child(args)
             return int(args.func(args))
     except KeyboardInterrupt:
@@ -1802,13 +1823,6 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.verbose and not isinstance(exc, CliError | OSError | FheqnnError):
             raise
         return _exit_code(exc)
-
-
-#: Commands that call Concrete's native code, which replaces the SIGINT handler by one that
-#: kills the process outright (and holds the GIL): as a program, they run in a child process.
-#: ``serve`` too: every encrypted run re-installs that handler over uvicorn's, so a Ctrl-C after
-#: the first request would SIGKILL a server that runs in the foreground process.
-NATIVE_COMMANDS = ("compile", "keygen", "encrypt", "run", "decrypt", "predict", "demo", "serve")
 
 
 def _in_child(args: argparse.Namespace) -> int:
