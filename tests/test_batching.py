@@ -359,7 +359,8 @@ def test_report_without_batch_size_means_one_row(saved, tmp_path: Path) -> None:
 def test_predict_server_sends_whole_circuit_calls_per_request(capsys) -> None:
     """``predict --server``: by default each request fills whole circuit calls (at least 8
     rows); an explicit count that pads calls is kept and the padding is pointed out."""
-    from fheqnn.cli import CliError, request_rows
+    from fheqnn.cli.common import CliError
+    from fheqnn.cli.server import request_rows
 
     assert [request_rows(b, None) for b in (1, 3, 8, 32)] == [8, 9, 8, 32]
     assert request_rows(32, 64) == 64 and "pads" not in capsys.readouterr().out

@@ -456,7 +456,7 @@ def test_predict_writes_every_prediction_to_a_csv_or_npy_file(
     """Printed, more than 200 predictions are cut to the first and last 3 (numpy's summary):
     before ``--out`` the encrypted answers for a user's file were computed and thrown away.
     (The display threshold is lowered to 8 here, to keep the encrypted runs short.)"""
-    monkeypatch.setattr("fheqnn.cli.PRINTED_PREDICTIONS", 8)
+    monkeypatch.setattr("fheqnn.cli.outputs.PRINTED_PREDICTIONS", 8)
     x, y = wine_rows(12, seed=6)
     data = wine_csv(tmp_path / "many.csv", x, y)
     in_file = as_written(x)
@@ -532,7 +532,7 @@ def test_decrypt_writes_class_probabilities_under_the_class_names(
     np.testing.assert_array_equal(written, np.load(tmp_path / "proba.npy"))
     # Printed, 8 rows x 2 classes are more values than a (lowered) display threshold of 8:
     # numpy cuts them, and the note says so (it counted rows, not values).
-    monkeypatch.setattr("fheqnn.cli.PRINTED_PREDICTIONS", 8)
+    monkeypatch.setattr("fheqnn.cli.outputs.PRINTED_PREDICTIONS", 8)
     capsys.readouterr()
     assert main(["decrypt", model, "--keys", keys, "--input", str(tmp_path / "out.bin"),
                  "--proba"]) == 0  # fmt: skip

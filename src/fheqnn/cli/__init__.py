@@ -1,0 +1,40 @@
+"""The ``fheqnn`` command-line tool: the whole flow, one subcommand per step.
+
+    train -> export -> compile (bit-width check) -> report -> keygen -> encrypt -> run -> decrypt
+    predict = encrypt -> run -> decrypt locally;  demo = everything on a shipped data set
+
+A thin shell over the library: each command parses its options, calls the library, prints.
+One module per command group (``train``, ``compile``, ``client``, ``server``, ``demo``,
+``bench``), the parser that registers them (``parser``), the shared option groups
+(``options``), output files (``outputs``), and how a command runs (``process``: exit codes,
+Ctrl-C, child processes for the commands that run Concrete). Library code logs; this package is
+the one place that prints. Exit codes: 0 success, 1 an unexpected failure, 2 bad input or usage,
+3 accumulator budget exceeded, 130 interrupted (Ctrl-C: one line, nothing half-written), 141
+the output pipe closed (``fheqnn report M | head -1``).
+
+This module stays light: the ``fheqnn`` program imports it first, before any heavy module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+
+def _interrupted_while_starting(*_: object) -> None:
+    """Ctrl-C while the modules load (before main() can catch it): one line, no traceback."""
+    os.write(2, b"fheqnn: interrupted\n")
+    os._exit(130)
+
+
+if os.path.basename(sys.argv[0]) == "fheqnn":
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fheqnn`` command; returns the exit code."""
+    from .process import main as run
+
+    return run(argv)

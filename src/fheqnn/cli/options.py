@@ -1,0 +1,126 @@
+"""Option groups shared by several commands, and argparse types that check a value where it is
+typed."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import CliError
+
+
+def _add_network_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-layers", type=int, default=3, help="linear layers (default 3)")
+    p.add_argument(
+        "--multiplier", type=float, default=4, help="hidden width = features x this (default 4)"
+    )
+    p.add_argument("--n-w-bits", type=int, default=3, help="weight bits (default 3)")
+    p.add_argument("--n-a-bits", type=int, default=3, help="activation/input bits (default 3)")
+    p.add_argument("--n-accum-bits", type=int, default=8, help="accumulator budget (default 8)")
+    p.add_argument(
+        "--prune",
+        type=float,
+        default=0.0,
+        help="fraction of hidden neurons to prune, in [0, 1) (default 0)",
+    )
+    p.add_argument("--epochs", type=int, default=200, help="training epochs (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _rounding(value: str) -> Any:
+    if value in ("auto", "off"):
+        return value
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("rounding is 'auto', 'off' or a number of bits") from exc
+
+
+def _p_error(value: str) -> Any:
+    """argparse type of --p-error: 'auto', 'default' (Concrete's, 2**-40) or a probability."""
+    if value in ("auto", "default"):
+        return "auto" if value == "auto" else None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'default' or a probability such as 1e-3, got {value!r}"
+        ) from exc
+
+
+_P_ERROR_HELP = (
+    "error probability per lookup: 'auto' (default: the largest of 1e-2, 1e-3, 1e-4 whose "
+    "simulated calibration rows keep the accuracy guard, else Concrete's), 'default' "
+    "(Concrete's 2**-40) or a number"
+)
+
+
+def _add_compile_choices(
+    p: argparse.ArgumentParser, *, exact: bool = True, strict: bool = True
+) -> None:
+    """The compile choices, defined once for every command that compiles (read back by
+    :func:`_compile_options`); ``exact`` and ``strict`` only where the command uses them."""
+    p.add_argument(
+        "--rounding",
+        type=_rounding,
+        default="auto",
+        help="'auto' (default), 'off', or the lookup input precision in bits",
+    )
+    p.add_argument(
+        "--approximate",
+        action="store_true",
+        help="approximate rounding only: one PBS per neuron, rare off-by-one errors "
+        "(default: the cheaper of approximate and exact that keeps accuracy)",
+    )
+    if exact:
+        p.add_argument(
+            "--exact",
+            action="store_true",
+            help="exact rounding only (bit-exact with the interpreter)",
+        )
+    if strict:
+        p.add_argument(
+            "--strict",
+            action="store_true",
+            help="fail when compile-time choices lose accuracy, instead of warning",
+        )
+    p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+
+
+def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
+    """The validated compile options of the command line (one check, shared with the API)."""
+    from ..compiler.options import CompileOptions
+
+    exact = getattr(args, "exact", False)
+    approximate = getattr(args, "approximate", False)
+    if exact and approximate:
+        raise CliError("give --exact or --approximate, not both")
+    return CompileOptions(
+        rounding=args.rounding,
+        rounding_exact=True if exact else (False if approximate else None),
+        p_error=args.p_error,
+        strict=getattr(args, "strict", False),
+        **values,
+    )
+
+
+def _batch_size(value: str) -> int:
+    """argparse type of ``--batch-size``: rows per circuit call, in [1, MAX_BATCH_SIZE]."""
+    from ..compiler.options import MAX_BATCH_SIZE
+
+    number = _positive_int(value)
+    if number > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BATCH_SIZE} rows, got {number}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    """argparse type of a row count: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of rows >= 1, got {number}")
+    return number

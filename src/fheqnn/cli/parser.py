@@ -1,0 +1,254 @@
+"""The argument parser: every subcommand, where it is registered (``native``: it runs Concrete)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..datasets import DATASETS
+from .bench import cmd_bench
+from .client import cmd_decrypt, cmd_encrypt, cmd_keygen, cmd_predict
+from .compile import cmd_compile, cmd_report
+from .demo import cmd_demo
+from .options import _add_compile_choices, _add_network_options, _batch_size, _positive_int
+from .outputs import _add_predictions_output
+from .server import DEFAULT_REQUEST_ROWS, cmd_fetch, cmd_run, cmd_serve
+from .train import cmd_export, cmd_train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fheqnn`` command."""
+    from ..compiler.options import MAX_BATCH_SIZE
+
+    parser = argparse.ArgumentParser(
+        prog="fheqnn",
+        description="Sparse quantized neural networks, from training to encrypted inference.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, func: Any, *, native: bool = False) -> argparse.ArgumentParser:
+        """A subcommand. ``native``: it calls Concrete's native code, whose SIGINT handler kills
+        the process outright (and holds the GIL), so as a program it runs in a child process
+        that Ctrl-C can stop cleanly (see :func:`_in_child`)."""
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func, native=native)
+        return p
+
+    p = add("train", "train a sparse quantized network and save it with its ONNX export", cmd_train)
+    p.add_argument("--dataset", choices=DATASETS, help="a data set shipped with scikit-learn")
+    p.add_argument("--data", help=".csv or .npy features (last column = target without --labels)")
+    p.add_argument("--labels", help=".csv or .npy targets (then every --data column is a feature)")
+    p.add_argument(
+        "--target",
+        help="the target column of --data: a header name, or an index from 0 (-1: the last; "
+        "default: the last column)",
+    )
+    p.add_argument(
+        "--header",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="whether the CSV's first row holds column names (default: detected)",
+    )
+    p.add_argument("--task", choices=("classifier", "regressor"), default="classifier")
+    p.add_argument("--out", required=True, help="folder to create (estimator, ONNX, splits)")
+    p.add_argument("--overwrite", action="store_true")
+    _add_network_options(p)
+
+    p = add("export", "export a trained estimator (estimator.pkl) to QCDQ ONNX", cmd_export)
+    p.add_argument("--model", required=True, help="estimator.pkl written by 'train'")
+    p.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")
+
+    p = add(
+        "compile",
+        "compile an ONNX model to a circuit, with the accumulator check",
+        cmd_compile,
+        native=True,
+    )
+    p.add_argument("--from", dest="from_dir", help="a 'train' folder (model.onnx, calibration.npy)")
+    p.add_argument("--onnx", help="ONNX file")
+    p.add_argument("--calibration", help=".npy / .csv calibration rows")
+    p.add_argument("--output-spec", help="output_spec.json (class labels, target scaling)")
+    p.add_argument(
+        "--standardizer",
+        help="standardizer.json (per-feature mean and scale applied on the client before "
+        "quantization; default with --from: the training folder's)",
+    )
+    p.add_argument("--n-accum-bits", type=int, default=None, help="accumulator budget (bits)")
+    _add_compile_choices(p)
+    p.add_argument(
+        "--calibration-labels",
+        help="labels of the calibration rows (.npy / .csv): the rounding then keeps their "
+        "accuracy (default with --from: the training folder's)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=1,
+        metavar="N",
+        help=f"rows per circuit call (default 1; at most {MAX_BATCH_SIZE}): the circuit takes "
+        "N rows at once and clients encrypt rows in chunks of N, the last one padded. Each call "
+        "pays a fixed cost (~0.1 s with large keys), so N > 1 raises throughput for many rows; "
+        "a single row still takes one call",
+    )
+    p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("report", "print a compiled model's bit-width table and circuit statistics", cmd_report)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--json", action="store_true", help="print report.json")
+
+    p = add("keygen", "generate keys for a compiled model (client side)", cmd_keygen, native=True)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder to create (e.g. keys/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing key folder")
+
+    p = add("encrypt", "quantize and encrypt rows (client side)", cmd_encrypt, native=True)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder")
+    p.add_argument("--input", required=True, help=".npy / .csv rows")
+    p.add_argument("--target", help="a column of the --input CSV to drop (name or index)")
+    p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
+    p.add_argument("--out", required=True, help="ciphertext file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ciphertext file")
+
+    p = add("run", "run the circuit on encrypted rows (server side)", cmd_run, native=True)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--evaluation-keys", required=True, help="the client's evaluation.keys")
+    p.add_argument("--input", required=True, help="ciphertext file from 'encrypt'")
+    p.add_argument("--out", required=True, help="result file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ciphertext file")
+    p.add_argument(
+        "--ray", metavar="ADDRESS", help="spread the rows over Ray: 'local' or a cluster address"
+    )
+    p.add_argument("--ray-tasks", type=int, default=None, help="Ray tasks (default: its CPUs)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+
+    p = add("decrypt", "decrypt and post-process results (client side)", cmd_decrypt, native=True)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder")
+    p.add_argument("--input", required=True, help="result file from 'run'")
+    p.add_argument("--proba", action="store_true", help="class probabilities")
+    _add_predictions_output(p)
+
+    p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict, native=True)
+    p.add_argument("model", help="compiled model folder")
+    p.add_argument("--keys", required=True, help="key folder")
+    p.add_argument("--input", required=True, help=".npy / .csv rows")
+    p.add_argument("--labels", help="true labels (one per --input row), to print the accuracy")
+    p.add_argument(
+        "--target",
+        help="a column of the --input CSV holding the true labels (name or index): dropped from "
+        "the features, used for the accuracy",
+    )
+    p.add_argument("--rows", type=_positive_int, default=None, help="only the first N rows")
+    _add_predictions_output(p)
+    p.add_argument(
+        "--id",
+        metavar="COLUMN",
+        help="a column of the --input CSV that identifies the rows (name or index): not a "
+        "feature; copied as the first column of the --out table",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--server", metavar="URL", help="run on an 'fheqnn serve' service over HTTP")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=None,
+        help=f"rows per request with --server (default: the smallest multiple of the model's "
+        f"rows per circuit call that is at least {DEFAULT_REQUEST_ROWS})",
+    )
+
+    # Native: every encrypted run re-installs Concrete's SIGINT handler over uvicorn's, so a
+    # Ctrl-C after the first request would SIGKILL a server in the foreground process.
+    p = add(
+        "serve", "serve compiled models over HTTP (encrypted inference)", cmd_serve, native=True
+    )
+    p.add_argument("models", nargs="+", help="compiled model folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    p.add_argument("--key-store", help="folder keeping uploaded evaluation keys across restarts")
+    p.add_argument(
+        "--max-request-mb", type=float, default=256.0, help="largest request body (MB, default 256)"
+    )
+    p.add_argument("--token-env", metavar="VAR", help="require the token held by this variable")
+    p.add_argument(
+        "--max-cached-keys", type=int, default=8, help="key sets kept deserialized (default 8)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="encrypted runs at once (threads)")
+    p.add_argument(
+        "--ray", metavar="ADDRESS", help="deploy on Ray Serve: 'local' or a cluster address"
+    )
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+
+    p = add("fetch", "save a served model's client part (for keygen)", cmd_fetch)
+    p.add_argument("url", help="the service URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("model_id", help="the model id (GET /models lists them)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+
+    p = add(
+        "demo",
+        "the whole flow on a shipped data set, encrypted inference included",
+        cmd_demo,
+        native=True,
+    )
+    p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
+    p.add_argument(
+        "--rows", type=_positive_int, default=10, help="test rows to run encrypted (default 10)"
+    )
+    _add_compile_choices(p)
+    p.add_argument("--circuits", default="circuits", help="where compiled models go")
+    p.add_argument("--keys", default="keys", help="where key folders go")
+    _add_network_options(p)
+
+    p = add("bench", "accuracy and encrypted latency across pruning percentages", cmd_bench)
+    p.add_argument(
+        "--profile",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick: simulation only, small (CI); full: real encryption (by hand)",
+    )
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, help="override the profile's")
+    p.add_argument("--prune", nargs="+", type=float, help="pruning fractions, override")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs, override")
+    p.add_argument("--rows", type=int, default=None, help="encrypted test rows (0: none)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per latency (median)")
+    p.add_argument(
+        "--throughput-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test rows over which encrypted throughput (rows/s) is measured for circuits of "
+        "each --throughput-batches size (0: none; quick profile 0, full 32); each size costs a "
+        "compilation and a key generation",
+    )
+    p.add_argument(
+        "--throughput-batches",
+        nargs="+",
+        type=int,
+        metavar="B",
+        help="rows per circuit call to compare (default 1 8 32; 1 is one call per row)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    _add_compile_choices(p, exact=False, strict=False)
+    p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
+    p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
+    p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
+    p.add_argument(
+        "--compare-reference",
+        action="store_true",
+        help="also run Concrete ML 1.9's network (benchmarks/reference.py) on each data set and "
+        "write comparison.md / .png with the ratios (needs real encryption: --rows >= 1)",
+    )
+    p.add_argument(
+        "--reference-python",
+        default=None,
+        help="the reference environment's python (default /work/refenv/bin/python)",
+    )
+    return parser

@@ -1,0 +1,209 @@
+"""The server side: ``run`` (locally or on Ray), ``serve`` (HTTP, or Ray Serve) and ``fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import EXIT_OK, CliError, _read_envelope, _say, _Step, _write_bytes
+from .outputs import _check_output_file
+
+#: Least rows per request of `predict --server` (rounded up to whole circuit calls).
+DEFAULT_REQUEST_ROWS = 8
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..runtime import FheModelServer
+
+    if args.ray:
+        return _run_on_ray(args)
+    target = _check_output_file(
+        args.out,
+        inputs=(args.input, args.evaluation_keys),
+        envelope=True,
+        overwrite=args.overwrite,
+    )
+    server = FheModelServer(args.model)
+    keys = _read_envelope(args.evaluation_keys, "evaluation keys", server.limits["evaluation_keys"])
+    inputs = _read_envelope(args.input, "encrypted input", server.limits["inputs"])
+    with _Step("running on ciphertexts"):
+        out = server.run(inputs, keys)
+    _write_bytes(target, out)
+    _say(f"wrote {args.out} ({len(out)} bytes)")
+    return EXIT_OK
+
+
+def _token(var: str | None) -> str | None:
+    """The token held by the environment variable ``var`` (never given on the command line)."""
+    if var is None:
+        return None
+
+    token = os.environ.get(var)
+    if not token:
+        raise CliError(f"--token-env {var}: the environment variable {var} is not set or empty")
+    return token
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serving.config import ServeConfig
+
+    if args.replicas != 1 and not args.ray:
+        raise CliError("--replicas needs --ray (one process serves without Ray)")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be in [0, 65535], got {args.port}")
+    config = ServeConfig(
+        model_folders=tuple(Path(m) for m in args.models),
+        key_store=Path(args.key_store) if args.key_store else None,
+        max_request_mb=args.max_request_mb,
+        token=_token(args.token_env),
+        max_cached_keys=args.max_cached_keys,
+        workers=args.workers,
+        backend="ray" if args.ray else "local",
+        replicas=args.replicas,
+    )
+    try:
+        if args.ray:
+            return _serve_on_ray(args, config)
+        from ..serving.app import create_app
+        from ..serving.runner import serve_foreground
+
+        app = create_app(config)
+        serve_foreground(
+            app,
+            host=args.host,
+            port=args.port,
+            on_ready=lambda url: _say(
+                f"serving {len(app.state.service.models)} model(s) at {url} "
+                f"(API docs: {url}/docs); Ctrl-C stops"
+            ),
+        )
+    except KeyboardInterrupt:
+        print("fheqnn: stopped", file=sys.stderr, flush=True)
+        code = 130
+    else:
+        code = EXIT_OK
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The service has shut down cleanly. Once a circuit has run, concrete-python's runtime may
+    # replace the process exit status at interpreter teardown (0, or a SIGKILL status), however
+    # the server stopped: leave now so that the status is ours (130 after Ctrl-C).
+
+    os._exit(code)
+
+
+def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
+    from ..serving import ray_backend
+
+    port = args.port or _free_port(args.host)
+    try:
+        nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
+        where = "local instance" if args.ray == "local" else f"cluster {args.ray}"
+        _say(f"Ray {where}: nodes {', '.join(nodes)}")
+        url, _ = ray_backend.deploy_service(
+            config, host=args.host, port=port, replica_cpus=args.replica_cpus
+        )
+        _say(
+            f"serving {len(config.model_folders)} model(s) at {url} on {config.replicas} Ray "
+            f"Serve replica(s) (API docs: {url}/docs); Ctrl-C stops"
+        )
+        while True:
+            time.sleep(3600)
+    finally:
+        ray_backend.shutdown(serve_too=True)
+
+
+def request_rows(batch_size: int, requested: int | None) -> int:
+    """Rows per request of ``predict --server`` for a model of ``batch_size`` rows per call.
+
+    Default: whole circuit calls (a part-filled call is padded: paid for, then dropped), at
+    least :data:`DEFAULT_REQUEST_ROWS` rows. A requested count that is not a multiple of the
+    batch size is kept, with a note on what the padding costs.
+    """
+    if requested is None:
+        return batch_size * -(-DEFAULT_REQUEST_ROWS // batch_size)
+    if requested < 1:
+        raise CliError(f"--batch-rows must be >= 1, got {requested}")
+    if requested % batch_size:
+        padded = batch_size * -(-requested // batch_size)
+        _say(
+            f"note: this model runs {batch_size} rows per circuit call; --batch-rows "
+            f"{requested} pads every request to {padded} rows (a multiple of {batch_size} "
+            "wastes nothing)"
+        )
+    return requested
+
+
+def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> Any:
+    """``predict --server``: the same round trip as the local one, through the HTTP service."""
+    from tqdm.auto import tqdm
+
+    from ..runtime import RoundTrip
+    from ..serving.client import HttpClient
+
+    rows_per_request = request_rows(client.batch_size, args.batch_rows)
+    x = client.part.check_and_warn(x)  # once for the whole file, not per request
+    outputs, run_s = [], 0.0
+    with (
+        HttpClient(args.server, token=_token(args.token_env)) as http,
+        tqdm(
+            total=len(x), desc="encrypted rows", unit="row", disable=args.quiet, leave=False
+        ) as bar,
+    ):
+        for start in range(0, len(x), rows_per_request):
+            part = x[start : start + rows_per_request]
+            outputs.append(http.predict_raw(client, part, check_range=False))
+            run_s += http.last_run_seconds
+            bar.update(len(part))
+    raw = np.concatenate(outputs)
+    return RoundTrip(raw, client.part.postprocess(raw), run_s, len(x))
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    from ..runtime.artifacts import envelope_limits, open_model_folder
+    from ..serving import ray_backend
+
+    target = _check_output_file(
+        args.out,
+        inputs=(args.input, args.evaluation_keys),
+        envelope=True,
+        overwrite=args.overwrite,
+    )
+    limits = envelope_limits(open_model_folder(args.model))
+    keys = _read_envelope(args.evaluation_keys, "evaluation keys", limits["evaluation_keys"])
+    inputs = _read_envelope(args.input, "encrypted input", limits["inputs"])
+    try:
+        nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
+        _say(f"Ray: nodes {', '.join(nodes)}")
+        with _Step("running on ciphertexts over Ray workers"):
+            out = ray_backend.run_batch(args.model, inputs, keys, tasks=args.ray_tasks)
+    finally:
+        ray_backend.shutdown(serve_too=False)
+    _write_bytes(target, out)
+    _say(f"wrote {args.out} ({len(out)} bytes)")
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from ..serving.client import fetch_client_part
+
+    folder = fetch_client_part(
+        args.url, args.model_id, args.out, token=_token(args.token_env), overwrite=args.overwrite
+    )
+    names = ", ".join(sorted(p.name for p in folder.path.iterdir()))
+    _say(f"saved the client part of model {folder.model_id} to {folder.path}/ ({names})")
+    _say(f"next: fheqnn keygen {folder.path} --keys keys/NAME")
+    return EXIT_OK
