@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 from fheqnn import NeuralNetClassifier, NeuralNetRegressor
-from fheqnn.compiler.passes import calibration_score
+from fheqnn.compiler.guard import calibration_score
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
 CONFIGS = {

@@ -37,9 +37,9 @@ from fheqnn import NeuralNetClassifier, NeuralNetRegressor
 from fheqnn.compiler import ir, passes
 from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
+from fheqnn.compiler.guard import calibration_score
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import CompileOptions
-from fheqnn.compiler.passes import calibration_score
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
 #: Draws of approximate rounding averaged into each fold's compiled score.

@@ -29,8 +29,8 @@ import numpy as np
 from fheqnn import NeuralNetClassifier, NeuralNetRegressor
 from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
+from fheqnn.compiler.guard import calibration_score
 from fheqnn.compiler.options import P_ERROR_CANDIDATES
-from fheqnn.compiler.passes import calibration_score
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
 

@@ -9,7 +9,7 @@ program's agreement with the unrounded one on the calibration rows (the guard's 
 regressors: R2 of the rounded outputs against the unrounded ones), the change of held-out R2
 against the unrounded program (mean of 5 draws of approximate rounding, our integer
 interpreter; no Concrete compilation) and the estimated seconds per encrypted row; then a
-summary per precision. This chose ``passes.REGRESSION_MIN_AGREEMENT``.
+summary per precision. This chose ``guard.REGRESSION_MIN_AGREEMENT``.
 
     python benchmarks/regression_rounding.py --dataset diabetes --folds 5
     python benchmarks/regression_rounding.py --dataset friedman1 --folds 5
@@ -26,9 +26,9 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from fheqnn import NeuralNetRegressor
+from fheqnn.compiler.guard import _agreement, calibration_score
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import CompileOptions
-from fheqnn.compiler.passes import _agreement, calibration_score
 from fheqnn.datasets import load_split
 
 #: Draws of approximate rounding averaged per fold and precision.

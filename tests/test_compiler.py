@@ -19,8 +19,9 @@ from fheqnn import (
 )
 from fheqnn.compiler import api
 from fheqnn.compiler.ir import Layer, Program, Quantizer, round_lsbs
-from fheqnn.compiler.passes import choose_rounding, drop_dead_neurons, lossless_round_lsbs
+from fheqnn.compiler.passes import drop_dead_neurons, lossless_round_lsbs
 from fheqnn.compiler.report import analyse, check
+from fheqnn.compiler.rounding_search import choose_rounding
 from fheqnn.intervals import IntRange
 from helpers import blobs
 from helpers import tiny_classifier as make_tiny_classifier

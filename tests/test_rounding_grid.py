@@ -10,12 +10,8 @@ import pytest
 
 from fheqnn.compiler import backend
 from fheqnn.compiler.ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
-from fheqnn.compiler.passes import (
-    _expected_lookup_change,
-    align_rounding_grid,
-    choose_rounding,
-    lossless_round_lsbs,
-)
+from fheqnn.compiler.passes import _expected_lookup_change, align_rounding_grid, lossless_round_lsbs
+from fheqnn.compiler.rounding_search import choose_rounding
 from fheqnn.compiler.serialize import program_from_dict, program_to_dict
 from fheqnn.contract import ClientContract
 from fheqnn.intervals import IntRange

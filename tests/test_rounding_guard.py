@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from fheqnn import AccuracyLossError, CompileAccuracyWarning, CompileOptions, InvalidParameterError
-from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
-from fheqnn.compiler.lowering import lower_onnx
-from fheqnn.compiler.options import P_ERROR_CANDIDATES
-from fheqnn.compiler.passes import (
+from fheqnn.compiler.cost import estimated_cost_s, lookup_cost_s
+from fheqnn.compiler.guard import (
     CLASSIFIER_MIN_AGREEMENT,
     MIN_GUARD_ROWS,
     REGRESSION_MIN_AGREEMENT,
@@ -19,9 +17,10 @@ from fheqnn.compiler.passes import (
     GuardScore,
     _agreement,
     boundary_rows,
-    estimated_cost_s,
-    lookup_cost_s,
 )
+from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
+from fheqnn.compiler.lowering import lower_onnx
+from fheqnn.compiler.options import P_ERROR_CANDIDATES
 from helpers import blobs, tiny_classifier
 
 
@@ -202,9 +201,9 @@ def test_auto_p_error_without_timeable_candidates_keeps_the_smallest_keys(
     """Keys too large to time are not timed; the smallest keys win then, even when a smaller
     error probability has them (Concrete answered 1e-2 with 561 MB of expanded keys and 1e-3
     with 282 MB for one breast cancer model)."""
-    from fheqnn.compiler import api
+    from fheqnn.compiler import p_error_search
 
-    monkeypatch.setattr(api, "P_ERROR_TIMING_MAX_KEY_BYTES", 0)
+    monkeypatch.setattr(p_error_search, "P_ERROR_TIMING_MAX_KEY_BYTES", 0)
     x, y = data
     clf = tiny_classifier(x, y, max_epochs=30)
     clf.compile(x, y)
@@ -298,7 +297,7 @@ def test_auto_rounding_of_a_regressor_without_labels_rounds_and_keeps_held_out_r
     # Until session 6 a regressor's agreement was the share of rows within 0.05 standard
     # deviation of the unrounded output: no rounding below the full 8 bits kept 99 % of them,
     # so every regressor compiled to 8-bit lookups (~20 s per encrypted row on diabetes).
-    from fheqnn.compiler.passes import calibration_score
+    from fheqnn.compiler.guard import calibration_score
     from fheqnn.contract import Standardizer
 
     x, y = regression_data

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..concrete_seam import fhe as _fhe
+from ..contract import ClientContract
 from ..errors import InternalError
 from ..intervals import IntRange
 from .ir import Program
@@ -132,3 +133,15 @@ def make_configuration(**options: Any) -> Any:
     """A ``fhe.Configuration`` from our defaults updated with ``options``."""
     fhe = _fhe()
     return fhe.Configuration(**{**DEFAULT_CONFIGURATION, **options})
+
+
+def run_in_chunks(
+    call: Callable[[np.ndarray], Any], q: np.ndarray, contract: ClientContract
+) -> np.ndarray:
+    """``call`` (one circuit call) over integer rows in chunks of the contract's batch size.
+
+    Returns:
+        The circuit outputs of the ``len(q)`` rows (int64), the last chunk's padding dropped.
+    """
+    outputs = [np.asarray(call(chunk), dtype=np.int64) for chunk in contract.chunks(q)]
+    return contract.trim(outputs, len(q))

@@ -162,7 +162,7 @@ def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
 #: 0.22 cost 1.3-1.5 x the estimated time for no accuracy beyond the simulation's noise
 #: (``benchmarks/results/accuracy.md``, session 5), so it stays; the ``p_error`` search then
 #: judges Concrete's own rounding in simulation, with one row of slack
-#: (:data:`fheqnn.compiler.api.P_ERROR_SLACK_ROWS`).
+#: (:data:`fheqnn.compiler.p_error_search.P_ERROR_SLACK_ROWS`).
 APPROX_ROUNDING_SPREAD = 0.1
 
 

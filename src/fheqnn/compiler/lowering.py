@@ -16,18 +16,13 @@ import numpy as np
 
 from ..contract import ClientContract, FeatureRange, OutputSpec, Standardizer
 from ..errors import AccuracyLossError, CompileAccuracyWarning, InvalidInputError
+from .cost import estimated_cost_s
+from .guard import MIN_GUARD_ROWS, AccuracyGuard
 from .ir import Program
 from .options import CompileOptions
-from .passes import (
-    MIN_GUARD_ROWS,
-    AccuracyGuard,
-    RoundingChoice,
-    check_lookup_domains,
-    choose_rounding,
-    drop_dead_neurons,
-    estimated_cost_s,
-)
+from .passes import check_lookup_domains, drop_dead_neurons
 from .report import analyse, check
+from .rounding_search import RoundingChoice, choose_rounding
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ class CompileOptions:
             calibration rows whose class matches the unrounded program's (default 0.99).
             Regressors: least R2 of the compiled program's outputs against the unrounded
             program's on the calibration rows (default 0.97, the share of their variance
-            kept; ``passes.REGRESSION_MIN_AGREEMENT``). ``None``: the default for the output.
+            kept; ``guard.REGRESSION_MIN_AGREEMENT``). ``None``: the default for the output.
         min_boundary_agreement: the guard for classifiers, with or without labels: least
             agreement with the unrounded program on the calibration rows closest to the
             decision boundary (the 10 %, at least 50, with the smallest gap between the two

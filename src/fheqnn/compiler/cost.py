@@ -1,0 +1,49 @@
+"""A cost model of Concrete circuits: estimated seconds per encrypted row, from the lookups'
+input precisions (measured on this machine kind, ``fheqnn.bench.lookup_floor``)."""
+
+from __future__ import annotations
+
+from .ir import Layer, Program
+
+#: Seconds per table lookup by lookup input precision (bits): concrete-python 2.11, a large
+#: batch of independent lookups on 2 cores (``fheqnn.bench.lookup_floor``), default error
+#: probability. Values between the measured points (2, 4, 6, 8 bits) are geometric means.
+LOOKUP_COST_S = {1: 0.008, 2: 0.009, 3: 0.0116, 4: 0.015, 5: 0.0315, 6: 0.066, 7: 0.204, 8: 0.63}
+
+
+#: Fixed seconds per circuit call (encrypted argument handling, key switch set-up).
+CALL_COST_S = 0.07
+
+
+#: Growth of the lookup cost per bit above the table (the polynomial size doubles per bit and
+#: more: 6 -> 8 bits measured 9.5 x).
+_COST_GROWTH_PER_BIT = 3.1
+
+
+def lookup_cost_s(bits: int) -> float:
+    """Estimated seconds of one table lookup whose input has ``bits`` of precision."""
+    bits = max(1, int(bits))
+    top = max(LOOKUP_COST_S)
+    if bits <= top:
+        return LOOKUP_COST_S[bits]
+    return LOOKUP_COST_S[top] * _COST_GROWTH_PER_BIT ** (bits - top)
+
+
+def layer_cost_s(layer: Layer) -> float:
+    """Estimated seconds of a hidden layer's lookups per row.
+
+    Exact rounding of ``r`` bits costs about ``r`` extra small lookups per neuron (Concrete
+    clears the bits one lookup at a time); approximate rounding costs none (the bootstrap's own
+    modulus switch rounds).
+    """
+    if not layer.is_hidden:
+        return 0.0
+    cost = lookup_cost_s(layer.lookup_bits())
+    if layer.round_lsbs and layer.rounding_exact:
+        cost += layer.round_lsbs * lookup_cost_s(2)
+    return layer.n_outputs * cost
+
+
+def estimated_cost_s(program: Program) -> float:
+    """Estimated seconds of one encrypted row on 2 cores: fixed call cost plus every lookup."""
+    return CALL_COST_S + sum(layer_cost_s(layer) for layer in program.layers)
