@@ -260,6 +260,8 @@ def test_fitted_state_other_code_needs_is_public(blobs) -> None:
     assert not hasattr(clf, "output_spec_") and not hasattr(clf, "standardizer_")
     with pytest.raises(NotFittedError):
         clf.output_spec_  # noqa: B018
+    with pytest.raises(NotFittedError):
+        clf.standardizer_  # noqa: B018
     assert clf.training_config().max_epochs == FAST["max_epochs"]
     with pytest.raises(InvalidParameterError, match="max_epochs"):
         NeuralNetClassifier(max_epochs=0).training_config()

@@ -53,10 +53,12 @@ def keep_exit_status() -> None:
     an uncaught exception, pytest's count of failures) becomes 0, and the Python ``atexit``
     handlers registered before Concrete's never run. fheqnn never starts the dataflow runtime
     (it compiles without ``dataflow_parallelize`` or ``auto_parallelize``), so the handler has
-    nothing to stop and is taken out. Should anything in the process start that runtime anyway
-    (``concrete.compiler.init_dfr``, which Concrete calls when a circuit asks for it), Concrete's
-    handler is put back at that moment: a started runtime is always stopped at exit, and only
-    then does the exit status become Concrete's again.
+    nothing to stop and is taken out. Should anything in the process start that runtime later
+    through ``concrete.compiler.init_dfr`` (which Concrete calls when it compiles a circuit that
+    asks for it), Concrete's handler is put back at that moment, so that the runtime is stopped
+    at exit; the exit status is then Concrete's again. Not covered: a runtime started before
+    this is first called, or by a loaded circuit compiled for it (``fhe.Server.load`` does not
+    call ``init_dfr``); fheqnn itself does neither.
 
     Safe to call any number of times, from any thread; it imports ``concrete.compiler``.
     """
