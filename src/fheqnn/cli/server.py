@@ -151,25 +151,16 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
     """``predict --server``: the same round trip as the local one, through the HTTP service."""
     from tqdm.auto import tqdm
 
-    from ..runtime import RoundTrip
     from ..serving.client import HttpClient
 
     rows_per_request = request_rows(client.batch_size, args.batch_rows)
-    x = client.part.check_and_warn(x)  # once for the whole file, not per request
-    outputs, run_s = [], 0.0
     with (
         HttpClient(args.server, token=_token(args.token_env)) as http,
         tqdm(
             total=len(x), desc="encrypted rows", unit="row", disable=args.quiet, leave=False
         ) as bar,
     ):
-        for start in range(0, len(x), rows_per_request):
-            part = x[start : start + rows_per_request]
-            outputs.append(http.predict_raw(client, part, check_range=False))
-            run_s += http.last_run_seconds
-            bar.update(len(part))
-    raw = np.concatenate(outputs)
-    return RoundTrip(raw, client.part.postprocess(raw), run_s, len(x))
+        return http.round_trip(client, x, rows_per_request=rows_per_request, progress=bar.update)
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:

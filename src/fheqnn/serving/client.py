@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from ..errors import FheqnnError
 from ..runtime.artifacts import ModelFolder
 from ..runtime.client import FheModelClient
+from ..runtime.roundtrip import RoundTrip
 from .archive import MAX_ARCHIVE_BYTES, extract_client_archive
 
 logger = logging.getLogger(__name__)
@@ -265,6 +267,38 @@ class HttpClient:
     def predict(self, client: FheModelClient, x: Any) -> np.ndarray:
         """Predictions after post-processing (labels, values), as the local ``predict``."""
         return client.part.output_spec.apply(self.predict_raw(client, x))
+
+    def round_trip(
+        self,
+        client: FheModelClient,
+        x: Any,
+        *,
+        rows_per_request: int,
+        progress: Callable[[int], Any] | None = None,
+    ) -> RoundTrip:
+        """The round trip of :func:`fheqnn.runtime.encrypted_predict`, through the service.
+
+        The rows are checked (and warned about) once as a whole, then sent in requests of
+        ``rows_per_request`` rows; ``server_seconds`` is the service's own run time, transfers
+        excluded.
+
+        Args:
+            client: a client with keys loaded (they are uploaded when the service lacks them).
+            x: float rows (n_rows, n_features).
+            rows_per_request: rows per request (best a multiple of the model's batch size: a
+                part-filled circuit call is padded).
+            progress: called with the number of rows finished after each request.
+        """
+        x = client.part.check_and_warn(x)  # once for the whole file, not per request
+        outputs, run_s = [], 0.0
+        for start in range(0, len(x), rows_per_request):
+            part = x[start : start + rows_per_request]
+            outputs.append(self.predict_raw(client, part, check_range=False))
+            run_s += self.last_run_seconds
+            if progress is not None:
+                progress(len(part))
+        raw = np.concatenate(outputs)
+        return RoundTrip(raw, client.part.postprocess(raw), run_s, len(x))
 
 
 def fetch_client_part(
