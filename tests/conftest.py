@@ -12,7 +12,6 @@ pytest``) and run by the full one (``python -m pytest -m ""``, what CI runs).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import blobs, tiny_classifier
+from helpers import blobs, checksum, tiny_classifier
 
 #: Keeps pytest's exit status if a test runs a circuit with Concrete directly.
 pytest_plugins = ["keep_status"]
@@ -51,16 +50,6 @@ class TinyModels:
     keys_b: Path
 
 
-def tree_digest(root: Path) -> str:
-    """SHA-256 over every path below ``root``: its name, mode and content."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(f"{path.relative_to(root)}|{path.lstat().st_mode:o}|".encode())
-        if path.is_file():
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModels]:
     """See :class:`TinyModels` (trained, compiled and given keys once per session). At the
@@ -83,7 +72,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModels
     clf.fhe_model_.save(root / "b")
     FheModelClient(root / "a").keygen(root / "keys_a")
     FheModelClient(root / "b").keygen(root / "keys_b")
-    before = tree_digest(root)
+    before = checksum(root)
     yield TinyModels(root, x, y, clf, root / "a", root / "b", root / "keys_a", root / "keys_b")
-    if tree_digest(root) != before:
+    if checksum(root) != before:
         raise AssertionError(f"a test changed the shared tiny models in {root}")

@@ -34,43 +34,9 @@ from fheqnn.cli import main
 from fheqnn.errors import FheqnnError
 from fheqnn.runtime import ArtifactError, EnvelopeError, FheModelClient, FheModelServer
 from fheqnn.runtime.envelope import MAGIC, MAGIC_V1, Envelope
-from helpers import tiny_classifier
+from helpers import checksum, tiny_classifier
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-#: SHA-256 of a file's content, by everything that identifies one version of it. Any write
-#: or metadata change sets the change time (ctime), which no program can set back; a version
-#: is only remembered once its ctime is a second old, since the clock behind ctime moves in
-#: steps of a few milliseconds. The workspace holds ~300 MB of keys: hashing it before and
-#: after each of the ~140 cases took 60 of the suite's seconds.
-_content_digests: dict[tuple[str, int, int, int, int, int], bytes] = {}
-
-
-def _content_digest(path: Path, st_: os.stat_result) -> bytes:
-    version = (str(path), st_.st_dev, st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns)
-    known = _content_digests.get(version)
-    if known is not None:
-        return known
-    digest = hashlib.sha256(path.read_bytes()).digest()
-    if time.time_ns() - st_.st_ctime_ns > 1_000_000_000:
-        _content_digests[version] = digest
-    return digest
-
-
-def checksum(root: Path) -> str:
-    """SHA-256 over every path below ``root``: kind, mode, and content (size and mtime for
-    files over 64 MB, e.g. the sparse oversized input)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        st_ = path.lstat()
-        digest.update(f"{path.relative_to(root)}|{st_.st_mode:o}|".encode())
-        if path.is_file() and not path.is_symlink():
-            if st_.st_size > 64 << 20:
-                digest.update(f"{st_.st_size}|{st_.st_mtime_ns}".encode())
-            else:
-                digest.update(_content_digest(path, st_))
-    return digest.hexdigest()
 
 
 def cli(*args: object) -> tuple[int, str, str]:
