@@ -57,6 +57,193 @@ def _closeness(score: GuardScore) -> tuple[float, float]:
     return (near, score.agreement)
 
 
+class RoundingSearch:
+    """One rounding search over a program and its calibration rows (see :func:`choose_rounding`).
+
+    It keeps three caches, all keyed by (exactness, bits per hidden layer): the guard's score of
+    the unmoved grids, the search's verdict and estimated cost, and the fitted grid offsets.
+    """
+
+    def __init__(
+        self,
+        program: Program,
+        calibration_q: np.ndarray,
+        guard: AccuracyGuard,
+        *,
+        target_bits: int | None,
+        align: bool,
+    ) -> None:
+        self.program = program
+        self.n_rows = len(calibration_q)
+        self.guard = guard
+        self.target_bits = target_bits
+        self.hidden = [layer for layer in program.layers if layer.is_hidden]
+        self.widths = [layer.proven_range().bits for layer in self.hidden]
+        self.lossless = self.lossless_for(True)
+        # Grids are fitted on the calibration rows; scoring them on the same rows would flatter
+        # them (measured: the guard then accepted lower precisions that lost held-out accuracy).
+        # So each half of the rows is scored with grids fitted on the other half (cross-fitting),
+        # and the grids kept are fitted on every row. Out of fold, grids fitted on half the rows
+        # can score below the unmoved grid, hence the fallback in ``measure``.
+        self.halves: list[np.ndarray] = []
+        self.accumulators: dict[int, list[np.ndarray]] = {}
+        if align and self.hidden:
+            order = np.random.default_rng(0).permutation(len(calibration_q))
+            self.halves = [np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])]
+            every = program.hidden_accumulators(calibration_q)
+            self.accumulators = {-1: every} | {
+                k: [acc[rows] for acc in every] for k, rows in enumerate(self.halves)
+            }
+        self._offsets: dict[tuple[int, int, int, bool], np.ndarray] = {}
+        self._unmoved: dict[tuple[bool, tuple[int, ...]], GuardScore] = {}
+        self._verdicts: dict[tuple[bool, tuple[int, ...]], tuple[bool, float]] = {}
+
+    def lossless_for(self, mode: bool) -> list[int]:
+        """Per hidden layer, the most bits that can be rounded away without changing a lookup."""
+        return [capped_lsbs(layer, lossless_round_lsbs(layer), mode) for layer in self.hidden]
+
+    def grid(self, lsbs: list[int], mode: bool, part: int = -1) -> list[np.ndarray] | None:
+        """Grid offsets fitted on the rows of ``part`` (-1: every row; ``None``: no alignment)."""
+        if not self.accumulators:
+            return None
+        for i, r in enumerate(lsbs):
+            if (part, i, r, mode) not in self._offsets:
+                self._offsets[part, i, r, mode] = align_rounding_grid(
+                    self.hidden[i], self.accumulators[part][i], r, mode
+                )
+        return [self._offsets[part, i, r, mode] for i, r in enumerate(lsbs)]
+
+    def unmoved_score(self, lsbs: list[int], mode: bool) -> GuardScore:
+        key = (mode, tuple(lsbs))
+        if key not in self._unmoved:
+            self._unmoved[key] = self.guard.score(self.program.with_rounding(lsbs, mode))
+        return self._unmoved[key]
+
+    def measure(self, lsbs: list[int], mode: bool) -> tuple[GuardScore, list[np.ndarray] | None]:
+        """The guard's score of a rounding, and the grid offsets it keeps (``None``: unmoved).
+
+        With alignment the moved grids are scored out of fold (each half of the rows by grids
+        fitted on the other half: a pessimistic estimate, since the grids kept are fitted on
+        every row) and kept when they pass or the precision is explicit; otherwise the unmoved
+        grid (nothing fitted, so its score on these rows is fair) is kept when it passes or
+        scores better.
+        """
+        outcome: tuple[GuardScore, list[np.ndarray] | None] = (self.unmoved_score(lsbs, mode), None)
+        if self.accumulators:
+            program, guard = self.program, self.guard
+            parts = [
+                (program.with_rounding(lsbs, mode, self.grid(lsbs, mode, 1 - k)), rows)
+                for k, rows in enumerate(self.halves)
+            ]
+            moved = guard.score(program.with_rounding(lsbs, mode, self.grid(lsbs, mode)), parts)
+            plain = outcome[0]
+            # An explicit precision is not chosen on these rows: moved grids are kept (on
+            # held-out rows they were better at 3 bits on every model tried).
+            if (
+                self.target_bits is not None
+                or guard.passes(moved)
+                or (not guard.passes(plain) and _closeness(moved) >= _closeness(plain))
+            ):
+                outcome = (moved, self.grid(lsbs, mode))
+        return outcome
+
+    def result(self, lsbs: list[int], mode: bool, fallback: str | None = None) -> RoundingChoice:
+        """The choice of ``lsbs`` in ``mode``, measured (and its grids moved when that keeps)."""
+        score, offsets_kept = self.measure(lsbs, mode)
+        candidate = self.program.with_rounding(lsbs, mode, offsets_kept)
+        return RoundingChoice(
+            list(lsbs),
+            self.lossless,
+            score.agreement,
+            mode,
+            score.score,
+            self.guard.reference_score,
+            estimated_cost_s(candidate),
+            fallback,
+            self.guard.passes(score),
+            score.boundary_agreement,
+            offsets_kept,
+        )
+
+    def evaluate(self, lsbs: list[int], mode: bool) -> tuple[bool, float]:
+        """Whether a rounding keeps the guard (unmoved grids), and its estimated cost."""
+        key = (mode, tuple(lsbs))
+        if key not in self._verdicts:
+            # The search judges unmoved grids; the choice then moves them if that keeps the
+            # guard (``result``). Letting moved grids reach lower precisions was measured end
+            # to end: on breast cancer a 3-bit layer then kept the guard under rounding but not
+            # under bootstrap errors, and p_error="auto" fell back to Concrete's default
+            # (larger keys, slower), so moved grids only improve a precision chosen without them.
+            cost = estimated_cost_s(self.program.with_rounding(lsbs, mode))
+            self._verdicts[key] = (self.guard.passes(self.unmoved_score(lsbs, mode)), cost)
+        return self._verdicts[key]
+
+    def at_precision(self, target_bits: int, mode: bool) -> RoundingChoice:
+        """Every lookup input at ``target_bits`` (or its full width when narrower)."""
+        lsbs = [
+            capped_lsbs(layer, max(0, w - target_bits), mode)
+            for layer, w in zip(self.hidden, self.widths, strict=True)
+        ]
+        return self.result(lsbs, mode)
+
+    def cheapest(self, mode: bool) -> list[int] | None:
+        """The cheapest rounding in ``mode`` that keeps the guard (``None``: none does)."""
+        start = self.lossless_for(mode)
+        candidates = [start]
+        for target in range(max(self.widths) - 1, 0, -1):
+            candidates.append(
+                [
+                    capped_lsbs(layer, max(r, w - target), mode)
+                    for layer, w, r in zip(self.hidden, self.widths, start, strict=True)
+                ]
+            )
+        passing = [c for c in candidates if self.evaluate(c, mode)[0]]
+        if not passing:
+            return None
+        best = min(passing, key=lambda c: self.evaluate(c, mode)[1])
+        # Per layer: some layers tolerate coarser lookups than others.
+        for i in range(len(self.hidden)):
+            best = self._lower_one_layer(best, i, mode)
+        return best
+
+    def _lower_one_layer(self, best: list[int], i: int, mode: bool) -> list[int]:
+        """``best`` with layer ``i`` lowered one bit at a time while that keeps and saves."""
+        while best[i] < self.widths[i] - 1:
+            trial = list(best)
+            trial[i] = capped_lsbs(self.hidden[i], best[i] + 1, mode)
+            if trial[i] <= best[i]:
+                break
+            ok, cost = self.evaluate(trial, mode)
+            if not ok or cost >= self.evaluate(best, mode)[1]:
+                break
+            best = trial
+        return best
+
+    def choose(self, exact: bool | None) -> RoundingChoice:
+        """The search without a target precision (``exact=None``: both modes compete)."""
+        if self.n_rows < MIN_GUARD_ROWS:
+            return self.result(
+                self.lossless,
+                True,
+                f"{self.n_rows} calibration rows cannot guard a lossy rounding (at least "
+                f"{MIN_GUARD_ROWS} needed): kept lossless exact rounding",
+            )
+        found = []
+        for mode in (False, True) if exact is None else (bool(exact),):
+            best = self.cheapest(mode)
+            if best is not None:
+                found.append((self.evaluate(best, mode)[1], best, mode))
+        if not found:
+            return self.result(
+                self.lossless,
+                True,
+                "no lossy rounding keeps the accuracy guard on the calibration rows: kept "
+                "lossless exact rounding",
+            )
+        _, best, mode = min(found, key=lambda item: item[0])
+        return self.result(best, mode)
+
+
 def choose_rounding(
     program: Program,
     calibration_q: np.ndarray,
@@ -90,162 +277,9 @@ def choose_rounding(
     chosen without moving grids; with ``target_bits`` moved grids are always kept.
     """
     guard = guard or AccuracyGuard(program, calibration_q, min_agreement=min_agreement)
-    hidden = [layer for layer in program.layers if layer.is_hidden]
-    if not hidden:
+    if not any(layer.is_hidden for layer in program.layers):
         return RoundingChoice([], [], 1.0, True, guard.reference_score, guard.reference_score)
-    widths = [layer.proven_range().bits for layer in hidden]
-
-    def lossless_for(mode: bool) -> list[int]:
-        return [capped_lsbs(layer, lossless_round_lsbs(layer), mode) for layer in hidden]
-
-    lossless = lossless_for(True)
-    # Grids are fitted on the calibration rows; scoring them on the same rows would flatter
-    # them (measured: the guard then accepted lower precisions that lost held-out accuracy).
-    # So each half of the rows is scored with grids fitted on the other half (cross-fitting),
-    # and the grids kept are fitted on every row. Out of fold, grids fitted on half the rows
-    # can score below the unmoved grid, hence the fallback in ``measure``.
-    halves: list[np.ndarray] = []
-    accumulators: dict[int, list[np.ndarray]] = {}
-    if align:
-        order = np.random.default_rng(0).permutation(len(calibration_q))
-        halves = [np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])]
-        every = program.hidden_accumulators(calibration_q)
-        accumulators = {-1: every} | {
-            k: [acc[rows] for acc in every] for k, rows in enumerate(halves)
-        }
-    offsets: dict[tuple[int, int, int, bool], np.ndarray] = {}
-
-    def grid(lsbs: list[int], mode: bool, part: int = -1) -> list[np.ndarray] | None:
-        if not accumulators:
-            return None
-        for i, r in enumerate(lsbs):
-            if (part, i, r, mode) not in offsets:
-                offsets[part, i, r, mode] = align_rounding_grid(
-                    hidden[i], accumulators[part][i], r, mode
-                )
-        return [offsets[part, i, r, mode] for i, r in enumerate(lsbs)]
-
-    unmoved_scores: dict[tuple[bool, tuple[int, ...]], GuardScore] = {}
-
-    def unmoved_score(lsbs: list[int], mode: bool) -> GuardScore:
-        key = (mode, tuple(lsbs))
-        if key not in unmoved_scores:
-            unmoved_scores[key] = guard.score(program.with_rounding(lsbs, mode))
-        return unmoved_scores[key]
-
-    def measure(lsbs: list[int], mode: bool) -> tuple[GuardScore, list[np.ndarray] | None]:
-        """The guard's score of a rounding, and the grid offsets it keeps (``None``: unmoved).
-
-        With alignment the moved grids are scored out of fold (each half of the rows by grids
-        fitted on the other half: a pessimistic estimate, since the grids kept are fitted on
-        every row) and kept when they pass or the precision is explicit; otherwise the unmoved
-        grid (nothing fitted, so its score on these rows is fair) is kept when it passes or
-        scores better.
-        """
-        outcome: tuple[GuardScore, list[np.ndarray] | None] = (unmoved_score(lsbs, mode), None)
-        if accumulators:
-            parts = [
-                (program.with_rounding(lsbs, mode, grid(lsbs, mode, 1 - k)), rows)
-                for k, rows in enumerate(halves)
-            ]
-            moved = guard.score(program.with_rounding(lsbs, mode, grid(lsbs, mode)), parts)
-            plain = outcome[0]
-            # An explicit precision is not chosen on these rows: moved grids are kept (on
-            # held-out rows they were better at 3 bits on every model tried).
-            if (
-                target_bits is not None
-                or guard.passes(moved)
-                or (not guard.passes(plain) and _closeness(moved) >= _closeness(plain))
-            ):
-                outcome = (moved, grid(lsbs, mode))
-        return outcome
-
-    def result(lsbs: list[int], mode: bool, fallback: str | None = None) -> RoundingChoice:
-        score, offsets_kept = measure(lsbs, mode)
-        candidate = program.with_rounding(lsbs, mode, offsets_kept)
-        return RoundingChoice(
-            list(lsbs),
-            lossless,
-            score.agreement,
-            mode,
-            score.score,
-            guard.reference_score,
-            estimated_cost_s(candidate),
-            fallback,
-            guard.passes(score),
-            score.boundary_agreement,
-            offsets_kept,
-        )
-
+    search = RoundingSearch(program, calibration_q, guard, target_bits=target_bits, align=align)
     if target_bits is not None:
-        mode = bool(exact)
-        lsbs = [
-            capped_lsbs(layer, max(0, w - target_bits), mode)
-            for layer, w in zip(hidden, widths, strict=True)
-        ]
-        return result(lsbs, mode)
-
-    n_rows = len(calibration_q)
-    if n_rows < MIN_GUARD_ROWS:
-        return result(
-            lossless,
-            True,
-            f"{n_rows} calibration rows cannot guard a lossy rounding (at least "
-            f"{MIN_GUARD_ROWS} needed): kept lossless exact rounding",
-        )
-
-    cache: dict[tuple[bool, tuple[int, ...]], tuple[bool, float]] = {}
-
-    def evaluate(lsbs: list[int], mode: bool) -> tuple[bool, float]:
-        key = (mode, tuple(lsbs))
-        if key not in cache:
-            # The search judges unmoved grids; the choice then moves them if that keeps the
-            # guard (``result``). Letting moved grids reach lower precisions was measured end
-            # to end: on breast cancer a 3-bit layer then kept the guard under rounding but not
-            # under bootstrap errors, and p_error="auto" fell back to Concrete's default
-            # (larger keys, slower), so moved grids only improve a precision chosen without them.
-            cost = estimated_cost_s(program.with_rounding(lsbs, mode))
-            cache[key] = (guard.passes(unmoved_score(lsbs, mode)), cost)
-        return cache[key]
-
-    def search(mode: bool) -> list[int] | None:
-        start = lossless_for(mode)
-        candidates = [start]
-        for target in range(max(widths) - 1, 0, -1):
-            candidates.append(
-                [
-                    capped_lsbs(layer, max(r, w - target), mode)
-                    for layer, w, r in zip(hidden, widths, start, strict=True)
-                ]
-            )
-        passing = [c for c in candidates if evaluate(c, mode)[0]]
-        if not passing:
-            return None
-        best = min(passing, key=lambda c: evaluate(c, mode)[1])
-        # Per layer: some layers tolerate coarser lookups than others.
-        for i in range(len(hidden)):
-            while best[i] < widths[i] - 1:
-                trial = list(best)
-                trial[i] = capped_lsbs(hidden[i], best[i] + 1, mode)
-                if trial[i] <= best[i]:
-                    break
-                ok, cost = evaluate(trial, mode)
-                if not ok or cost >= evaluate(best, mode)[1]:
-                    break
-                best = trial
-        return best
-
-    found = []
-    for mode in (False, True) if exact is None else (bool(exact),):
-        best = search(mode)
-        if best is not None:
-            found.append((evaluate(best, mode)[1], best, mode))
-    if not found:
-        return result(
-            lossless,
-            True,
-            "no lossy rounding keeps the accuracy guard on the calibration rows: kept "
-            "lossless exact rounding",
-        )
-    _, best, mode = min(found, key=lambda item: item[0])
-    return result(best, mode)
+        return search.at_precision(target_bits, bool(exact))
+    return search.choose(exact)
