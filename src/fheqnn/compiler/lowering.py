@@ -134,6 +134,31 @@ def speak(
     return message
 
 
+def _rounding_choice(
+    program: Program, q_cal: np.ndarray, options: CompileOptions, guard: AccuracyGuard
+) -> RoundingChoice:
+    """The rounding ``options.rounding`` asks for: none, the search's, or a fixed precision."""
+    if options.rounding == "off":
+        hidden = sum(layer.is_hidden for layer in program.layers)
+        return RoundingChoice(
+            [0] * hidden,
+            [],
+            1.0,
+            True,
+            guard.reference_score,
+            guard.reference_score,
+            estimated_cost_s(program),
+        )
+    return choose_rounding(
+        program,
+        q_cal,
+        target_bits=None if options.rounding == "auto" else int(options.rounding),
+        exact=options.rounding_exact,
+        guard=guard,
+        align=options.align_rounding,
+    )
+
+
 def lower_program(
     program: Program,
     calibration_inputs: Any,
@@ -187,26 +212,7 @@ def lower_program(
         min_boundary_agreement=options.min_boundary_agreement,
         max_score_loss=options.max_accuracy_loss,
     )
-    if options.rounding == "off":
-        hidden = sum(layer.is_hidden for layer in program.layers)
-        choice = RoundingChoice(
-            [0] * hidden,
-            [],
-            1.0,
-            True,
-            guard.reference_score,
-            guard.reference_score,
-            estimated_cost_s(program),
-        )
-    else:
-        choice = choose_rounding(
-            program,
-            q_cal,
-            target_bits=None if options.rounding == "auto" else int(options.rounding),
-            exact=options.rounding_exact,
-            guard=guard,
-            align=options.align_rounding,
-        )
+    choice = _rounding_choice(program, q_cal, options, guard)
     message = speak(choice, options, len(q_cal), guard.min_agreement)
     program = choice.apply(program)
     logger.info(

@@ -120,72 +120,98 @@ def choose_p_error(
     PBS, estimated evaluation key bytes, simulated agreement and score, measured seconds per
     call when timed).
     """
-    from .options import P_ERROR_CANDIDATES
+    return _PErrorSearch(lowered, inputset, curve).run()
 
-    options, guard = lowered.options, lowered.guard
-    q = lowered.calibration_q[:P_ERROR_GUARD_ROWS]
-    batch_size = lowered.contract.batch_size
 
-    def compiled(p_error: float | None) -> tuple[Any, dict[str, Any]]:
-        configuration = backend.make_configuration(**options.concrete_options(p_error))
-        circuit = backend.compile_circuit(lowered.program, inputset, configuration)
+class _PErrorSearch:
+    """One run of :func:`choose_p_error`; ``curve`` gets an entry per compiled candidate."""
+
+    def __init__(
+        self, lowered: Lowered, inputset: list[np.ndarray], curve: list[dict[str, Any]]
+    ) -> None:
+        self.lowered, self.inputset, self.curve = lowered, inputset, curve
+        self.q = lowered.calibration_q[:P_ERROR_GUARD_ROWS]
+        self.batch_size = lowered.contract.batch_size
+
+    def compiled(self, p_error: float | None) -> tuple[Any, dict[str, Any]]:
+        """The circuit compiled at ``p_error``, and its entry on the curve."""
+        options = self.lowered.options.concrete_options(p_error)
+        configuration = backend.make_configuration(**options)
+        circuit = backend.compile_circuit(self.lowered.program, self.inputset, configuration)
         entry: dict[str, Any] = {
             "p_error": p_error,
-            "pbs": int(circuit.programmable_bootstrap_count) // batch_size,
+            "pbs": int(circuit.programmable_bootstrap_count) // self.batch_size,
             "evaluation_keys_bytes_estimate": key_bytes_estimate(circuit.statistics),
         }
-        curve.append(entry)
+        self.curve.append(entry)
         return circuit, entry
 
-    chosen_at = 0
-    for position, p_error in enumerate((*P_ERROR_CANDIDATES, None)):
-        circuit, entry = compiled(p_error)
-        if p_error is None or guard is None:
-            return circuit, p_error
+    def keeps_guard(self, circuit: Any, entry: dict[str, Any]) -> bool:
+        """Whether the simulated circuit keeps the guard (recorded in ``entry``)."""
+        guard = self.lowered.guard
+        assert guard is not None
         circuit.enable_fhe_simulation()
-        measured = _simulated_score(circuit, lowered, q)
+        measured = _simulated_score(circuit, self.lowered, self.q)
         entry.update(
             simulated_agreement=measured.agreement,
             simulated_score=measured.score,
             simulated_boundary_agreement=measured.boundary_agreement,
         )
-        ok = guard.passes(measured, len(q), slack_rows=P_ERROR_SLACK_ROWS)
-        logger.info("p_error %g: simulated %s -> %s", p_error, measured, "kept" if ok else "no")
-        if ok:
-            chosen_at = position
-            break
-    # The first candidate that keeps the guard, and the smaller ones with other parameters.
-    contenders = [(circuit, entry)]
-    seen = {_parameters(circuit)}
-    for smaller in P_ERROR_CANDIDATES[chosen_at + 1 :]:
-        other, other_entry = compiled(smaller)
-        if _parameters(other) in seen:
-            other_entry["same_parameters_as_larger"] = True
-            continue
-        seen.add(_parameters(other))
-        contenders.append((other, other_entry))
-    timeable = [
-        item
-        for item in contenders
-        if item[1]["evaluation_keys_bytes_estimate"] <= P_ERROR_TIMING_MAX_KEY_BYTES
-    ]
-    if len(timeable) < 2:
+        ok = guard.passes(measured, len(self.q), slack_rows=P_ERROR_SLACK_ROWS)
+        logger.info(
+            "p_error %g: simulated %s -> %s", entry["p_error"], measured, "kept" if ok else "no"
+        )
+        return ok
+
+    def run(self) -> tuple[Any, float | None]:
+        from .options import P_ERROR_CANDIDATES
+
+        chosen_at = 0
+        for position, p_error in enumerate((*P_ERROR_CANDIDATES, None)):
+            circuit, entry = self.compiled(p_error)
+            if p_error is None or self.lowered.guard is None:
+                return circuit, p_error
+            if self.keeps_guard(circuit, entry):
+                chosen_at = position
+                break
+        # The first candidate that keeps the guard, and the smaller ones with other parameters.
+        contenders = [(circuit, entry)]
+        seen = {_parameters(circuit)}
+        for smaller in P_ERROR_CANDIDATES[chosen_at + 1 :]:
+            other, other_entry = self.compiled(smaller)
+            if _parameters(other) in seen:
+                other_entry["same_parameters_as_larger"] = True
+                continue
+            seen.add(_parameters(other))
+            contenders.append((other, other_entry))
+        return self.fastest(contenders)
+
+    def fastest(self, contenders: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, float | None]:
+        """The fastest contender within timing noise, by the rule of :func:`choose_p_error`."""
+        timeable = [
+            item
+            for item in contenders
+            if item[1]["evaluation_keys_bytes_estimate"] <= P_ERROR_TIMING_MAX_KEY_BYTES
+        ]
+        if len(timeable) < 2:
+            best, best_entry = min(
+                contenders, key=lambda item: item[1]["evaluation_keys_bytes_estimate"]
+            )
+            return best, best_entry["p_error"]
+        contract = self.lowered.contract
+        chunk = contract.chunks(self.lowered.calibration_q[: self.batch_size])[0]
+        for candidate, candidate_entry in timeable:
+            candidate_entry["seconds_per_call"] = _seconds_per_call(candidate, chunk)
+        fastest = min(entry["seconds_per_call"] for _, entry in timeable)
+        # Within timing noise of the fastest, the smallest keys, then the smallest error
+        # probability.
+        close = [item for item in timeable if item[1]["seconds_per_call"] <= 1.1 * fastest]
         best, best_entry = min(
-            contenders, key=lambda item: item[1]["evaluation_keys_bytes_estimate"]
+            close,
+            key=lambda item: (item[1]["evaluation_keys_bytes_estimate"], item[1]["p_error"]),
+        )
+        logger.info(
+            "p_error: %s",
+            ", ".join(f"{e['p_error']:g}: {e['seconds_per_call']:.3f} s" for _, e in timeable),
         )
         return best, best_entry["p_error"]
-    chunk = lowered.contract.chunks(lowered.calibration_q[:batch_size])[0]
-    for candidate, candidate_entry in timeable:
-        candidate_entry["seconds_per_call"] = _seconds_per_call(candidate, chunk)
-    fastest = min(entry["seconds_per_call"] for _, entry in timeable)
-    # Within timing noise of the fastest, the smallest keys, then the smallest error probability.
-    close = [item for item in timeable if item[1]["seconds_per_call"] <= 1.1 * fastest]
-    best, best_entry = min(
-        close,
-        key=lambda item: (item[1]["evaluation_keys_bytes_estimate"], item[1]["p_error"]),
-    )
-    logger.info(
-        "p_error: %s",
-        ", ".join(f"{e['p_error']:g}: {e['seconds_per_call']:.3f} s" for _, e in timeable),
-    )
-    return best, best_entry["p_error"]
