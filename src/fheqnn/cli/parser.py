@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..datasets import DATASETS
 from .bench import cmd_bench
@@ -16,26 +17,8 @@ from .server import DEFAULT_REQUEST_ROWS, cmd_fetch, cmd_run, cmd_serve
 from .train import cmd_export, cmd_train
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fheqnn`` command."""
-    from ..compiler.options import MAX_BATCH_SIZE
-
-    parser = argparse.ArgumentParser(
-        prog="fheqnn",
-        description="Sparse quantized neural networks, from training to encrypted inference.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help_: str, func: Any, *, native: bool = False) -> argparse.ArgumentParser:
-        """A subcommand. ``native``: it calls Concrete's native code, whose SIGINT handler kills
-        the process outright (and holds the GIL), so as a program it runs in a child process
-        that Ctrl-C can stop cleanly (see :func:`_in_child`)."""
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=func, native=native)
-        return p
-
-    p = add("train", "train a sparse quantized network and save it with its ONNX export", cmd_train)
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn train``."""
     p.add_argument("--dataset", choices=DATASETS, help="a data set shipped with scikit-learn")
     p.add_argument("--data", help=".csv or .npy features (last column = target without --labels)")
     p.add_argument("--labels", help=".csv or .npy targets (then every --data column is a feature)")
@@ -55,17 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_network_options(p)
 
-    p = add("export", "export a trained estimator (estimator.pkl) to QCDQ ONNX", cmd_export)
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn export``."""
     p.add_argument("--model", required=True, help="estimator.pkl written by 'train'")
     p.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")
 
-    p = add(
-        "compile",
-        "compile an ONNX model to a circuit, with the accumulator check",
-        cmd_compile,
-        native=True,
-    )
+
+def _compile_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn compile``."""
+    from ..compiler.options import MAX_BATCH_SIZE
+
     p.add_argument("--from", dest="from_dir", help="a 'train' folder (model.onnx, calibration.npy)")
     p.add_argument("--onnx", help="ONNX file")
     p.add_argument("--calibration", help=".npy / .csv calibration rows")
@@ -95,16 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to create (e.g. circuits/NAME)")
     p.add_argument("--overwrite", action="store_true")
 
-    p = add("report", "print a compiled model's bit-width table and circuit statistics", cmd_report)
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn report``."""
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--json", action="store_true", help="print report.json")
 
-    p = add("keygen", "generate keys for a compiled model (client side)", cmd_keygen, native=True)
+
+def _keygen_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn keygen``."""
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder to create (e.g. keys/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing key folder")
 
-    p = add("encrypt", "quantize and encrypt rows (client side)", cmd_encrypt, native=True)
+
+def _encrypt_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn encrypt``."""
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help=".npy / .csv rows")
@@ -113,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ciphertext file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ciphertext file")
 
-    p = add("run", "run the circuit on encrypted rows (server side)", cmd_run, native=True)
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn run``."""
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--evaluation-keys", required=True, help="the client's evaluation.keys")
     p.add_argument("--input", required=True, help="ciphertext file from 'encrypt'")
@@ -125,14 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-tasks", type=int, default=None, help="Ray tasks (default: its CPUs)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
 
-    p = add("decrypt", "decrypt and post-process results (client side)", cmd_decrypt, native=True)
+
+def _decrypt_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn decrypt``."""
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help="result file from 'run'")
     p.add_argument("--proba", action="store_true", help="class probabilities")
     _add_predictions_output(p)
 
-    p = add("predict", "encrypt -> run -> decrypt locally", cmd_predict, native=True)
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn predict``."""
     p.add_argument("model", help="compiled model folder")
     p.add_argument("--keys", required=True, help="key folder")
     p.add_argument("--input", required=True, help=".npy / .csv rows")
@@ -161,11 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"rows per circuit call that is at least {DEFAULT_REQUEST_ROWS})",
     )
 
-    # Native: every encrypted run re-installs Concrete's SIGINT handler over uvicorn's, so a
-    # Ctrl-C after the first request would SIGKILL a server in the foreground process.
-    p = add(
-        "serve", "serve compiled models over HTTP (encrypted inference)", cmd_serve, native=True
-    )
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn serve``."""
     p.add_argument("models", nargs="+", help="compiled model folders")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
@@ -185,19 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
 
-    p = add("fetch", "save a served model's client part (for keygen)", cmd_fetch)
+
+def _fetch_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn fetch``."""
     p.add_argument("url", help="the service URL, e.g. http://127.0.0.1:8000")
     p.add_argument("model_id", help="the model id (GET /models lists them)")
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
 
-    p = add(
-        "demo",
-        "the whole flow on a shipped data set, encrypted inference included",
-        cmd_demo,
-        native=True,
-    )
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn demo``."""
     p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
     p.add_argument(
         "--rows", type=_positive_int, default=10, help="test rows to run encrypted (default 10)"
@@ -207,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", default="keys", help="where key folders go")
     _add_network_options(p)
 
-    p = add("bench", "accuracy and encrypted latency across pruning percentages", cmd_bench)
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``fheqnn bench``."""
     p.add_argument(
         "--profile",
         choices=("quick", "full"),
@@ -251,4 +246,127 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the reference environment's python (default /work/refenv/bin/python)",
     )
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, help, function, options and whether it runs Concrete.
+
+    ``native``: it calls Concrete's native code, whose SIGINT handler kills the process
+    outright (and holds the GIL), so as a program it runs in a child process that Ctrl-C can
+    stop cleanly (see :func:`fheqnn.cli.process._in_child`).
+    """
+
+    name: str
+    help: str
+    func: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], None]
+    native: bool = False
+
+
+#: Every subcommand, in the order ``fheqnn --help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "train",
+        "train a sparse quantized network and save it with its ONNX export",
+        cmd_train,
+        _train_arguments,
+    ),
+    Command(
+        "export",
+        "export a trained estimator (estimator.pkl) to QCDQ ONNX",
+        cmd_export,
+        _export_arguments,
+    ),
+    Command(
+        "compile",
+        "compile an ONNX model to a circuit, with the accumulator check",
+        cmd_compile,
+        _compile_arguments,
+        native=True,
+    ),
+    Command(
+        "report",
+        "print a compiled model's bit-width table and circuit statistics",
+        cmd_report,
+        _report_arguments,
+    ),
+    Command(
+        "keygen",
+        "generate keys for a compiled model (client side)",
+        cmd_keygen,
+        _keygen_arguments,
+        native=True,
+    ),
+    Command(
+        "encrypt",
+        "quantize and encrypt rows (client side)",
+        cmd_encrypt,
+        _encrypt_arguments,
+        native=True,
+    ),
+    Command(
+        "run",
+        "run the circuit on encrypted rows (server side)",
+        cmd_run,
+        _run_arguments,
+        native=True,
+    ),
+    Command(
+        "decrypt",
+        "decrypt and post-process results (client side)",
+        cmd_decrypt,
+        _decrypt_arguments,
+        native=True,
+    ),
+    Command(
+        "predict",
+        "encrypt -> run -> decrypt locally",
+        cmd_predict,
+        _predict_arguments,
+        native=True,
+    ),
+    # Native: every encrypted run re-installs Concrete's SIGINT handler over uvicorn's, so a
+    # Ctrl-C after the first request would SIGKILL a server in the foreground process.
+    Command(
+        "serve",
+        "serve compiled models over HTTP (encrypted inference)",
+        cmd_serve,
+        _serve_arguments,
+        native=True,
+    ),
+    Command(
+        "fetch",
+        "save a served model's client part (for keygen)",
+        cmd_fetch,
+        _fetch_arguments,
+    ),
+    Command(
+        "demo",
+        "the whole flow on a shipped data set, encrypted inference included",
+        cmd_demo,
+        _demo_arguments,
+        native=True,
+    ),
+    Command(
+        "bench",
+        "accuracy and encrypted latency across pruning percentages",
+        cmd_bench,
+        _bench_arguments,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fheqnn`` command."""
+    parser = argparse.ArgumentParser(
+        prog="fheqnn",
+        description="Sparse quantized neural networks, from training to encrypted inference.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p.set_defaults(func=command.func, native=command.native)
+        command.options(p)
     return parser
