@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from fheqnn.cli import main
 from fheqnn.errors import FheqnnError
+from fheqnn.model.training_run import write_training_run
 from fheqnn.runtime import ArtifactError, EnvelopeError, FheModelClient, FheModelServer
 from fheqnn.runtime.envelope import MAGIC, MAGIC_V1, Envelope
 from helpers import checksum, tiny_classifier
@@ -75,11 +76,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A training folder as 'train' writes it (what compile --from reads).
     run = root / "run"
     run.mkdir()
-    clf.export_onnx(run / "model.onnx")
-    (run / "estimator.pkl").write_bytes(pickle.dumps(clf))
-    np.save(run / "calibration.npy", x)
-    (run / "output_spec.json").write_text(json.dumps(clf._output_spec().to_dict()))
-    (run / "train.json").write_text(json.dumps({"task": "classifier", "n_accum_bits": 5}))
+    write_training_run(run, clf, (x, x[:3], y, y[:3]), {"task": "classifier"})
     clf.compile(x, rounding="off", p_error=None)  # fast, bit-exact: no search under test
     clf.fhe_model_.save(root / "m")
     clf2 = tiny_classifier(x[:, :3], y, max_epochs=5)

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..model.training_run import TrainingRun
 from .common import EXIT_OK, CliError, _say, _Step
 from .options import _compile_options
-
-#: Labels of a training folder's calibration rows (written by 'train', read by 'compile --from').
-CALIBRATION_LABELS = "calibration_labels.npy"
 
 
 def _compile_speaking(compile_call: Any) -> Any:
@@ -60,53 +57,6 @@ def _by_name(table: Any, expected: Sequence[str] | None, path: str | Path) -> np
     return x
 
 
-def _train_info(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """A training folder's ``train.json``, read once: ``(info, None)``, ``(None, None)`` when it
-    has none (older folders), or ``(None, why)`` when it is not a JSON object."""
-    info_path = folder / "train.json"
-    if not info_path.is_file():
-        return None, None
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return None, f"{info_path} is not valid JSON: {exc}"
-    return (info, None) if isinstance(info, dict) else (None, None)
-
-
-def _trained_feature_names(info: dict[str, Any] | None) -> tuple[str, ...] | None:
-    """The feature columns' names a training run recorded (a CSV header), else ``None``."""
-    names = None if info is None else info.get("feature_names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return None
-    if len(set(names)) != len(names):
-        return None  # a header that repeats a name cannot find columns by name
-    return tuple(names)
-
-
-def _trained_n_accum_bits(
-    folder: Path, info: dict[str, Any] | None, error: str | None
-) -> tuple[int | None, str]:
-    """The accumulator budget a training folder was trained for, and where it was found.
-
-    ``train.json`` (``info``, as :func:`_train_info` read it) records it; folders written
-    before it did fall back to the pickled estimator's module.
-    """
-    if error is not None:
-        raise CliError(error)
-    bits = None if info is None else info.get("n_accum_bits")
-    if isinstance(bits, int) and not isinstance(bits, bool):
-        return bits, f"the trained module's, from {folder / 'train.json'}"
-    pickled = folder / "estimator.pkl"
-    if pickled.is_file():
-        try:
-            bits = pickle.loads(pickled.read_bytes()).module_.n_accum_bits
-        except Exception as exc:  # an old or foreign pickle: no budget rather than a crash
-            logging.getLogger(__name__).info("no n_accum_bits in %s: %s", pickled, exc)
-        else:
-            return int(bits), f"the trained module's, from {pickled} (older folder)"
-    return None, f"{folder} records no n_accum_bits"
-
-
 #: What ``compile --approximate`` and ``report`` say about approximate rounding.
 def _nondeterminism_note(approximate: bool, p_error: Any) -> str | None:
     """The line that says a circuit is not bit-exact, and why; ``None`` when it is."""
@@ -125,58 +75,108 @@ def _nondeterminism_note(approximate: bool, p_error: Any) -> str | None:
     )
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from ..compiler.api import compile_onnx
+@dataclass
+class _Sources:
+    """Where ``compile`` takes each of its inputs from (``--from``, or the flags over it)."""
+
+    onnx: str | Path | None
+    calibration: str | Path | None
+    output_spec: str | Path | None
+    standardizer: str | Path | None
+    n_accum_bits: int | None
+    run: TrainingRun | None = None
+
+    def inputs(self, from_dir: str | None) -> tuple[str, ...]:
+        """The files read, which ``--out`` may not be or contain."""
+        paths = (from_dir, self.onnx, self.calibration, self.output_spec, self.standardizer)
+        return tuple(str(p) for p in paths if p)
+
+
+def _sources(args: argparse.Namespace) -> _Sources:
+    """The inputs of ``compile``: the flags given, the rest from the ``--from`` training run."""
+    sources = _Sources(
+        args.onnx, args.calibration, args.output_spec, args.standardizer, args.n_accum_bits
+    )
+    if not args.from_dir:
+        return sources
+    base = Path(args.from_dir)
+    if not base.is_dir():
+        raise CliError(
+            f"--from {args.from_dir}: expected the folder of a training run ('fheqnn train "
+            "--out FOLDER'), " + ("got a file" if base.exists() else "it does not exist")
+        )
+    run = TrainingRun.open(base)
+    sources.run = run
+    sources.onnx = sources.onnx or run.onnx
+    sources.calibration = sources.calibration or run.calibration
+    sources.output_spec = sources.output_spec or run.output_spec
+    if sources.standardizer is None:
+        sources.standardizer = run.standardizer
+    if sources.n_accum_bits is None:
+        sources.n_accum_bits, where = run.n_accum_bits()
+        _say(
+            f"accumulator budget: {sources.n_accum_bits} bits ({where}; --n-accum-bits overrides)"
+            if sources.n_accum_bits is not None
+            else f"accumulator budget: none checked ({where}; give --n-accum-bits)"
+        )
+    return sources
+
+
+def _client_side(args: argparse.Namespace, sources: _Sources) -> tuple[Any, Any]:
+    """The output spec and the standardizer the compiled model's client applies."""
     from ..contract import OutputSpec, Standardizer
     from ..errors import InvalidParameterError
-    from ..runtime.artifacts import COMPILED_MODEL, check_destination, read_json_file
+    from ..runtime.artifacts import read_json_file
 
-    onnx_path, calibration, spec_path = args.onnx, args.calibration, args.output_spec
-    std_path = args.standardizer
-    n_accum_bits = args.n_accum_bits
-    if args.from_dir:
-        base = Path(args.from_dir)
-        if not base.is_dir():
-            raise CliError(
-                f"--from {args.from_dir}: expected the folder of a training run ('fheqnn train "
-                "--out FOLDER'), " + ("got a file" if base.exists() else "it does not exist")
-            )
-        onnx_path = onnx_path or base / "model.onnx"
-        calibration = calibration or base / "calibration.npy"
-        spec_path = spec_path or base / "output_spec.json"
-        # Training folders written before standardization existed have none: their network
-        # takes the rows as they are.
-        if std_path is None and (base / "standardizer.json").is_file():
-            std_path = base / "standardizer.json"
-        info, info_error = _train_info(base)
-        if n_accum_bits is None:
-            n_accum_bits, where = _trained_n_accum_bits(base, info, info_error)
-            _say(
-                f"accumulator budget: {n_accum_bits} bits ({where}; --n-accum-bits overrides)"
-                if n_accum_bits is not None
-                else f"accumulator budget: none checked ({where}; give --n-accum-bits)"
-            )
-    if not onnx_path or not calibration:
-        raise CliError("give --onnx and --calibration, or --from a training folder")
     spec = OutputSpec()
     if args.output_spec and not Path(args.output_spec).is_file():
         raise CliError(f"output spec file {args.output_spec!r} does not exist")
+    spec_path = sources.output_spec
     if spec_path and Path(spec_path).is_file():
         spec = OutputSpec.from_dict(read_json_file(Path(spec_path), "output spec"))
-    standardizer = None
-    if std_path is not None:
-        if not Path(std_path).is_file():
-            raise CliError(f"standardizer file {str(std_path)!r} does not exist")
-        try:
-            standardizer = Standardizer.from_dict(read_json_file(Path(std_path), "standardizer"))
-        except (InvalidParameterError, KeyError, TypeError, ValueError) as exc:
-            raise CliError(f"{std_path} is not a standardizer (mean, scale): {exc}") from exc
-        _say(f"input standardization: {std_path} (applied on the client, before quantization)")
-    options = _compile_options(args, n_accum_bits=n_accum_bits, batch_size=args.batch_size)
+    std_path = sources.standardizer
+    if std_path is None:
+        return spec, None
+    if not Path(std_path).is_file():
+        raise CliError(f"standardizer file {str(std_path)!r} does not exist")
+    try:
+        standardizer = Standardizer.from_dict(read_json_file(Path(std_path), "standardizer"))
+    except (InvalidParameterError, KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"{std_path} is not a standardizer (mean, scale): {exc}") from exc
+    _say(f"input standardization: {std_path} (applied on the client, before quantization)")
+    return spec, standardizer
+
+
+def _calibration_labels(
+    args: argparse.Namespace, sources: _Sources, n_rows: int
+) -> np.ndarray | None:
+    """The labels of the calibration rows, when there are any."""
+    labels_path = args.calibration_labels
+    # The run's labels belong to the run's own calibration rows, not to another --calibration.
+    if labels_path is None and sources.run is not None and not args.calibration:
+        labels_path = sources.run.calibration_labels
+    if labels_path is None:
+        return None
+    from ..tabular import read_labels
+
+    y_cal = read_labels(labels_path)
+    if len(y_cal) != n_rows:
+        raise CliError(f"{labels_path} has {len(y_cal)} labels for {n_rows} calibration rows")
+    return y_cal
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from ..compiler.api import compile_onnx
+    from ..runtime.artifacts import COMPILED_MODEL, check_destination
+
+    sources = _sources(args)
+    onnx_path, calibration = sources.onnx, sources.calibration
+    if not onnx_path or not calibration:
+        raise CliError("give --onnx and --calibration, or --from a training folder")
+    spec, standardizer = _client_side(args, sources)
+    options = _compile_options(args, n_accum_bits=sources.n_accum_bits, batch_size=args.batch_size)
     out = Path(args.out)
-    inputs = tuple(
-        str(p) for p in (args.from_dir, onnx_path, calibration, spec_path, std_path) if p
-    )
+    inputs = sources.inputs(args.from_dir)
     check_destination(
         out,
         overwrite=args.overwrite,
@@ -185,26 +185,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs=inputs,
     )
     # The run's own network knows its columns by name; another --onnx does not.
-    names = _trained_feature_names(info) if args.from_dir and not args.onnx else None
+    names = sources.run.feature_names() if sources.run is not None and not args.onnx else None
     x_cal = _calibration_rows(calibration, names)
-    labels_path = args.calibration_labels
-    # The run's labels belong to the run's own calibration rows, not to another --calibration.
-    if (
-        labels_path is None
-        and args.from_dir
-        and not args.calibration
-        and (base / CALIBRATION_LABELS).is_file()
-    ):
-        labels_path = base / CALIBRATION_LABELS
-    y_cal = None
-    if labels_path is not None:
-        from ..tabular import read_labels
-
-        y_cal = read_labels(labels_path)
-        if len(y_cal) != len(x_cal):
-            raise CliError(
-                f"{labels_path} has {len(y_cal)} labels for {len(x_cal)} calibration rows"
-            )
+    y_cal = _calibration_labels(args, sources, len(x_cal))
     with _Step(f"compiling {onnx_path} on {len(x_cal)} calibration rows"):
         model = _compile_speaking(
             lambda: compile_onnx(
@@ -268,7 +251,7 @@ def _rows_per_call(batch_size: int) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..compiler.report import BitWidthReport, LayerWidths
+    from ..compiler.report import BitWidthReport
     from ..runtime.artifacts import CLIENT_SPECS_FILE, PROGRAM_FILE, REPORT_FILE, open_model_folder
 
     folder = open_model_folder(args.model, need=(REPORT_FILE, CLIENT_SPECS_FILE, PROGRAM_FILE))
@@ -276,15 +259,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         _say(json.dumps(data, indent=2))
         return EXIT_OK
-    fields = set(LayerWidths.__dataclass_fields__)
     try:
-        rows = tuple(
-            LayerWidths(**{k: v for k, v in d.items() if k in fields}) for d in data["layers"]
-        )
+        report = BitWidthReport.from_summary(data)
     except (KeyError, TypeError, AttributeError) as exc:
         raise CliError(f"{folder.file(REPORT_FILE)} is not a report of ours: {exc!r}") from exc
     _say(f"compiled model {folder.model_id} from {data['source']}")
-    _say(BitWidthReport(rows, data["n_accum_bits"]).to_text())
+    _say(report.to_text())
     _say(
         f"PBS per row: {data['pbs_count']} ({data['hidden_neurons']} hidden neurons, "
         f"{data['removed_neurons']} dead neurons removed); max bit-width {data['max_bit_width']}; "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import time
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from .common import EXIT_OK, CliError, _say, _write_bytes
-from .compile import CALIBRATION_LABELS
 from .outputs import _check_typed_file_output, _is_onnx_file
 
 
@@ -117,37 +115,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with range_warnings_off():  # the test part of the training data itself
         score = float(est.score(x_te, y_te))
+    from ..model.training_run import write_training_run
     from ..runtime.artifacts import write_folder_atomically
 
+    info = {"task": args.task, **data_info, "fit_seconds": fit_s, "test_score": score}
+
     def write(folder: Path) -> None:
-        (folder / "estimator.pkl").write_bytes(pickle.dumps(est))
-        est.export_onnx(folder / "model.onnx")
-        for name, arr in (("calibration", x_tr), ("test_x", x_te), ("test_y", y_te)):
-            np.save(folder / f"{name}.npy", np.asarray(arr), allow_pickle=False)
-        labels = np.asarray(y_tr)
-        # Labels of the calibration rows: 'compile --from' guards accuracy with them.
-        np.save(
-            folder / CALIBRATION_LABELS,
-            labels.astype(str) if labels.dtype == object else labels,
-            allow_pickle=False,
-        )
-        (folder / "output_spec.json").write_text(json.dumps(est.output_spec_.to_dict()))
-        # The network was trained on standardized rows: the compiled model's client repeats it.
-        (folder / "standardizer.json").write_text(json.dumps(est.standardizer_.to_dict()))
-        (folder / "train.json").write_text(
-            json.dumps(
-                {
-                    "task": args.task,
-                    **data_info,
-                    "n_accum_bits": int(est.module_.n_accum_bits),
-                    "fit_seconds": fit_s,
-                    "test_score": score,
-                    "max_active_neurons": est.module_.max_active_neurons(),
-                    "hidden_widths": est.module_.hidden_widths(),
-                },
-                indent=2,
-            )
-        )
+        write_training_run(folder, est, (x_tr, x_te, y_tr, y_te), info)
 
     write_folder_atomically(out, write, overwrite=args.overwrite, kind=TRAINING_RUN, inputs=inputs)
     metric = "accuracy" if args.task == "classifier" else "R^2"
