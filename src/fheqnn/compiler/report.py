@@ -74,6 +74,21 @@ class BitWidthReport:
         """One dict per layer."""
         return [layer.as_dict() for layer in self.layers]
 
+    @classmethod
+    def from_summary(cls, summary: dict) -> BitWidthReport:
+        """The report a compiled model's ``report.json`` (:meth:`CompiledModel.summary`) holds.
+
+        Fields that later versions added to a layer's dict are ignored.
+
+        Raises:
+            KeyError, TypeError, AttributeError: ``summary`` is not such a report.
+        """
+        fields = set(LayerWidths.__dataclass_fields__)
+        rows = tuple(
+            LayerWidths(**{k: v for k, v in d.items() if k in fields}) for d in summary["layers"]
+        )
+        return cls(rows, summary["n_accum_bits"])
+
     def to_text(self) -> str:
         """A fixed-width table."""
         head = (
