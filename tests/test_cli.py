@@ -736,3 +736,36 @@ def test_unsupported_input_file_type(
                  "--out", str(tmp_path / "in.bin")])  # fmt: skip
     assert_input_error(capsys, code, "unsupported file type")
     assert snapshot(tmp_path, ws.model, ws.keys) == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "bad", "good"),
+    [
+        ("--replicas", "replicas", "0", "2"),
+        ("--max-cached-keys", "max_cached_keys", "0", "1"),
+        ("--workers", "workers", "-1", "3"),
+        ("--max-request-mb", "max_request_mb", "0", "0.5"),
+    ],
+)
+def test_serve_options_check_the_bounds_their_config_declares(
+    flag: str, name: str, bad: str, good: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fheqnn.cli.parser import build_parser
+    from fheqnn.errors import InvalidParameterError
+    from fheqnn.serving.config import ServeConfig
+    from fheqnn.validation import field_bounds
+
+    bounds = field_bounds(ServeConfig, name)
+    # The library refuses the value, with the field's name ...
+    with pytest.raises(InvalidParameterError, match=f"{name} must be"):
+        ServeConfig((tmp_path,), **{name: bounds.parse(bad)})
+    # ... and the command line refuses it where it is typed, by the same declaration.
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["serve", str(tmp_path), flag, bad])
+    assert stopped.value.code == 2
+    assert f"argument {flag}: {name} must be" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", str(tmp_path), flag, good])
+    assert getattr(args, name) == bounds.parse(good)
+    assert getattr(ServeConfig((tmp_path,), **{name: getattr(args, name)}), name) == bounds.parse(
+        good
+    )

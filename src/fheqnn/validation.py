@@ -1,7 +1,16 @@
-"""One validation of feature matrices for every entry point that takes data."""
+"""One validation style: feature matrices for every entry point that takes data, and the
+``check_*`` helpers that every option checks its value with.
+
+A configuration dataclass declares each field's constraint next to the field
+(:func:`bounded`) and checks them all in ``__post_init__`` (:func:`check_fields`); the command
+line builds its argparse types from the same declarations (``fheqnn.cli.options``), so a bound
+is written once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -126,3 +135,53 @@ def _interval(
     if low is None:
         return f"{'<' if high_open else '<='} {high:g}"
     return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A field's declared constraint: an int (``integer``) or a finite number within bounds;
+    ``optional``: ``None`` is also accepted."""
+
+    integer: bool
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` checked (:func:`check_int` or :func:`check_number`)."""
+        if value is None and self.optional:
+            return None
+        if self.integer:
+            low = None if self.low is None else int(self.low)
+            high = None if self.high is None else int(self.high)
+            return check_int(name, value, low, high)
+        return check_number(
+            name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open
+        )
+
+    def parse(self, text: str) -> Any:
+        """A command-line value as this field's type (``ValueError`` when it is not one)."""
+        return int(text) if self.integer else float(text)
+
+
+def bounded(default: Any, bounds: Bounds) -> Any:
+    """A dataclass field with a default and its declared constraint (see :func:`check_fields`)."""
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def field_bounds(cls: type, name: str) -> Bounds:
+    """The constraint declared for field ``name`` of dataclass ``cls``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and "bounds" in f.metadata:
+            return f.metadata["bounds"]
+    raise KeyError(f"{cls.__name__}.{name} declares no bounds")
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of a dataclass instance that declares a constraint, in order."""
+    for f in dataclasses.fields(obj):
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            bounds.check(f.name, getattr(obj, f.name))

@@ -105,6 +105,30 @@ def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     )
 
 
+def _field_type(cls: type, name: str) -> Any:
+    """The argparse type of an option that sets field ``name`` of configuration ``cls``: it
+    parses the text and applies the constraint the field declares
+    (:func:`fheqnn.validation.bounded`), so the bound is written once, beside the field."""
+    from ..errors import InvalidParameterError
+    from ..validation import field_bounds
+
+    bounds = field_bounds(cls, name)
+
+    def parse(text: str) -> Any:
+        try:
+            value = bounds.parse(text)
+        except ValueError:
+            kind = "a whole number" if bounds.integer else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        try:
+            return bounds.check(name, value)
+        except InvalidParameterError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
 def _batch_size(value: str) -> int:
     """argparse type of ``--batch-size``: rows per circuit call, in [1, MAX_BATCH_SIZE]."""
     from ..compiler.options import MAX_BATCH_SIZE

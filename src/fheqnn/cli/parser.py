@@ -7,11 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..datasets import DATASETS
+from ..serving.config import ServeConfig
 from .bench import cmd_bench
 from .client import cmd_decrypt, cmd_encrypt, cmd_keygen, cmd_predict
 from .compile import cmd_compile, cmd_report
 from .demo import cmd_demo
-from .options import _add_compile_choices, _add_network_options, _batch_size, _positive_int
+from .options import (
+    _add_compile_choices,
+    _add_network_options,
+    _batch_size,
+    _field_type,
+    _positive_int,
+)
 from .outputs import _add_predictions_output
 from .server import DEFAULT_REQUEST_ROWS, cmd_fetch, cmd_run, cmd_serve
 from .train import cmd_export, cmd_train
@@ -165,17 +172,33 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
     p.add_argument("--key-store", help="folder keeping uploaded evaluation keys across restarts")
     p.add_argument(
-        "--max-request-mb", type=float, default=256.0, help="largest request body (MB, default 256)"
+        "--max-request-mb",
+        type=_field_type(ServeConfig, "max_request_mb"),
+        default=256.0,
+        help="largest request body (MB, default 256)",
     )
     p.add_argument("--token-env", metavar="VAR", help="require the token held by this variable")
     p.add_argument(
-        "--max-cached-keys", type=int, default=8, help="key sets kept deserialized (default 8)"
+        "--max-cached-keys",
+        type=_field_type(ServeConfig, "max_cached_keys"),
+        default=8,
+        help="key sets kept deserialized (default 8)",
     )
-    p.add_argument("--workers", type=int, default=None, help="encrypted runs at once (threads)")
+    p.add_argument(
+        "--workers",
+        type=_field_type(ServeConfig, "workers"),
+        default=None,
+        help="encrypted runs at once (threads)",
+    )
     p.add_argument(
         "--ray", metavar="ADDRESS", help="deploy on Ray Serve: 'local' or a cluster address"
     )
-    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    p.add_argument(
+        "--replicas",
+        type=_field_type(ServeConfig, "replicas"),
+        default=1,
+        help="Ray Serve replicas (default 1)",
+    )
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
 

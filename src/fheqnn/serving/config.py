@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidParameterError
+from ..validation import Bounds, bounded, check_choice, check_fields
 
 DEFAULT_MAX_REQUEST_MB = 256.0
 
@@ -28,12 +29,12 @@ class ServeConfig:
 
     model_folders: tuple[Path, ...]
     key_store: Path | None = None
-    max_request_mb: float = DEFAULT_MAX_REQUEST_MB
+    max_request_mb: float = bounded(DEFAULT_MAX_REQUEST_MB, Bounds(False, 0, low_open=True))
     token: str | None = field(default=None, repr=False)
-    max_cached_keys: int = 8
-    workers: int | None = None
+    max_cached_keys: int = bounded(8, Bounds(True, 1))
+    workers: int | None = bounded(None, Bounds(True, 1, optional=True))
     backend: str = "local"
-    replicas: int = 1
+    replicas: int = bounded(1, Bounds(True, 1))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
@@ -41,18 +42,8 @@ class ServeConfig:
             object.__setattr__(self, "key_store", Path(self.key_store))
         if not self.model_folders:
             raise InvalidParameterError("give at least one compiled model folder to serve")
-        if not self.max_request_mb > 0:
-            raise InvalidParameterError(
-                f"max_request_mb must be > 0 (MB), got {self.max_request_mb}"
-            )
-        if self.max_cached_keys < 1:
-            raise InvalidParameterError(f"max_cached_keys must be >= 1, got {self.max_cached_keys}")
-        if self.workers is not None and self.workers < 1:
-            raise InvalidParameterError(f"workers must be >= 1, got {self.workers}")
-        if self.replicas < 1:
-            raise InvalidParameterError(f"replicas must be >= 1, got {self.replicas}")
-        if self.backend not in ("local", "ray"):
-            raise InvalidParameterError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        check_fields(self)
+        check_choice("backend", self.backend, ("local", "ray"))
         if self.token is not None and not self.token:
             raise InvalidParameterError("the token must not be empty")
 
