@@ -180,8 +180,9 @@ def field_bounds(cls: type, name: str) -> Bounds:
 
 
 def check_fields(obj: Any) -> None:
-    """Check every field of a dataclass instance that declares a constraint, in order."""
+    """Check every field of a dataclass instance that declares a constraint, in order, and
+    keep the checked value (a numpy integer becomes an int); frozen instances included."""
     for f in dataclasses.fields(obj):
         bounds = f.metadata.get("bounds")
         if bounds is not None:
-            bounds.check(f.name, getattr(obj, f.name))
+            object.__setattr__(obj, f.name, bounds.check(f.name, getattr(obj, f.name)))

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..contract import MAX_BATCH_SIZE
 from ..errors import InvalidParameterError
-from ..validation import check_bool, check_int, check_number
+from ..validation import Bounds, bounded, check_bool, check_fields, check_int, check_number
 
 #: Widest accumulator budget accepted (bits); Concrete's lookups stop far below it anyway.
 MAX_ACCUM_BITS = 32
@@ -86,24 +86,23 @@ class CompileOptions:
             and 5.
     """
 
-    n_accum_bits: int | None = None
+    n_accum_bits: int | None = bounded(None, Bounds(True, 1, MAX_ACCUM_BITS, optional=True))
     rounding: str | int = "auto"
     rounding_exact: bool | None = None
-    min_agreement: float | None = None
-    min_boundary_agreement: float = 0.98
-    max_accuracy_loss: float = 0.005
+    min_agreement: float | None = bounded(None, Bounds(False, 0.0, 1.0, optional=True))
+    min_boundary_agreement: float = bounded(0.98, Bounds(False, 0.0, 1.0))
+    max_accuracy_loss: float = bounded(0.005, Bounds(False, 0.0, 1.0))
     strict: bool = False
     p_error: float | str | None = "auto"
-    global_p_error: float | None = None
-    batch_size: int = 1
+    global_p_error: float | None = bounded(None, Bounds(False, *P_ERROR_RANGE, optional=True))
+    batch_size: int = bounded(1, Bounds(True, 1, MAX_BATCH_SIZE))
     align_rounding: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        if self.n_accum_bits is not None:
-            put("n_accum_bits", check_int("n_accum_bits", self.n_accum_bits, 1, MAX_ACCUM_BITS))
+        check_fields(self)  # the bounds declared beside the fields
         rounding = "off" if self.rounding is None else self.rounding
         if isinstance(rounding, str):
             if rounding not in ("auto", "off"):
@@ -116,24 +115,9 @@ class CompileOptions:
         put("rounding", rounding)
         if self.rounding_exact is not None:
             put("rounding_exact", check_bool("rounding_exact", self.rounding_exact))
-        if self.min_agreement is not None:
-            put("min_agreement", check_number("min_agreement", self.min_agreement, 0.0, 1.0))
-        put(
-            "min_boundary_agreement",
-            check_number("min_boundary_agreement", self.min_boundary_agreement, 0.0, 1.0),
-        )
-        put(
-            "max_accuracy_loss",
-            check_number("max_accuracy_loss", self.max_accuracy_loss, 0.0, 1.0),
-        )
         put("strict", check_bool("strict", self.strict))
-        for name in ("p_error", "global_p_error"):
-            value = getattr(self, name)
-            if name == "p_error" and value == "auto":
-                continue
-            if value is not None:
-                put(name, check_number(name, value, *P_ERROR_RANGE))
-        put("batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
+        if self.p_error != "auto" and self.p_error is not None:
+            put("p_error", check_number("p_error", self.p_error, *P_ERROR_RANGE))
         put("align_rounding", check_bool("align_rounding", self.align_rounding))
 
     @classmethod
