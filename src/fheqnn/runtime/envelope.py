@@ -118,78 +118,104 @@ class Envelope:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise EnvelopeError(f"{what} must be bytes, got {type(data).__name__}")
         data = bytes(data)
-        if data.startswith(MAGIC_V1):
-            raise EnvelopeError(
-                f"{what} is an envelope of format 1, written by an older fheqnn without an "
-                "integrity check; it is no longer read: encrypt the rows again (or generate "
-                "the keys again) with this version"
-            )
-        if not data.startswith(MAGIC):
-            raise EnvelopeError(
-                f"{what} is not an fheqnn envelope (wrong magic bytes): expected a file "
-                "written by 'fheqnn encrypt', 'run' or 'keygen'"
-            )
-        pos = len(MAGIC)
-        if len(data) < pos + DIGEST_BYTES + 4:
-            raise EnvelopeError(f"{what} is truncated ({len(data)} bytes: no header)")
-        digest = data[pos : pos + DIGEST_BYTES]
-        pos += DIGEST_BYTES
-        if hashlib.sha256(memoryview(data)[pos:]).digest() != digest:
-            raise EnvelopeError(
-                f"{what} is corrupt: its checksum does not match its content (truncated, "
-                "modified, or labels moved from other data); nothing was decrypted or run"
-            )
-        (header_len,) = struct.unpack_from(">I", data, pos)
-        pos += 4
-        if header_len > MAX_HEADER_BYTES or len(data) < pos + header_len:
-            raise EnvelopeError(f"{what}: malformed header (length {header_len})")
-        try:
-            header = json.loads(data[pos : pos + header_len].decode("utf-8"))
-        except (ValueError, RecursionError) as exc:
-            raise EnvelopeError(f"{what}: corrupt header: {exc}") from exc
-        pos += header_len
-        fields_ok = isinstance(header, dict) and all(
-            isinstance(header.get(k), str) for k in ("kind", "model_id", "key_id")
-        )
-        count = header.get("count") if isinstance(header, dict) else None
-        if not fields_ok or not isinstance(count, int) or isinstance(count, bool):
-            raise EnvelopeError(f"{what}: malformed header")
-        if count < 1:
-            raise EnvelopeError(f"{what} holds no payload (count {count}); expected at least one")
+        pos = _verify_checksum(data, what)
+        header, pos = _read_header(data, pos, what)
+        payloads = _read_payloads(data, pos, header["count"], what)
         meta = header.get("meta", {})
-        if not isinstance(meta, dict):
-            raise EnvelopeError(f"{what}: malformed header (meta)")
-        payloads = []
-        for i in range(count):
-            if len(data) < pos + 8:
-                raise EnvelopeError(f"{what} is truncated (payload {i} length missing)")
-            (size,) = struct.unpack_from(">Q", data, pos)
-            pos += 8
-            if size == 0 or len(data) < pos + size:
-                raise EnvelopeError(
-                    f"{what} is truncated (payload {i}: {len(data) - pos} of {size} bytes)"
-                )
-            payloads.append(data[pos : pos + size])
-            pos += size
-        if pos != len(data):
-            raise EnvelopeError(f"{what} has {len(data) - pos} unexpected trailing bytes")
-        env = cls(header["kind"], header["model_id"], header["key_id"], tuple(payloads), meta)
-        if env.kind != kind:
-            raise EnvelopeError(
-                f"{what} holds {_KIND_WORDS.get(env.kind, env.kind)}, expected "
-                f"{_KIND_WORDS.get(kind, kind)}"
-            )
-        if model_id is not None and env.model_id != model_id:
-            raise EnvelopeError(
-                f"{what}: made for compiled model {env.model_id}, not for this one "
-                f"({model_id}); use files made with this model (or this model's folder)"
-            )
-        if key_id is not None and env.key_id != key_id:
-            raise EnvelopeError(
-                f"{what}: made with key {env.key_id}, not with key {key_id}; use the key "
-                "folder these files were made with, or encrypt again with this one"
-            )
+        env = cls(header["kind"], header["model_id"], header["key_id"], payloads, meta)
+        _check_labels(env, kind, model_id, key_id, what)
         return env
+
+
+def _verify_checksum(data: bytes, what: str) -> int:
+    """Check the magic bytes and the checksum; returns where the header length starts."""
+    if data.startswith(MAGIC_V1):
+        raise EnvelopeError(
+            f"{what} is an envelope of format 1, written by an older fheqnn without an "
+            "integrity check; it is no longer read: encrypt the rows again (or generate "
+            "the keys again) with this version"
+        )
+    if not data.startswith(MAGIC):
+        raise EnvelopeError(
+            f"{what} is not an fheqnn envelope (wrong magic bytes): expected a file "
+            "written by 'fheqnn encrypt', 'run' or 'keygen'"
+        )
+    pos = len(MAGIC)
+    if len(data) < pos + DIGEST_BYTES + 4:
+        raise EnvelopeError(f"{what} is truncated ({len(data)} bytes: no header)")
+    digest = data[pos : pos + DIGEST_BYTES]
+    pos += DIGEST_BYTES
+    if hashlib.sha256(memoryview(data)[pos:]).digest() != digest:
+        raise EnvelopeError(
+            f"{what} is corrupt: its checksum does not match its content (truncated, "
+            "modified, or labels moved from other data); nothing was decrypted or run"
+        )
+    return pos
+
+
+def _read_header(data: bytes, pos: int, what: str) -> tuple[dict[str, Any], int]:
+    """The JSON header at ``pos`` (labels, a payload count of at least 1, meta an object), and
+    where the payloads start."""
+    (header_len,) = struct.unpack_from(">I", data, pos)
+    pos += 4
+    if header_len > MAX_HEADER_BYTES or len(data) < pos + header_len:
+        raise EnvelopeError(f"{what}: malformed header (length {header_len})")
+    try:
+        header = json.loads(data[pos : pos + header_len].decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise EnvelopeError(f"{what}: corrupt header: {exc}") from exc
+    pos += header_len
+    fields_ok = isinstance(header, dict) and all(
+        isinstance(header.get(k), str) for k in ("kind", "model_id", "key_id")
+    )
+    count = header.get("count") if isinstance(header, dict) else None
+    if not fields_ok or not isinstance(count, int) or isinstance(count, bool):
+        raise EnvelopeError(f"{what}: malformed header")
+    if count < 1:
+        raise EnvelopeError(f"{what} holds no payload (count {count}); expected at least one")
+    if not isinstance(header.get("meta", {}), dict):
+        raise EnvelopeError(f"{what}: malformed header (meta)")
+    return header, pos
+
+
+def _read_payloads(data: bytes, pos: int, count: int, what: str) -> tuple[bytes, ...]:
+    """The ``count`` length-prefixed payloads from ``pos`` to the very end of ``data``."""
+    payloads = []
+    for i in range(count):
+        if len(data) < pos + 8:
+            raise EnvelopeError(f"{what} is truncated (payload {i} length missing)")
+        (size,) = struct.unpack_from(">Q", data, pos)
+        pos += 8
+        if size == 0 or len(data) < pos + size:
+            raise EnvelopeError(
+                f"{what} is truncated (payload {i}: {len(data) - pos} of {size} bytes)"
+            )
+        payloads.append(data[pos : pos + size])
+        pos += size
+    if pos != len(data):
+        raise EnvelopeError(f"{what} has {len(data) - pos} unexpected trailing bytes")
+    return tuple(payloads)
+
+
+def _check_labels(
+    env: Envelope, kind: str, model_id: str | None, key_id: str | None, what: str
+) -> None:
+    """Refuse an envelope of another kind, compiled model or key than expected."""
+    if env.kind != kind:
+        raise EnvelopeError(
+            f"{what} holds {_KIND_WORDS.get(env.kind, env.kind)}, expected "
+            f"{_KIND_WORDS.get(kind, kind)}"
+        )
+    if model_id is not None and env.model_id != model_id:
+        raise EnvelopeError(
+            f"{what}: made for compiled model {env.model_id}, not for this one "
+            f"({model_id}); use files made with this model (or this model's folder)"
+        )
+    if key_id is not None and env.key_id != key_id:
+        raise EnvelopeError(
+            f"{what}: made with key {env.key_id}, not with key {key_id}; use the key "
+            "folder these files were made with, or encrypt again with this one"
+        )
 
 
 def read_envelope_file(path: str | Path, *, max_bytes: int, what: str) -> bytes:

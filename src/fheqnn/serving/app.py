@@ -21,7 +21,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -293,6 +293,27 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.state.service = service
     limit = config.max_request_bytes
+    _add_error_handlers(app)
+    _add_health_route(app, config, service)
+    api = APIRouter(dependencies=[Depends(_token_check(config))])
+    _add_model_routes(api, service)
+    _add_key_routes(api, service, limit)
+    _add_predict_route(api, service, limit)
+    app.include_router(api)
+    return app
+
+
+#: The OpenAPI description of a request body that is an envelope (keys or ciphertext).
+_ENVELOPE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {ENVELOPE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "..."}``: refusals, HTTP and validation errors, the unexpected."""
 
     @app.exception_handler(ServiceError)
     async def on_service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -315,6 +336,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         logger.exception("unexpected error while serving a request")
         return _error(500, f"internal error: {type(exc).__name__}")
 
+
+def _token_check(config: ServeConfig) -> Callable[[Request], Awaitable[None]]:
+    """The dependency that refuses a request without the configured bearer token (401)."""
+
     async def check_token(request: Request) -> None:
         if config.token is None:
             return
@@ -326,6 +351,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         if not ok:
             raise ServiceError(401, "a valid token is required (header 'Authorization: Bearer …')")
 
+    return check_token
+
+
+def _add_health_route(app: FastAPI, config: ServeConfig, service: Service) -> None:
+    """``GET /health``, on the app itself: no token needed."""
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness: backend, replicas and how many models are served (no token needed)."""
@@ -336,7 +367,9 @@ def create_app(config: ServeConfig) -> FastAPI:
             "models": len(service.models),
         }
 
-    api = APIRouter(dependencies=[Depends(check_token)])
+
+def _add_model_routes(api: APIRouter, service: Service) -> None:
+    """``GET /models``, ``GET /models/{model_id}`` and the client part's archive."""
 
     @api.get("/models")
     async def list_models() -> list[dict[str, Any]]:
@@ -366,6 +399,10 @@ def create_app(config: ServeConfig) -> FastAPI:
             },
         )
 
+
+def _add_key_routes(api: APIRouter, service: Service, limit: int) -> None:
+    """Evaluation-key uploads (``POST /keys``, ``POST /models/{model_id}/keys``) and status."""
+
     async def keys_response(request: Request, model_id: str | None) -> JSONResponse:
         body = await read_body(request, limit)
         found_model, key_id, new = await service.off_loop(service.register_keys, body, model_id)
@@ -374,19 +411,12 @@ def create_app(config: ServeConfig) -> FastAPI:
             status_code=201 if new else 200,
         )
 
-    body_doc = {
-        "requestBody": {
-            "required": True,
-            "content": {ENVELOPE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-        }
-    }
-
-    @api.post("/keys", openapi_extra=body_doc, status_code=201)
+    @api.post("/keys", openapi_extra=_ENVELOPE_BODY_DOC, status_code=201)
     async def upload_keys(request: Request) -> JSONResponse:
         """Upload an evaluation-key envelope (201 new, 200 already known); never a secret key."""
         return await keys_response(request, None)
 
-    @api.post("/models/{model_id}/keys", openapi_extra=body_doc, status_code=201)
+    @api.post("/models/{model_id}/keys", openapi_extra=_ENVELOPE_BODY_DOC, status_code=201)
     async def upload_model_keys(model_id: str, request: Request) -> JSONResponse:
         """Upload evaluation keys that must belong to ``model_id`` (409 otherwise)."""
         service.model(model_id)
@@ -400,9 +430,13 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise ServiceError(404, f"unknown evaluation keys {key_id!r} for model {model_id}")
         return {"key_id": key_id, "model_id": model_id}
 
+
+def _add_predict_route(api: APIRouter, service: Service, limit: int) -> None:
+    """``POST /models/{model_id}/predict``: an encrypted run."""
+
     @api.post(
         "/models/{model_id}/predict",
-        openapi_extra=body_doc,
+        openapi_extra=_ENVELOPE_BODY_DOC,
         response_class=Response,
         responses={200: {"content": {ENVELOPE_MEDIA_TYPE: {}}}},
     )
@@ -421,6 +455,3 @@ def create_app(config: ServeConfig) -> FastAPI:
             media_type=ENVELOPE_MEDIA_TYPE,
             headers={RUN_SECONDS_HEADER: f"{seconds:.6f}"},
         )
-
-    app.include_router(api)
-    return app
