@@ -14,7 +14,8 @@ Concrete seam. ``report`` turns the rows into a markdown table and a PNG plot.
 One job per module:
 
 - ``options``: the profiles and :class:`BenchOptions`;
-- ``measure``: measuring one compiled model (report, accuracies, keys, latency, throughput);
+- ``measure``: measuring one compiled model (report, accuracies, keys, latency, throughput;
+  ``fheqnn demo`` measures with it too);
 - ``floor``: the lookup floor and a row's latency against it;
 - ``baseline``: the float MLP baseline;
 - ``cell``: one configuration trained, compiled and measured (:func:`bench_one`);

@@ -1,5 +1,6 @@
 """Measuring one compiled model: its compile report, its accuracy in the clear and simulated,
-and, encrypted, its keys, latency, accuracy and throughput."""
+and, encrypted, its keys, latency, accuracy and throughput (``fheqnn bench`` and ``fheqnn
+demo`` both measure with these)."""
 
 from __future__ import annotations
 
