@@ -8,11 +8,13 @@ import numpy as np
 
 
 def float_mlp_accuracy(clf: Any, x_tr, y_tr, x_te, y_te, seed: int) -> float:
-    """Test accuracy of a float MLP with the classifier's shape, trained by the same loop."""
+    """Test accuracy of a float MLP with the classifier's shape, trained by the same recipe
+    (the estimators' skorch loop and hyper-parameters, on every training row for
+    ``max_epochs``: no validation split)."""
     import torch
     from torch import nn
 
-    from ..model.training import train_module
+    from ..model.training_recipe import fit_with_skorch
 
     width = max(1, round(x_tr.shape[1] * clf.module__n_hidden_neurons_multiplier))
     classes = np.unique(y_tr)
@@ -25,15 +27,20 @@ def float_mlp_accuracy(clf: Any, x_tr, y_tr, x_te, y_te, seed: int) -> float:
             if i < clf.module__n_layers - 1:
                 layers.append(clf.module__activation_function())
         model = nn.Sequential(*layers)
-        targets = torch.as_tensor(np.searchsorted(classes, y_tr), dtype=torch.int64)
-        train_module(
+        targets = np.searchsorted(classes, y_tr).astype(np.int64)
+        # Shuffling and input noise draw from torch's generator, seeded above.
+        model = fit_with_skorch(
             model,
-            torch.as_tensor(x_tr, dtype=torch.float32),
+            np.asarray(x_tr, dtype=np.float32),
             targets,
             nn.CrossEntropyLoss(),
             clf.training_config(),
-            torch.Generator().manual_seed(seed),
-        )
+            seed=seed,
+            validation_fraction=None,
+            patience=0,
+            stratify=True,
+            callbacks=[],
+        ).module
     with torch.no_grad():
         pred = model(torch.as_tensor(x_te, dtype=torch.float32)).argmax(1).numpy()
     return float(np.mean(classes[pred] == y_te))

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 class FitResult:
     """What :func:`fit_with_skorch` hands back."""
 
-    module: SparseQuantNeuralNetwork
+    module: nn.Module
     history: History
     best_epoch: int
 
@@ -183,7 +183,7 @@ def _can_split(y: np.ndarray, fraction: float, stratify: bool) -> bool:
 
 
 def fit_with_skorch(
-    module: SparseQuantNeuralNetwork,
+    module: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     loss_fn: nn.Module,
@@ -198,7 +198,9 @@ def fit_with_skorch(
     """Train ``module`` with skorch; restore the best epoch; make pruning permanent.
 
     Args:
-        module: a freshly built network (pruning enabled by its constructor).
+        module: a freshly built network (pruning enabled by its constructor); any other torch
+            module (the benchmark's float baseline) is trained as is, without the pruning and
+            calibration steps.
         x: standardized inputs, float32, shape ``(n_rows, n_features)``.
         y: class indices (int64) or standardized targets (float32, 2-D).
         loss_fn: the criterion instance.
@@ -214,14 +216,17 @@ def fit_with_skorch(
     Returns:
         The trained module (pruning permanent, eval mode), skorch's history and the epoch kept.
     """
-    if config.mask_updates == "fixed":
+    sparse = isinstance(module, SparseQuantNeuralNetwork)
+    if sparse and config.mask_updates == "fixed":
         module.freeze_pruning_masks()
-    module.set_straight_through_masks(config.straight_through_masks)
+    if sparse:
+        module.set_straight_through_masks(config.straight_through_masks)
     validate = _use_validation(y, validation_fraction, stratify)
     schedule = _Schedule.of(config, len(y), validation_fraction if validate else None)
-    module.set_calibration_steps(schedule.calibration_steps)
+    if sparse:
+        module.set_calibration_steps(schedule.calibration_steps)
     seen = {"ctrl_c": False}
-    ours, early = _our_callbacks(config, schedule, validate, patience, seen)
+    ours, early = _our_callbacks(config, schedule, sparse, validate, patience, seen)
     net = _Net(
         module=module,
         input_noise=config.input_noise,
@@ -292,12 +297,14 @@ class _Schedule:
 def _our_callbacks(
     config: TrainingConfig,
     schedule: _Schedule,
+    masks: bool,
     validate: bool,
     patience: int,
     seen: dict[str, bool],
 ) -> tuple[list[tuple[str, Callback]], _EarlyStoppingAfter | None]:
-    """The recipe's skorch callbacks (learning-rate and mask schedules, early stopping when
-    ``validate``, the Ctrl-C check, the progress bar), and the early stopping one."""
+    """The recipe's skorch callbacks (the learning-rate schedule, the mask schedule when
+    ``masks``, early stopping when ``validate``, the Ctrl-C check, the progress bar), and the
+    early stopping one."""
     ours: list[tuple[str, Callback]] = [
         (
             "lr_schedule",
@@ -307,11 +314,9 @@ def _our_callbacks(
                 step_every="batch",
             ),
         ),
-        (
-            "mask_schedule",
-            _MaskSchedule(schedule.freeze_epoch),
-        ),
     ]
+    if masks:
+        ours.append(("mask_schedule", _MaskSchedule(schedule.freeze_epoch)))
     early: _EarlyStoppingAfter | None = None
     if validate:
         early = _EarlyStoppingAfter(
@@ -352,12 +357,13 @@ def _fit_one_thread(net: NeuralNet, x: np.ndarray, y: np.ndarray, seen: dict[str
 
 def _kept(net: NeuralNet, early: _EarlyStoppingAfter | None) -> FitResult:
     """The trained module (the best epoch's, restored by early stopping), pruning made
-    permanent, in eval mode."""
+    permanent (a sparse network), in eval mode."""
     trained = net.module_
     best_epoch = len(net.history)
     if early is not None and early.best_model_weights_ is not None:
         best_epoch = int(early.best_epoch_)
-    trained.make_pruning_permanent()
+    if isinstance(trained, SparseQuantNeuralNetwork):
+        trained.make_pruning_permanent()
     trained.eval()
     logger.info(
         "trained %d epochs, kept epoch %d (train loss %.4f)",
