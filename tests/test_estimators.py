@@ -521,8 +521,10 @@ def test_bad_input_noise_is_refused(blobs, value) -> None:
 
 
 def test_the_plain_training_loop_adds_the_same_input_noise() -> None:
-    """``train_module`` (the float baselines of ``fheqnn bench``) reads ``input_noise`` too."""
-    from fheqnn.model.training import TrainingConfig, train_module
+    """The recipe on a plain torch module (the float baselines of ``fheqnn bench``) reads
+    ``input_noise`` too."""
+    from fheqnn.model.training import TrainingConfig
+    from fheqnn.model.training_recipe import fit_with_skorch
 
     rng = np.random.default_rng(0)
     x = torch.as_tensor(rng.normal(size=(100, 3)), dtype=torch.float32)
@@ -533,7 +535,12 @@ def test_the_plain_training_loop_adds_the_same_input_noise() -> None:
             torch.manual_seed(0)
             module = nn.Linear(3, 1)
         config = TrainingConfig(max_epochs=2, lr=1e-12, weight_decay=0.0, input_noise=noise)
-        history = train_module(module, x, y, nn.MSELoss(), config, torch.Generator().manual_seed(0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            history = fit_with_skorch(
+                module, x.numpy(), y.numpy(), nn.MSELoss(), config, seed=0,
+                validation_fraction=None, patience=0, stratify=False, callbacks=[],
+            ).history  # fmt: skip
         losses[noise] = history[-1]["train_loss"]
     assert losses[3.0] > 1.5 * losses[0.0]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..compiler.api import compile_onnx
+    from ..bench.measure import (
+        integer_accuracy,
+        key_measures,
+        round_trip_measures,
+        simulated_measures,
+        single_row_latency,
+        summary_measures,
+    )
     from ..datasets import load_split
     from ..runtime import FheModelClient, FheModelServer
 
@@ -33,6 +40,59 @@ def _demo(args: argparse.Namespace) -> int:
         f"data set {args.dataset}: {len(x_tr)} training rows, {len(x_te)} test rows, "
         f"{x_tr.shape[1]} features, {len(np.unique(y_tr))} classes"
     )
+    est = _train(args, x_tr, y_tr)
+    model = _compile(args, est, x_tr, y_tr)
+    circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
+    key_dir = Path(args.keys) / f"demo_{args.dataset}"
+    _say(
+        f"saving the compiled model to {circuit_dir}/ and keys to {key_dir}/ "
+        "(the demo replaces its own previous folders)"
+    )
+    model.save(circuit_dir, overwrite=True)
+    client = FheModelClient(circuit_dir)
+    with _Step("generating keys"):
+        keys = key_measures(client.keygen(key_dir, overwrite=True))
+    server = FheModelServer(circuit_dir)
+
+    acc_clear = float(np.mean(est.predict(x_te) == y_te))
+    acc_int = integer_accuracy(model, x_te, y_te)
+    with _Step("simulating the circuit on every test row"):
+        acc_sim = simulated_measures(model, x_te, y_te)["acc_simulated"]
+    rows = min(args.rows, len(x_te))
+    trip = _encrypted_predict(client, server, x_te[:rows], args.quiet)
+    enc = round_trip_measures(model, trip, x_te[:rows], y_te[:rows])
+    single = single_row_latency(client, server, x_te[:1], repeats=1)
+    summary = summary_measures(model)
+    _say("")
+    _say(
+        f"accuracy: clear (torch) {acc_clear:.4f} | integer program {acc_int:.4f} | "
+        f"simulated {acc_sim:.4f} | encrypted {enc['acc_encrypted']:.4f} on {rows} rows "
+        f"(agrees with simulation on {enc['encrypted_equals_simulated'] * 100:.0f} % of them)"
+    )
+    _say(
+        f"latency: {single['latency_single_s']:.3f} s for one row alone; "
+        f"{enc['latency_batch_s_per_row']:.3f} s per row in batches of {server.workers}"
+    )
+    _say(
+        f"PBS per row: {summary['pbs']} for {summary['hidden_neurons']} hidden neurons "
+        f"({summary['removed_neurons']} dead neurons removed at compile time)"
+    )
+    bits = ", ".join(
+        f"{r['layer']}: acc {r['proven_bits']}b proven / {r['measured_bits']}b measured"
+        + (f", lookup {r['lookup_bits']}b" if r["lookup_bits"] else ", no lookup (client side)")
+        for r in summary["layers"]
+    )
+    _say(f"bit-widths: {bits}")
+    _say(
+        f"keys: generated in {keys['keygen_s']:.1f} s, evaluation keys "
+        f"{keys['eval_keys_mb']:.1f} MB; ciphertext {single['ciphertext_in_bytes_per_row']} B "
+        "per input row"
+    )
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace, x_tr: np.ndarray, y_tr: np.ndarray) -> Any:
+    """The classifier the options describe, trained; says how sparse it came out."""
     est = _estimator(args, "classifier")
     with _Step("training (quantization-aware, with pruning)"):
         est.fit(x_tr, y_tr)
@@ -41,6 +101,13 @@ def _demo(args: argparse.Namespace) -> int:
         f"  at most {module.max_active_neurons()} active weights per neuron "
         f"(accumulators <= {args.n_accum_bits} bits), hidden widths {module.hidden_widths()}"
     )
+    return est
+
+
+def _compile(args: argparse.Namespace, est: Any, x_tr: np.ndarray, y_tr: np.ndarray) -> Any:
+    """``est`` exported and compiled with the options' settings; prints its bit-width report."""
+    from ..compiler.api import compile_onnx
+
     options = _compile_options(args, n_accum_bits=args.n_accum_bits)
     with _Step("exporting to ONNX and compiling with the bit-width check"):
         model = _compile_speaking(
@@ -54,54 +121,4 @@ def _demo(args: argparse.Namespace) -> int:
             )
         )
     _say(model.report.to_text())
-    circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
-    key_dir = Path(args.keys) / f"demo_{args.dataset}"
-    _say(
-        f"saving the compiled model to {circuit_dir}/ and keys to {key_dir}/ "
-        "(the demo replaces its own previous folders)"
-    )
-    model.save(circuit_dir, overwrite=True)
-    client = FheModelClient(circuit_dir)
-    with _Step("generating keys"):
-        info = client.keygen(key_dir, overwrite=True)
-    server = FheModelServer(circuit_dir)
-
-    acc_clear = float(np.mean(est.predict(x_te) == y_te))
-    acc_int = float(np.mean(model.predict(x_te, fhe="disable") == y_te))
-    with _Step("simulating the circuit on every test row"):
-        acc_sim = float(np.mean(model.predict(x_te, fhe="simulate") == y_te))
-    rows = min(args.rows, len(x_te))
-    trip = _encrypted_predict(client, server, x_te[:rows], args.quiet)
-    pred_enc = trip.predictions
-    acc_enc = float(np.mean(pred_enc == y_te[:rows]))
-    sim_rows = model.predict(x_te[:rows], fhe="simulate")
-    single = client.encrypt(x_te[:1])
-    t0 = time.perf_counter()
-    server.run(single)
-    single_s = time.perf_counter() - t0
-    summary = model.summary()
-    _say("")
-    _say(
-        f"accuracy: clear (torch) {acc_clear:.4f} | integer program {acc_int:.4f} | "
-        f"simulated {acc_sim:.4f} | encrypted {acc_enc:.4f} on {rows} rows "
-        f"(agrees with simulation on {np.mean(pred_enc == sim_rows) * 100:.0f} % of them)"
-    )
-    _say(
-        f"latency: {single_s:.3f} s for one row alone; {trip.seconds_per_row:.3f} s per row in "
-        f"batches of {server.workers}"
-    )
-    _say(
-        f"PBS per row: {model.pbs_count} for {model.program.hidden_neurons()} hidden neurons "
-        f"({summary['removed_neurons']} dead neurons removed at compile time)"
-    )
-    bits = ", ".join(
-        f"{r['layer']}: acc {r['proven_bits']}b proven / {r['measured_bits']}b measured"
-        + (f", lookup {r['lookup_bits']}b" if r["lookup_bits"] else ", no lookup (client side)")
-        for r in summary["layers"]
-    )
-    _say(f"bit-widths: {bits}")
-    _say(
-        f"keys: generated in {info.keygen_seconds:.1f} s, evaluation keys "
-        f"{info.evaluation_keys_bytes / 1e6:.1f} MB; ciphertext {len(single)} B per input row"
-    )
-    return EXIT_OK
+    return model

@@ -47,6 +47,38 @@ _MAX_QUANT_BITS = 16
 _MAX_ACCUM_BITS = 32
 
 
+def _check_arguments(
+    input_dim: int,
+    n_layers: int,
+    n_outputs: int,
+    n_hidden_neurons_multiplier: float,
+    n_w_bits: int,
+    n_a_bits: int,
+    n_accum_bits: int,
+    n_prune_neurons_percentage: float,
+    activation_function: Any,
+    quant_narrow: bool,
+    quant_signed: bool,
+) -> None:
+    """Refuse a :class:`SparseQuantNeuralNetwork` argument of the wrong type or range."""
+    check_int("input_dim", input_dim, 1)
+    check_int("n_layers", n_layers, 1)
+    check_int("n_outputs", n_outputs, 1)
+    check_number("n_hidden_neurons_multiplier", n_hidden_neurons_multiplier, 0, low_open=True)
+    # A signed 1-bit weight can only be 0 or -1 (and only 0 when narrow): no usable magnitude.
+    check_int("n_w_bits", n_w_bits, 2, _MAX_QUANT_BITS)
+    check_int("n_a_bits", n_a_bits, 2 if quant_signed else 1, _MAX_QUANT_BITS)
+    check_int("n_accum_bits", n_accum_bits, 1, _MAX_ACCUM_BITS)
+    check_number("n_prune_neurons_percentage", n_prune_neurons_percentage, 0.0, 1.0, high_open=True)
+    if not (isinstance(activation_function, type) and issubclass(activation_function, nn.Module)):
+        raise InvalidParameterError(
+            "activation_function must be a torch.nn.Module class such as torch.nn.ReLU, "
+            f"got {activation_function!r}"
+        )
+    check_bool("quant_narrow", quant_narrow)
+    check_bool("quant_signed", quant_signed)
+
+
 class SparseQuantNeuralNetwork(nn.Module):
     """Sparse Quantized Neural Network.
 
@@ -99,26 +131,19 @@ class SparseQuantNeuralNetwork(nn.Module):
                 bit-width is zero.
         """
         super().__init__()
-        check_int("input_dim", input_dim, 1)
-        check_int("n_layers", n_layers, 1)
-        check_int("n_outputs", n_outputs, 1)
-        check_number("n_hidden_neurons_multiplier", n_hidden_neurons_multiplier, 0, low_open=True)
-        # A signed 1-bit weight can only be 0 or -1 (and only 0 when narrow): no usable magnitude.
-        check_int("n_w_bits", n_w_bits, 2, _MAX_QUANT_BITS)
-        check_int("n_a_bits", n_a_bits, 2 if quant_signed else 1, _MAX_QUANT_BITS)
-        check_int("n_accum_bits", n_accum_bits, 1, _MAX_ACCUM_BITS)
-        check_number(
-            "n_prune_neurons_percentage", n_prune_neurons_percentage, 0.0, 1.0, high_open=True
+        _check_arguments(
+            input_dim,
+            n_layers,
+            n_outputs,
+            n_hidden_neurons_multiplier,
+            n_w_bits,
+            n_a_bits,
+            n_accum_bits,
+            n_prune_neurons_percentage,
+            activation_function,
+            quant_narrow,
+            quant_signed,
         )
-        if not (
-            isinstance(activation_function, type) and issubclass(activation_function, nn.Module)
-        ):
-            raise InvalidParameterError(
-                "activation_function must be a torch.nn.Module class such as torch.nn.ReLU, "
-                f"got {activation_function!r}"
-            )
-        check_bool("quant_narrow", quant_narrow)
-        check_bool("quant_signed", quant_signed)
 
         self.input_dim = input_dim
         self.n_layers = n_layers
@@ -132,22 +157,8 @@ class SparseQuantNeuralNetwork(nn.Module):
         self.quant_narrow = quant_narrow
         self.quant_signed = quant_signed
 
-        hidden = max(1, round(input_dim * n_hidden_neurons_multiplier))
-        widths = [input_dim] + [hidden] * (n_layers - 1) + [n_outputs]
-        self.features = nn.Sequential()
-        for idx in range(n_layers):
-            self.features.add_module(f"quant{idx}", self._make_input_quantizer())
-            self.features.add_module(f"fc{idx}", self._make_linear(widths[idx], widths[idx + 1]))
-            if idx < n_layers - 1:
-                self.features.add_module(f"act{idx}", activation_function())
-
-        if self.max_active_neurons() == 0:
-            raise InvalidParameterError(
-                f"n_accum_bits={n_accum_bits} is too small: with {n_w_bits}-bit weights and "
-                f"{n_a_bits}-bit activations not even one active weight per neuron fits "
-                f"(one product needs {self._worst_term_range().bits} bits); raise n_accum_bits "
-                "or lower n_w_bits / n_a_bits"
-            )
+        self.features = self._build_features()
+        self._check_budget()
         self._pruning_enabled = False
         # Straight-through masks: while masks follow the weights, pruned weights still get a
         # gradient, so that they can grow back and be chosen again.
@@ -161,6 +172,28 @@ class SparseQuantNeuralNetwork(nn.Module):
         self.enable_pruning()
 
     # ---------------------------------------------------------------- construction helpers
+    def _build_features(self) -> nn.Sequential:
+        """The layers (``quant{i}``, ``fc{i}``, ``act{i}``) of the shape the attributes say."""
+        hidden = max(1, round(self.input_dim * self.n_hidden_neurons_multiplier))
+        widths = [self.input_dim] + [hidden] * (self.n_layers - 1) + [self.n_outputs]
+        features = nn.Sequential()
+        for idx in range(self.n_layers):
+            features.add_module(f"quant{idx}", self._make_input_quantizer())
+            features.add_module(f"fc{idx}", self._make_linear(widths[idx], widths[idx + 1]))
+            if idx < self.n_layers - 1:
+                features.add_module(f"act{idx}", self.activation_function())
+        return features
+
+    def _check_budget(self) -> None:
+        """Refuse an accumulator budget too small for even one active weight per neuron."""
+        if self.max_active_neurons() == 0:
+            raise InvalidParameterError(
+                f"n_accum_bits={self.n_accum_bits} is too small: with {self.n_w_bits}-bit "
+                f"weights and {self.n_a_bits}-bit activations not even one active weight per "
+                f"neuron fits (one product needs {self._worst_term_range().bits} bits); raise "
+                "n_accum_bits or lower n_w_bits / n_a_bits"
+            )
+
     def _make_input_quantizer(self) -> nn.Module:
         return qnn.QuantIdentity(
             bit_width=self.n_a_bits,

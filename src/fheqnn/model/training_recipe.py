@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 class FitResult:
     """What :func:`fit_with_skorch` hands back."""
 
-    module: SparseQuantNeuralNetwork
+    module: nn.Module
     history: History
     best_epoch: int
 
@@ -183,7 +183,7 @@ def _can_split(y: np.ndarray, fraction: float, stratify: bool) -> bool:
 
 
 def fit_with_skorch(
-    module: SparseQuantNeuralNetwork,
+    module: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     loss_fn: nn.Module,
@@ -198,7 +198,9 @@ def fit_with_skorch(
     """Train ``module`` with skorch; restore the best epoch; make pruning permanent.
 
     Args:
-        module: a freshly built network (pruning enabled by its constructor).
+        module: a freshly built network (pruning enabled by its constructor); any other torch
+            module (the benchmark's float baseline) is trained as is, without the pruning and
+            calibration steps.
         x: standardized inputs, float32, shape ``(n_rows, n_features)``.
         y: class indices (int64) or standardized targets (float32, 2-D).
         loss_fn: the criterion instance.
@@ -214,59 +216,17 @@ def fit_with_skorch(
     Returns:
         The trained module (pruning permanent, eval mode), skorch's history and the epoch kept.
     """
-    if config.mask_updates == "fixed":
+    sparse = isinstance(module, SparseQuantNeuralNetwork)
+    if sparse and config.mask_updates == "fixed":
         module.freeze_pruning_masks()
-    module.set_straight_through_masks(config.straight_through_masks)
-    validate = bool(validation_fraction) and _can_split(y, float(validation_fraction), stratify)
-    if validation_fraction and not validate:
-        logger.info(
-            "too few rows (%d) for a %.0f %% validation split: training without early stopping",
-            len(y),
-            100 * validation_fraction,
-        )
-    n_train = len(y) - (math.ceil(validation_fraction * len(y)) if validate else 0)
-    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
-    total_steps = config.max_epochs * steps_per_epoch
-    # Activation scales: statistics for the first tenth of training at most, then learned.
-    calibration_steps = min(300, max(1, total_steps // 10))
-    module.set_calibration_steps(calibration_steps)
-    calibration_epochs = math.ceil(calibration_steps / steps_per_epoch)
-    freeze_epoch = math.ceil(config.mask_freeze_fraction * config.max_epochs)
-    # Only epochs with the final topology (masks frozen) and a decayed learning rate compete for
-    # "best": an earlier snapshot would be a network whose masks were still moving, trained at
-    # a high learning rate, which the schedule meant to fine-tune further.
-    selection_start = calibration_epochs
-    if config.mask_updates == "dynamic" and config.select_after_freeze:
-        selection_start = max(calibration_epochs, min(freeze_epoch, config.max_epochs - 1))
-
-    ours: list[tuple[str, Callback]] = [
-        (
-            "lr_schedule",
-            LRScheduler(
-                policy=torch.optim.lr_scheduler.LambdaLR,
-                lr_lambda=_warmup_cosine(total_steps),
-                step_every="batch",
-            ),
-        ),
-        (
-            "mask_schedule",
-            _MaskSchedule(freeze_epoch),
-        ),
-    ]
-    early: _EarlyStoppingAfter | None = None
-    if validate:
-        early = _EarlyStoppingAfter(
-            start_epoch=selection_start,
-            monitor="valid_loss",
-            patience=patience,
-            load_best=True,
-            sink=logger.info,
-        )
-        ours.append(("early_stopping", early))
+    if sparse:
+        module.set_straight_through_masks(config.straight_through_masks)
+    validate = _use_validation(y, validation_fraction, stratify)
+    schedule = _Schedule.of(config, len(y), validation_fraction if validate else None)
+    if sparse:
+        module.set_calibration_steps(schedule.calibration_steps)
     seen = {"ctrl_c": False}
-    ours.append(("stop_after_ctrl_c", _StopAfterCtrlC(seen)))
-    if config.verbose:
-        ours.append(("progress", _Progress()))
+    ours, early = _our_callbacks(config, schedule, sparse, validate, patience, seen)
     net = _Net(
         module=module,
         input_noise=config.input_noise,
@@ -287,6 +247,94 @@ def fit_with_skorch(
         verbose=0,
         device="cpu",
     )
+    _fit_one_thread(net, x, y, seen)
+    return _kept(net, early)
+
+
+def _use_validation(y: np.ndarray, validation_fraction: float | None, stratify: bool) -> bool:
+    """Whether to hold out ``validation_fraction`` of the rows for early stopping (said in the
+    log when the fraction was asked for but the rows are too few)."""
+    validate = bool(validation_fraction) and _can_split(y, float(validation_fraction), stratify)
+    if validation_fraction and not validate:
+        logger.info(
+            "too few rows (%d) for a %.0f %% validation split: training without early stopping",
+            len(y),
+            100 * validation_fraction,
+        )
+    return validate
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The training's length in optimizer steps, and the epochs at which things change."""
+
+    total_steps: int
+    calibration_steps: int
+    freeze_epoch: int
+    selection_start: int
+
+    @classmethod
+    def of(
+        cls, config: TrainingConfig, n_rows: int, validation_fraction: float | None
+    ) -> _Schedule:
+        """``validation_fraction``: the rows held out (``None``: none)."""
+        held_out = math.ceil(validation_fraction * n_rows) if validation_fraction else 0
+        steps_per_epoch = max(1, math.ceil((n_rows - held_out) / config.batch_size))
+        total_steps = config.max_epochs * steps_per_epoch
+        # Activation scales: statistics for the first tenth of training at most, then learned.
+        calibration_steps = min(300, max(1, total_steps // 10))
+        calibration_epochs = math.ceil(calibration_steps / steps_per_epoch)
+        freeze_epoch = math.ceil(config.mask_freeze_fraction * config.max_epochs)
+        # Only epochs with the final topology (masks frozen) and a decayed learning rate compete
+        # for "best": an earlier snapshot would be a network whose masks were still moving,
+        # trained at a high learning rate, which the schedule meant to fine-tune further.
+        selection_start = calibration_epochs
+        if config.mask_updates == "dynamic" and config.select_after_freeze:
+            selection_start = max(calibration_epochs, min(freeze_epoch, config.max_epochs - 1))
+        return cls(total_steps, calibration_steps, freeze_epoch, selection_start)
+
+
+def _our_callbacks(
+    config: TrainingConfig,
+    schedule: _Schedule,
+    masks: bool,
+    validate: bool,
+    patience: int,
+    seen: dict[str, bool],
+) -> tuple[list[tuple[str, Callback]], _EarlyStoppingAfter | None]:
+    """The recipe's skorch callbacks (the learning-rate schedule, the mask schedule when
+    ``masks``, early stopping when ``validate``, the Ctrl-C check, the progress bar), and the
+    early stopping one."""
+    ours: list[tuple[str, Callback]] = [
+        (
+            "lr_schedule",
+            LRScheduler(
+                policy=torch.optim.lr_scheduler.LambdaLR,
+                lr_lambda=_warmup_cosine(schedule.total_steps),
+                step_every="batch",
+            ),
+        ),
+    ]
+    if masks:
+        ours.append(("mask_schedule", _MaskSchedule(schedule.freeze_epoch)))
+    early: _EarlyStoppingAfter | None = None
+    if validate:
+        early = _EarlyStoppingAfter(
+            start_epoch=schedule.selection_start,
+            monitor="valid_loss",
+            patience=patience,
+            load_best=True,
+            sink=logger.info,
+        )
+        ours.append(("early_stopping", early))
+    ours.append(("stop_after_ctrl_c", _StopAfterCtrlC(seen)))
+    if config.verbose:
+        ours.append(("progress", _Progress()))
+    return ours, early
+
+
+def _fit_one_thread(net: NeuralNet, x: np.ndarray, y: np.ndarray, seen: dict[str, bool]) -> None:
+    """``net.fit(x, y)`` on one torch thread; a Ctrl-C seen meanwhile is raised again."""
     # These networks are tiny (batches of 64 rows, a few hundred neurons): thread hand-offs cost
     # more than they save, and on a busy 2-core machine 2 intra-op threads made a step ~10x
     # slower (measured 180-300 ms vs 15 ms). Restored afterwards.
@@ -305,11 +353,17 @@ def fit_with_skorch(
         torch.set_num_threads(threads)
     if seen["ctrl_c"]:
         raise KeyboardInterrupt
+
+
+def _kept(net: NeuralNet, early: _EarlyStoppingAfter | None) -> FitResult:
+    """The trained module (the best epoch's, restored by early stopping), pruning made
+    permanent (a sparse network), in eval mode."""
     trained = net.module_
     best_epoch = len(net.history)
     if early is not None and early.best_model_weights_ is not None:
         best_epoch = int(early.best_epoch_)
-    trained.make_pruning_permanent()
+    if isinstance(trained, SparseQuantNeuralNetwork):
+        trained.make_pruning_permanent()
     trained.eval()
     logger.info(
         "trained %d epochs, kept epoch %d (train loss %.4f)",

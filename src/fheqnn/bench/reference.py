@@ -1,0 +1,98 @@
+"""The comparison with the reference (Concrete ML 1.9, run by ``benchmarks/reference.py`` in
+its own environment): its row, and both side by side as a table and a plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .report import _fmt
+
+# One logger for the whole benchmark (``fheqnn.bench``), as before its split into modules.
+logger = logging.getLogger(__package__)
+
+#: Where ``--compare-reference`` finds the reference's own Python (see benchmarks/reference.py).
+DEFAULT_REFERENCE_PYTHON = "/work/refenv/bin/python"
+
+
+def reference_row(python: str, dataset: str, seed: int, epochs: int, prune: float = 0.0) -> dict:
+    """Run ``benchmarks/reference.py`` (Concrete ML 1.9) in its own environment; its JSON row.
+
+    Raises:
+        FileNotFoundError: no such interpreter (the reference environment is made by hand).
+        RuntimeError: the script failed (its last lines of error output are in the message).
+    """
+    import subprocess
+
+    # src/fheqnn/bench/reference.py -> the repository's benchmarks/ folder.
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "reference.py"
+    if not Path(python).is_file():
+        raise FileNotFoundError(
+            f"no reference interpreter at {python}: create it by hand with 'python -m venv "
+            f'/work/refenv && /work/refenv/bin/pip install "concrete-ml==1.9.*"\' (see {script})'
+        )
+    cmd = [python, str(script), "--dataset", dataset, "--seed", str(seed)]
+    cmd += ["--epochs", str(epochs), "--prune", str(prune)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{tail}")
+    logger.info("reference: %s", done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COMPARED = (
+    ("latency 1 row s", "latency_single_s"),
+    ("keygen s", "keygen_s"),
+    ("eval keys MB", "eval_keys_mb"),
+    ("PBS", "pbs"),
+    ("acc sim", "acc_simulated"),
+)
+
+
+def comparison_table(pairs: list[tuple[dict, dict]]) -> str:
+    """Our row and the reference's side by side, with ours / reference ratios."""
+    head = ["data set", "seed", "system", *(name for name, _ in COMPARED), "load"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ours, ref in pairs:
+        for label, row in (("fheqnn default", ours), ("Concrete ML 1.9", ref)):
+            cells = [_fmt(row.get(key), ".3f") for _, key in COMPARED]
+            load = row.get("load_before", row.get("load"))
+            lines.append(
+                f"| {ours['dataset']} | {ours['seed']} | {label} | "
+                + " | ".join(cells)
+                + f" | {_fmt(load, '.1f')} |"
+            )
+        ratios = [
+            _fmt(ours[key] / ref[key], ".3f") if ours.get(key) and ref.get(key) else "-"
+            for _, key in COMPARED
+        ]
+        lines.append(
+            f"| {ours['dataset']} | {ours['seed']} | ratio | " + " | ".join(ratios) + " | |"
+        )
+    return "\n".join(lines)
+
+
+def plot_comparison(pairs: list[tuple[dict, dict]], path: Path) -> None:
+    """Latency per row against lookups (PBS) per row, both systems (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for index, name in ((0, "fheqnn default"), (1, "Concrete ML 1.9")):
+        points = [(p[index]["pbs"], p[index].get("latency_single_s")) for p in pairs]
+        points = [pt for pt in points if pt[1] is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("table lookups (PBS) per row")
+    ax.set_ylabel("encrypted latency per row (s)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
