@@ -154,20 +154,21 @@ def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
     return ((acc + (1 << (lsbs - 1))) >> lsbs) << lsbs
 
 
-#: Spread of Concrete's approximate rounding, as a fraction of the rounding step: it rounds
-#: ``acc + e`` to the nearest step, ``e`` about normal with this standard deviation. This is the
-#: rounding guard's model, and it is optimistic: 0.09-0.095 was measured in session 2 (4 of 7-8
-#: bits and 2 of 6 bits removed), but ``benchmarks/approx_spread.py`` fits 0.15-0.17 at
-#: Concrete's default error probability, 0.21-0.23 at 1e-3 and 0.27-0.36 at 1e-2. Modelling
-#: 0.22 cost 1.3-1.5 x the estimated time for no accuracy beyond the simulation's noise
-#: (``benchmarks/results/accuracy.md``, session 5), so it stays; the ``p_error`` search then
-#: judges Concrete's own rounding in simulation, with one row of slack
-#: (:data:`fheqnn.compiler.p_error_search.P_ERROR_SLACK_ROWS`).
+#: Spread of Concrete's approximate rounding, as a fraction of the rounding step, when no error
+#: probability is known: it rounds ``acc + e`` to the nearest step, ``e`` about normal with this
+#: standard deviation. The spread grows with the error probability per lookup; the compiler
+#: takes it from the measured table (``fheqnn.compiler.noise``) through :class:`CircuitNoise`.
 APPROX_ROUNDING_SPREAD = 0.1
 
 
-def round_lsbs_approx(acc: np.ndarray, lsbs: int, rng: np.random.Generator) -> np.ndarray:
-    """A random draw of Concrete's approximate rounding (see :data:`APPROX_ROUNDING_SPREAD`).
+def round_lsbs_approx(
+    acc: np.ndarray,
+    lsbs: int,
+    rng: np.random.Generator,
+    spread: float = APPROX_ROUNDING_SPREAD,
+) -> np.ndarray:
+    """A random draw of Concrete's approximate rounding (``spread``: the noise's standard
+    deviation, as a fraction of the step; see :data:`APPROX_ROUNDING_SPREAD`).
 
     Values near the middle of a step may land one step up or down, as in the encrypted run;
     the compiler's accuracy guard runs several draws of it.
@@ -175,9 +176,44 @@ def round_lsbs_approx(acc: np.ndarray, lsbs: int, rng: np.random.Generator) -> n
     if lsbs <= 0:
         return acc
     acc = np.asarray(acc, dtype=np.int64)
-    noise = rng.normal(0.0, APPROX_ROUNDING_SPREAD * (1 << lsbs), size=acc.shape)
+    noise = rng.normal(0.0, spread * (1 << lsbs), size=acc.shape)
     step = float(1 << lsbs)
     return (np.floor((acc + noise) / step + 0.5) * step).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class CircuitNoise:
+    """A model of the encrypted circuit's randomness: one draw per call of
+    :meth:`Program.run_integer`, from ``rng``.
+
+    Attributes:
+        rng: the generator of the draws (seeded by the caller: the draws are reproducible).
+        approx_spread: standard deviation of approximate rounding's noise, as a fraction of
+            the rounding step (:func:`round_lsbs_approx`).
+        lookup_error: probability that a lookup reads the neighbouring entry of its table (one
+            rounding step up or down, each half the time): a bootstrap error, which Concrete
+            bounds per lookup by the error probability it compiled for.
+    """
+
+    rng: np.random.Generator
+    approx_spread: float = APPROX_ROUNDING_SPREAD
+    lookup_error: float = 0.0
+
+    def round(self, acc: np.ndarray, lsbs: int, exact: bool) -> np.ndarray:
+        """``acc`` rounded ``lsbs`` bits, then moved by a bootstrap error where one is drawn."""
+        if exact or lsbs <= 0:
+            rounded = round_lsbs(acc, lsbs)
+        else:
+            rounded = round_lsbs_approx(acc, lsbs, self.rng, self.approx_spread)
+        if self.lookup_error <= 0:
+            return rounded
+        # Exact rounding clears the bits with one more bootstrap per bit, each of which may
+        # err too: a neuron then errs about (1 + lsbs) times as often.
+        bootstraps = 1 + (lsbs if exact and lsbs > 0 else 0)
+        chance = 1.0 - (1.0 - self.lookup_error) ** bootstraps
+        hit = self.rng.random(rounded.shape) < chance
+        sign = np.where(self.rng.random(rounded.shape) < 0.5, -1, 1)
+        return rounded + np.where(hit, sign << max(lsbs, 0), 0)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -327,16 +363,15 @@ class Layer:
             raise ValueError(f"layer {self.name!r} is the output layer: it has no table lookup")
         return self.output_quantizer.quantize(self.activate(self.pre_activation(acc)))
 
-    def round_and_lookup(
-        self, acc: np.ndarray, rng: np.random.Generator | None = None
-    ) -> np.ndarray:
+    def round_and_lookup(self, acc: np.ndarray, noise: CircuitNoise | None = None) -> np.ndarray:
         """What the circuit does after the matmul of a hidden layer: add the grid offset, round
-        ``round_lsbs`` bits away (approximately, with random off-by-one steps, when ``rng`` is
-        given and the rounding is approximate), then look up with the offset removed."""
+        ``round_lsbs`` bits away, then look up with the offset removed. With ``noise``, one
+        draw of the circuit's randomness (approximate rounding's off-by-one steps, bootstrap
+        errors); without, the deterministic reference."""
         acc = np.asarray(acc, dtype=np.int64) + self.grid_offset
-        if rng is not None and not self.rounding_exact and self.round_lsbs:
+        if noise is not None:
             # The shift is a multiple of the step: rounding commutes with it.
-            rounded = round_lsbs_approx(acc, self.round_lsbs, rng)
+            rounded = noise.round(acc, self.round_lsbs, self.rounding_exact)
         else:
             rounded = round_lsbs(acc, self.round_lsbs)
         return self.lookup(rounded - self.grid_offset)
@@ -378,20 +413,25 @@ class Program:
         """Client side: float features (n_rows, n_features) to integers."""
         return self.input_quantizer.quantize(x)
 
-    def run_integer(self, q: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    def run_integer(
+        self, q: np.ndarray, noise: CircuitNoise | np.random.Generator | None = None
+    ) -> np.ndarray:
         """What the circuit computes: input integers to the output layer's accumulators.
 
         Args:
             q: input integers (n_rows, n_features).
-            rng: with a generator, layers with approximate rounding draw its random off-by-one
-                steps (:func:`round_lsbs_approx`) as the encrypted run would; without, every
-                rounding is exact (the deterministic reference).
+            noise: with a noise model, one draw of the encrypted run's randomness (approximate
+                rounding's random off-by-one steps, bootstrap errors); a bare generator draws
+                approximate rounding at :data:`APPROX_ROUNDING_SPREAD` only; without, every
+                rounding is exact and every lookup right (the deterministic reference).
         """
-        *_, (_, acc) = self._accumulators(q, rng)
+        if isinstance(noise, np.random.Generator):
+            noise = CircuitNoise(noise)
+        *_, (_, acc) = self._accumulators(q, noise)
         return acc
 
     def _accumulators(
-        self, q: np.ndarray, rng: np.random.Generator | None = None
+        self, q: np.ndarray, noise: CircuitNoise | None = None
     ) -> Iterator[tuple[Layer, np.ndarray]]:
         """Each layer with its accumulators, input to output (see :meth:`run_integer`)."""
         q = np.asarray(q, dtype=np.int64)
@@ -400,7 +440,7 @@ class Program:
             yield layer, acc
             if not layer.is_hidden:
                 return
-            q = layer.round_and_lookup(acc, rng)
+            q = layer.round_and_lookup(acc, noise)
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
     def dequantize_output(self, acc: np.ndarray) -> np.ndarray:
