@@ -32,15 +32,17 @@ def lookup_cost_s(bits: int) -> float:
 def layer_cost_s(layer: Layer) -> float:
     """Estimated seconds of a hidden layer's lookups per row.
 
-    Exact rounding of ``r`` bits costs about ``r`` extra small lookups per neuron (Concrete
-    clears the bits one lookup at a time); approximate rounding costs none (the bootstrap's own
-    modulus switch rounds).
+    Exact rounding of ``r`` bits costs ``r`` extra bootstraps per neuron (Concrete clears the
+    bits one bootstrap at a time), each about as dear as the lookup itself: measured on breast
+    cancer, 4-bit lookups with 4 bits rounded exactly ran 1.58 s per row against 0.33 s
+    approximately (220 bootstraps against 44; 7.1 ms per extra one, 7.5 ms per lookup);
+    approximate rounding costs none (the bootstrap's own modulus switch rounds).
     """
     if not layer.is_hidden:
         return 0.0
     cost = lookup_cost_s(layer.lookup_bits())
     if layer.round_lsbs and layer.rounding_exact:
-        cost += layer.round_lsbs * lookup_cost_s(2)
+        cost += layer.round_lsbs * lookup_cost_s(layer.lookup_bits())
     return layer.n_outputs * cost
 
 
