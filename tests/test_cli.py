@@ -141,7 +141,7 @@ def other(ws: Workspace) -> OtherModel:
     """A second compiled model of the same network (other options, so another model id)."""
     model, keys = ws.root / "circuits/y", ws.root / "keys/y"
     code, _, err = run_cli(
-        "compile", "--from", ws.train, "--rounding", "2", "--exact", "--p-error", "default",
+        "compile", "--from", ws.train, "--rounding", "2", "--exact",
         "--out", model,
     )  # fmt: skip
     assert code == 0, err

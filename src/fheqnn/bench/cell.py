@@ -104,12 +104,6 @@ def _compile(row: dict[str, Any], clf: Any, opts: BenchOptions, x_tr, y_tr) -> A
     """``clf`` compiled as ``opts`` say; ``compile_total_s`` goes into ``row``."""
     start = time.perf_counter()
     # Public path: the estimator exports to ONNX and compiles with its own n_accum_bits.
-    clf.compile(
-        x_tr,
-        y_tr,
-        rounding=opts.rounding,
-        rounding_exact=False if opts.approximate else None,
-        p_error=opts.p_error,
-    )
+    clf.compile(x_tr, y_tr, **opts.compile_options())
     row["compile_total_s"] = time.perf_counter() - start
     return clf.fhe_model_

@@ -54,3 +54,18 @@ class BenchOptions:
     p_error: float | str | None = "auto"
     throughput_rows: int = 0
     throughput_batches: tuple[int, ...] = THROUGHPUT_BATCHES
+    exact: bool = False
+    #: The stability budget passed to the compiler (``"default"``: the compiler's own).
+    max_unstable: Any = "default"
+
+    def compile_options(self) -> dict[str, Any]:
+        """What the bench passes to ``compile`` (the compiler's defaults for the rest)."""
+        options: dict[str, Any] = {
+            "rounding": self.rounding,
+            "rounding_exact": False if self.approximate else None,
+            "p_error": self.p_error,
+            "exact": self.exact,
+        }
+        if self.max_unstable != "default":
+            options["max_unstable"] = self.max_unstable
+        return options

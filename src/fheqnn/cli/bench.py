@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from .common import EXIT_OK, CliError, _say
+from .options import _DEFAULT
 from .outputs import _check_typed_file_output, _is_jsonl_file
 
 
@@ -17,6 +19,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = _check_typed_file_output(
         args.out, suffix=".jsonl", what="JSON lines", is_ours=_is_jsonl_file, overwrite=None
     )
+    if args.exact and args.approximate:
+        raise CliError("give --exact or --approximate, not both")
     if not args.report_only:
         preset = dict(bench.PROFILES[args.profile])
         opts = bench.BenchOptions(
@@ -34,6 +38,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if args.throughput_rows is None
             else args.throughput_rows,
             throughput_batches=tuple(args.throughput_batches or bench.THROUGHPUT_BATCHES),
+            exact=args.exact,
+            max_unstable="default" if args.max_unstable is _DEFAULT else args.max_unstable,
         )
         for p in opts.prune:
             if not 0.0 <= p < 1.0:
@@ -57,34 +63,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         rows = bench.run_bench(opts, out, progress=lambda what: _say(f"- {what}"))
         if args.compare_reference:
-            pairs = []
-            for row in rows:
-                _say(f"- reference (Concrete ML 1.9) on {row['dataset']}, prune {row['prune']}")
-                try:
-                    ref = bench.reference_row(
-                        args.reference_python or bench.DEFAULT_REFERENCE_PYTHON,
-                        row["dataset"],
-                        opts.seed,
-                        opts.epochs,
-                        row["prune"],
-                    )
-                except (FileNotFoundError, RuntimeError) as exc:
-                    raise CliError(str(exc)) from exc
-                pairs.append((row, ref))
-            from ..fileio import atomic_write_bytes
-
-            folder = Path(args.report_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            table = bench.comparison_table(pairs)
-            atomic_write_bytes(folder / "comparison.md", (table + "\n").encode())
-            with (folder / "comparison.jsonl").open("a") as handle:
-                for ours, ref in pairs:
-                    handle.write(json.dumps({"fheqnn": ours, "reference": ref}) + "\n")
-            bench.plot_comparison(pairs, folder / "comparison.png")
-            _say(table)
+            _compare_reference(args, opts, rows)
     if not out.is_file():
         raise CliError(f"no benchmark rows in {out}")
     md, png = bench.write_report(bench.read_rows(out), Path(args.report_dir), stem=out.stem)
     _say(md.read_text())
     _say(f"wrote {md} and {png}")
     return EXIT_OK
+
+
+def _compare_reference(args: argparse.Namespace, opts: Any, rows: list[dict[str, Any]]) -> None:
+    """Concrete ML's network on each row's data set and pruning, side by side with ours:
+    comparison.md / .jsonl / .png in ``--report-dir``."""
+    from .. import bench
+
+    pairs = []
+    for row in rows:
+        _say(f"- reference (Concrete ML 1.9) on {row['dataset']}, prune {row['prune']}")
+        try:
+            ref = bench.reference_row(
+                args.reference_python or bench.DEFAULT_REFERENCE_PYTHON,
+                row["dataset"],
+                opts.seed,
+                opts.epochs,
+                row["prune"],
+            )
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise CliError(str(exc)) from exc
+        pairs.append((row, ref))
+    from ..fileio import atomic_write_bytes
+
+    folder = Path(args.report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = bench.comparison_table(pairs)
+    atomic_write_bytes(folder / "comparison.md", (table + "\n").encode())
+    with (folder / "comparison.jsonl").open("a") as handle:
+        for ours, ref in pairs:
+            handle.write(json.dumps({"fheqnn": ours, "reference": ref}) + "\n")
+    bench.plot_comparison(pairs, folder / "comparison.png")
+    _say(table)

@@ -57,9 +57,9 @@ def _by_name(table: Any, expected: Sequence[str] | None, path: str | Path) -> np
     return x
 
 
-#: What ``compile --approximate`` and ``report`` say about approximate rounding.
 def _nondeterminism_note(approximate: bool, p_error: Any) -> str | None:
-    """The line that says a circuit is not bit-exact, and why; ``None`` when it is."""
+    """The line that says a circuit is not bit-exact, and why; ``None`` when it is (``report``
+    of a folder whose ``report.json`` has no stability record)."""
     reasons = []
     if approximate:
         reasons.append("approximate rounding")
@@ -70,8 +70,8 @@ def _nondeterminism_note(approximate: bool, p_error: Any) -> str | None:
     return (
         f"note: not bit-exact ({' and '.join(reasons)}): the same encrypted row can decrypt to a "
         "different result from one run to the next (rare off-by-one lookups, whose cost in "
-        "accuracy was checked by simulation at compile time); compile with --exact --p-error "
-        "default for reproducible results"
+        "accuracy was checked by simulation at compile time); compile with --exact for "
+        "reproducible results"
     )
 
 
@@ -205,10 +205,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
         model.contract = replace(model.contract, feature_names=names)
     _say(model.report.to_text())
-    note = _nondeterminism_note(
-        any(layer.round_lsbs and not layer.rounding_exact for layer in model.program.layers),
-        model.stats.p_error,
-    )
+    from ..compiler.report import stability_text
+
+    note = stability_text(model.stats.stability)
     if note:
         _say(note)
     # Checked again: something may have appeared there while compiling.
@@ -293,7 +292,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         for layer in layers
     )
     p_error = data.get("p_error")
-    note = _nondeterminism_note(approximate, p_error if isinstance(p_error, float) else None)
+    from ..compiler.report import stability_text
+
+    note = stability_text(data.get("stability")) or _nondeterminism_note(
+        approximate, p_error if isinstance(p_error, float) else None
+    )
     if note:
         _say(note)
     return EXIT_OK

@@ -56,8 +56,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     acc_clear = float(np.mean(est.predict(x_te) == y_te))
     acc_int = integer_accuracy(model, x_te, y_te)
-    with _Step("simulating the circuit on every test row"):
-        acc_sim = simulated_measures(model, x_te, y_te)["acc_simulated"]
+    with _Step("simulating the circuit on every test row, 10 times"):
+        simulated = simulated_measures(model, x_te, y_te)
+    acc_sim = simulated["acc_simulated"]
     rows = min(args.rows, len(x_te))
     trip = _encrypted_predict(client, server, x_te[:rows], args.quiet)
     enc = round_trip_measures(model, trip, x_te[:rows], y_te[:rows])
@@ -68,6 +69,11 @@ def _demo(args: argparse.Namespace) -> int:
         f"accuracy: clear (torch) {acc_clear:.4f} | integer program {acc_int:.4f} | "
         f"simulated {acc_sim:.4f} | encrypted {enc['acc_encrypted']:.4f} on {rows} rows "
         f"(agrees with simulation on {enc['encrypted_equals_simulated'] * 100:.0f} % of them)"
+    )
+    _say(
+        f"stability: {simulated['simulate_unstable_rows']} of {len(x_te)} test rows changed "
+        "label between 10 simulations of the circuit"
+        + (" (bit-exact profile)" if summary["bit_exact"] else "")
     )
     _say(
         f"latency: {single['latency_single_s']:.3f} s for one row alone; "
@@ -121,4 +127,9 @@ def _compile(args: argparse.Namespace, est: Any, x_tr: np.ndarray, y_tr: np.ndar
             )
         )
     _say(model.report.to_text())
+    from ..compiler.report import stability_text
+
+    note = stability_text(model.stats.stability)
+    if note:
+        _say(note)
     return model

@@ -38,7 +38,7 @@ def _rounding(value: str) -> Any:
 
 
 def _p_error(value: str) -> Any:
-    """argparse type of --p-error: 'auto', 'default' (Concrete's, 2**-40) or a probability."""
+    """argparse type of --p-error: 'auto', 'default' (Concrete's default) or a probability."""
     if value in ("auto", "default"):
         return "auto" if value == "auto" else None
     try:
@@ -50,9 +50,10 @@ def _p_error(value: str) -> Any:
 
 
 _P_ERROR_HELP = (
-    "error probability per lookup: 'auto' (default: the largest of 1e-2, 1e-3, 1e-4 whose "
-    "simulated calibration rows keep the accuracy guard, else Concrete's), 'default' "
-    "(Concrete's 2**-40) or a number"
+    "error probability per lookup: 'auto' (default: of 1e-2, 1e-3 and 1e-4, each with the "
+    "rounding the accuracy guard keeps under its noise, the one Concrete's cost estimate ranks "
+    "cheapest; 2**-40 with --exact), 'default' (Concrete's default: an error bound of 1e-5 for "
+    "the whole circuit) or a number"
 )
 
 
@@ -77,7 +78,9 @@ def _add_compile_choices(
         p.add_argument(
             "--exact",
             action="store_true",
-            help="exact rounding only (bit-exact with the interpreter)",
+            help="the bit-exact profile: exact rounding (or none) and an error probability of "
+            "2**-40 per lookup, so that every encrypted answer equals the integer "
+            "interpreter's (slower than the default)",
         )
     if strict:
         p.add_argument(
@@ -86,6 +89,33 @@ def _add_compile_choices(
             help="fail when compile-time choices lose accuracy, instead of warning",
         )
     p.add_argument("--p-error", type=_p_error, default="auto", help=_P_ERROR_HELP)
+    p.add_argument(
+        "--max-unstable",
+        type=_max_unstable,
+        default=_DEFAULT,
+        metavar="SHARE",
+        help="the stability budget: the most share of calibration rows whose prediction may "
+        "change between runs under the circuit's noise (default 0: none), or 'none' (not "
+        "judged: the fastest circuit, whose answers can differ from run to run)",
+    )
+
+
+#: An option left at the library's default.
+_DEFAULT = object()
+
+
+def _max_unstable(value: str) -> Any:
+    """argparse type of ``--max-unstable``: 'none' or a share in [0, 1] (checked by the field's
+    declared bounds)."""
+    if value == "none":
+        return None
+    return _field_type(_compile_options_class(), "max_unstable")(value)
+
+
+def _compile_options_class() -> type:
+    from ..compiler.options import CompileOptions
+
+    return CompileOptions
 
 
 def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
@@ -96,9 +126,13 @@ def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     approximate = getattr(args, "approximate", False)
     if exact and approximate:
         raise CliError("give --exact or --approximate, not both")
+    budget = getattr(args, "max_unstable", _DEFAULT)
+    if budget is not _DEFAULT:
+        values["max_unstable"] = budget
     return CompileOptions(
         rounding=args.rounding,
-        rounding_exact=True if exact else (False if approximate else None),
+        rounding_exact=False if approximate else None,
+        exact=exact,
         p_error=args.p_error,
         strict=getattr(args, "strict", False),
         **values,

@@ -254,7 +254,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         help="rows per circuit call to compare (default 1 8 32; 1 is one call per row)",
     )
     p.add_argument("--seed", type=int, default=0)
-    _add_compile_choices(p, exact=False, strict=False)
+    _add_compile_choices(p, strict=False)
     p.add_argument("--out", default="benchmarks/results/bench.jsonl", help="JSON lines to append")
     p.add_argument("--report-dir", default="benchmarks/results", help="where the table/plot go")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plot")

@@ -21,7 +21,8 @@ from ..runtime.artifacts import save_compiled_model
 from . import backend
 from .backend import run_in_chunks
 from .ir import Program
-from .lowering import Lowered, lower_onnx
+from .lowering import Lowered, announce, lower_onnx
+from .noise import STABILITY_DRAWS, NoiseSpec
 from .options import CompileOptions
 from .p_error_search import choose_p_error, key_bytes_estimate
 from .report import BitWidthReport, analyse, check
@@ -56,6 +57,10 @@ class CompileStats:
     Attributes:
         pbs_count: programmable bootstraps per row (the circuit's count over its batch size).
         statistics: Concrete's statistics of the circuit, per call (``batch_size`` rows).
+        complexity: Concrete's cost estimate of the circuit (deterministic; what the
+            ``p_error`` search ranks candidates by).
+        stability: whether answers are bit-exact, and the share of calibration rows whose
+            prediction changed over draws of the circuit's noise (:func:`stability_record`).
     """
 
     compile_seconds: float
@@ -68,6 +73,8 @@ class CompileStats:
     guard_message: str | None = None
     p_error: Any = None
     p_error_curve: list[dict[str, Any]] = field(default_factory=list)
+    complexity: float | None = None
+    stability: dict[str, Any] = field(default_factory=dict)
 
 
 class CompiledModel:
@@ -225,6 +232,9 @@ class CompiledModel:
             "estimated_seconds_per_row": stats.rounding.estimated_cost_s,
             "p_error": stats.p_error,
             "p_error_curve": stats.p_error_curve,
+            "profile": "exact" if self._lowered and self._lowered.options.exact else "default",
+            "complexity": stats.complexity,
+            "stability": stats.stability,
             "accuracy_guard": {
                 "ok": stats.rounding.guard_ok and stats.guard_message is None,
                 "agreement": stats.rounding.agreement,
@@ -271,6 +281,44 @@ def calibration_inputset(lowered: Lowered, batch_size: int) -> list[np.ndarray]:
     return chunks
 
 
+def _complexity(circuit: Any) -> float | None:
+    try:
+        return float(circuit.complexity)
+    except (AttributeError, RuntimeError):  # pragma: no cover - older Concrete
+        return None
+
+
+def stability_record(lowered: Lowered, p_error: Any, configuration: Any = None) -> dict[str, Any]:
+    """What ``report.json`` says of the compiled model's repeatability.
+
+    ``bit_exact``: no approximate rounding, and an error probability per lookup too small for
+    any bootstrap error to be drawn (the bit-exact profile's 2**-40): every encrypted run then
+    gives the integer interpreter's answer. Otherwise the share of calibration rows whose
+    predicted class changed over the noise model's draws (``fheqnn.compiler.noise``; ``None``
+    for regressors), and the budget it was held to.
+    """
+    choice = lowered.rounding
+    approximate = any(
+        layer.round_lsbs and not layer.rounding_exact for layer in lowered.program.layers
+    )
+    known = configuration is None  # a caller's configuration: its error probability is its own
+    noise = NoiseSpec.at(p_error) if known else None
+    n_rows = len(lowered.calibration_q)
+    unstable = choice.unstable
+    return {
+        "bit_exact": bool(known and not approximate and noise.lookup_error == 0),
+        "approximate_rounding": approximate,
+        "p_error": p_error if known else "configuration",
+        "unstable_calibration_share": unstable,
+        "unstable_calibration_rows": None if unstable is None else round(unstable * n_rows),
+        "calibration_rows": n_rows,
+        "max_unstable": lowered.options.max_unstable,
+        "draws": STABILITY_DRAWS,
+        "approx_spread": None if noise is None else noise.approx_spread,
+        "lookup_error": None if noise is None else noise.lookup_error,
+    }
+
+
 def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledModel:
     """Compile a lowered program with Concrete and check what Concrete measured.
 
@@ -292,15 +340,20 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     start = time.perf_counter()
     p_error_curve: list[dict[str, Any]] = []
     if configuration is not None:
+        if not lowered.announced:
+            lowered = announce(lowered)
         circuit = backend.compile_circuit(program, inputset, configuration)
         chosen_p_error = None
     elif options.p_error != "auto":
+        if not lowered.announced:
+            lowered = announce(lowered)
         circuit = backend.compile_circuit(
             program, inputset, backend.make_configuration(**options.concrete_options())
         )
         chosen_p_error = options.p_error
     else:
-        circuit, chosen_p_error = choose_p_error(lowered, inputset, p_error_curve)
+        lowered, circuit, chosen_p_error = choose_p_error(lowered, inputset, p_error_curve)
+        program = lowered.program
     seconds = time.perf_counter() - start
 
     report = analyse(program, options.n_accum_bits, backend.measured_ranges(circuit, program))
@@ -316,6 +369,8 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
         guard_message=lowered.guard_message,
         p_error=chosen_p_error,
         p_error_curve=p_error_curve,
+        complexity=_complexity(circuit),
+        stability=stability_record(lowered, chosen_p_error, configuration),
     )
     logger.info(
         "compiled %s in %.1f s: %d PBS per row, %d row(s) per call, max %d bits",
@@ -385,5 +440,6 @@ def compile_onnx(
         output_spec=output_spec,
         standardizer=standardizer,
         calibration_labels=calibration_labels,
+        announce_rounding=False,  # compile_program speaks of the rounding it compiles
     )
     return compile_program(lowered, configuration)

@@ -3,12 +3,14 @@ does on the calibration rows against the unrounded program, and whether that is 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .ir import Program
+from .ir import APPROX_ROUNDING_SPREAD, Program
+from .noise import STABILITY_DRAWS, NoiseSpec
 
 #: Draws of the approximate rounding's randomness the guard evaluates (their mean counts).
 GUARD_DRAWS = 5
@@ -52,11 +54,14 @@ class GuardScore:
             without labels.
         boundary_agreement: agreement on the rows closest to the decision boundary
             (:data:`BOUNDARY_FRACTION`); ``None`` for a single output.
+        unstable: share of rows whose predicted class is not the same in every draw of the
+            circuit's randomness (0: the same answer every run); ``None`` for regressors.
     """
 
     agreement: float
     score: float | None = None
     boundary_agreement: float | None = None
+    unstable: float | None = None
 
     @staticmethod
     def mean(scores: list[GuardScore]) -> GuardScore:
@@ -66,7 +71,12 @@ class GuardScore:
             values = [getattr(score, name) for score in scores]
             return None if values[0] is None else float(np.mean(values))
 
-        return GuardScore(mean_of("agreement"), mean_of("score"), mean_of("boundary_agreement"))
+        return GuardScore(
+            mean_of("agreement"),
+            mean_of("score"),
+            mean_of("boundary_agreement"),
+            mean_of("unstable"),
+        )
 
 
 def boundary_rows(
@@ -132,8 +142,15 @@ class AccuracyGuard:
             (:func:`boundary_rows`), in [0, 1]; classifiers (several outputs) only.
         max_score_loss: most accuracy / R2 a choice may lose against the reference (0.005 is
             half a point of accuracy).
-        draws: random draws of approximate rounding scored per candidate (the mean counts).
+        draws: random draws of the circuit's randomness scored per candidate (the mean
+            counts); :data:`~fheqnn.compiler.noise.STABILITY_DRAWS` at least when
+            ``max_unstable`` is set.
         seed: seed of those draws (the choice is reproducible).
+        noise: the circuit's randomness (approximate rounding's spread, bootstrap errors) at
+            the error probability it will be compiled for; default: approximate rounding at
+            the spread of Concrete's default configuration, no bootstrap error.
+        max_unstable: most share of calibration rows whose predicted class may change between
+            draws (classifiers); ``None``: stability is not a criterion.
     """
 
     def __init__(
@@ -149,6 +166,8 @@ class AccuracyGuard:
         max_score_loss: float = 0.005,
         draws: int = GUARD_DRAWS,
         seed: int = 0,
+        noise: NoiseSpec | None = None,
+        max_unstable: float | None = None,
     ) -> None:
         self.program = program
         self.calibration_q = calibration_q
@@ -157,8 +176,10 @@ class AccuracyGuard:
         self.classifier = classifier
         self.min_boundary_agreement = min_boundary_agreement
         self.max_score_loss = max_score_loss
-        self.draws = max(1, int(draws))
+        self.max_unstable = max_unstable
+        self.draws = max(1, int(draws), STABILITY_DRAWS if max_unstable is not None else 1)
         self.seed = seed
+        self.noise = noise if noise is not None else NoiseSpec(APPROX_ROUNDING_SPREAD)
         self.reference = program.dequantize_output(program.run_integer(calibration_q))
         by_class = classifier and self.reference.shape[1] > 1
         if min_agreement is None:
@@ -166,6 +187,12 @@ class AccuracyGuard:
         self.min_agreement = float(min_agreement)
         self.reference_score = self._score(self.reference)
         self.boundary = boundary_rows(self.reference, classifier=classifier)
+
+    def with_noise(self, noise: NoiseSpec) -> AccuracyGuard:
+        """The same guard (rows, reference, thresholds) judging under another noise model."""
+        other = copy.copy(self)
+        other.noise = noise
+        return other
 
     def _boundary_of(self, n_rows: int) -> np.ndarray | None:
         """The boundary rows among the first ``n_rows`` calibration rows."""
@@ -197,21 +224,34 @@ class AccuracyGuard:
         ``(variant, rows)`` pair gives the outputs of those rows (indices) by a variant fitted
         without them (see :func:`choose_rounding`).
         """
-        random_rounding = any(
+        random = self.noise.random or any(
             layer.round_lsbs and not layer.rounding_exact for layer in candidate.layers
         )
         parts = parts or [(candidate, np.arange(len(self.calibration_q)))]
         rng = np.random.default_rng(self.seed)
         draws = []
-        for _ in range(self.draws if random_rounding else 1):
+        classes = []
+        for _ in range(self.draws if random else 1):
+            noise = self.noise.draw(rng) if random else None
             outputs = np.empty_like(self.reference)
             for variant, rows in parts:
-                acc = variant.run_integer(
-                    self.calibration_q[rows], rng if random_rounding else None
-                )
+                acc = variant.run_integer(self.calibration_q[rows], noise)
                 outputs[rows] = variant.dequantize_output(acc)
             draws.append(self.score_outputs(outputs))
-        return GuardScore.mean(draws)
+            classes.append(self._classes(outputs))
+        mean = GuardScore.mean(draws)
+        if classes[0] is None:
+            return mean
+        changes = np.any(np.stack(classes) != classes[0], axis=0)
+        return replace(mean, unstable=float(np.mean(changes)))
+
+    def _classes(self, outputs: np.ndarray) -> np.ndarray | None:
+        """The predicted classes of float outputs; ``None`` for a regressor."""
+        if not self.classifier:
+            return None
+        if outputs.shape[1] > 1:
+            return outputs.argmax(axis=1)
+        return np.asarray(self.postprocess(outputs)).reshape(len(outputs))
 
     def score_outputs(self, outputs: np.ndarray) -> GuardScore:
         """Agreement and score of float outputs of the first ``len(outputs)`` calibration rows
@@ -244,6 +284,12 @@ class AccuracyGuard:
         R2, not a share of rows) the same ``slack_rows / n_rows`` is taken off its threshold.
         """
         rows = len(self.calibration_q) if n_rows is None else n_rows
+        if (
+            self.max_unstable is not None
+            and result.unstable is not None
+            and result.unstable > self.max_unstable + slack_rows / max(1, rows) + 1e-12
+        ):
+            return False
         if result.boundary_agreement is not None:
             near = self._boundary_of(rows)
             slack = slack_rows / max(1, 0 if near is None else len(near))

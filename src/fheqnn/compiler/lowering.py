@@ -19,7 +19,8 @@ from ..errors import AccuracyLossError, CompileAccuracyWarning, InvalidInputErro
 from .cost import estimated_cost_s
 from .guard import MIN_GUARD_ROWS, AccuracyGuard
 from .ir import Program
-from .options import CompileOptions
+from .noise import NoiseSpec
+from .options import P_ERROR_CANDIDATES, CompileOptions
 from .passes import check_lookup_domains, drop_dead_neurons
 from .report import analyse, check
 from .rounding_search import RoundingChoice, choose_rounding
@@ -40,6 +41,13 @@ class Lowered:
         options: the options it was lowered with.
         calibration_labels: the calibration labels, when given.
         guard_message: what the accuracy guard said (``None``: nothing to say).
+        guard: the accuracy guard the rounding was chosen with (its noise model is the one of
+            ``noise_p_error``).
+        base_program: the program before rounding (after dead-neuron removal), which the
+            ``p_error`` search rounds again under each candidate's noise.
+        noise_p_error: the error probability per lookup whose noise the rounding was judged
+            under (``None``: Concrete's default).
+        announced: whether the guard has spoken of this rounding (:func:`announce`).
     """
 
     program: Program
@@ -51,6 +59,9 @@ class Lowered:
     calibration_labels: np.ndarray | None = None
     guard_message: str | None = None
     guard: AccuracyGuard | None = None
+    base_program: Program | None = None
+    noise_p_error: float | None = None
+    announced: bool = False
 
 
 def _labels(labels: Any, n_rows: int) -> np.ndarray | None:
@@ -115,6 +126,12 @@ def speak(
             f"{choice.boundary_agreement:.4f} < min_boundary_agreement "
             f"{options.min_boundary_agreement}"
         )
+    budget = options.max_unstable
+    if budget is not None and choice.unstable is not None and choice.unstable > budget + 1e-12:
+        problems.append(
+            f"{choice.unstable:.2%} of the calibration rows change prediction between runs "
+            f"under the circuit's noise > max_unstable {budget:.2%}"
+        )
     if any(choice.lsbs) and n_rows < MIN_GUARD_ROWS:
         problems.append(
             f"only {n_rows} calibration rows: too few to check a lossy rounding "
@@ -140,14 +157,17 @@ def _rounding_choice(
     """The rounding ``options.rounding`` asks for: none, the search's, or a fixed precision."""
     if options.rounding == "off":
         hidden = sum(layer.is_hidden for layer in program.layers)
+        score = guard.score(program)
         return RoundingChoice(
             [0] * hidden,
             [],
-            1.0,
+            score.agreement,
             True,
-            guard.reference_score,
+            score.score,
             guard.reference_score,
             estimated_cost_s(program),
+            boundary_agreement=score.boundary_agreement,
+            unstable=score.unstable,
         )
     return choose_rounding(
         program,
@@ -167,6 +187,7 @@ def lower_program(
     output_spec: OutputSpec | None = None,
     standardizer: Standardizer | None = None,
     calibration_labels: Any = None,
+    announce_rounding: bool = True,
 ) -> Lowered:
     """Run the passes on an IR program and check its accumulators against the budget.
 
@@ -180,6 +201,9 @@ def lower_program(
         calibration_labels: labels of the calibration rows (n_rows,): the guard then keeps
             calibration accuracy (R2 for regressors) within ``max_accuracy_loss`` of the
             unrounded program's, instead of only agreement with it.
+        announce_rounding: let the guard speak of the rounding now (:func:`announce`);
+            ``False`` leaves it to the back end, which with ``p_error="auto"`` rounds again
+            under each candidate's noise and speaks of the chosen one only.
 
     Raises:
         AccumulatorOverflowError: a layer's proven worst case exceeds ``n_accum_bits``, before
@@ -211,20 +235,53 @@ def lower_program(
         min_agreement=options.min_agreement,
         min_boundary_agreement=options.min_boundary_agreement,
         max_score_loss=options.max_accuracy_loss,
+        max_unstable=options.max_unstable,
     )
-    choice = _rounding_choice(program, q_cal, options, guard)
-    message = speak(choice, options, len(q_cal), guard.min_agreement)
-    program = choice.apply(program)
+    # With p_error="auto" the search rounds again under each candidate's noise
+    # (p_error_search); the first candidate's rounding stands until then.
+    noise_p = P_ERROR_CANDIDATES[0] if options.p_error == "auto" else options.p_error
+    unrounded = Lowered(
+        program, contract, q_cal, removed, RoundingChoice([], [], 1.0), options, labels,
+        None, guard, program, noise_p,
+    )  # fmt: skip
+    lowered = round_for(unrounded, noise_p)
+    return announce(lowered) if announce_rounding else lowered
+
+
+def round_for(lowered: Lowered, p_error: float | None) -> Lowered:
+    """``lowered``'s program before rounding, rounded as its options ask under the noise of a
+    circuit compiled for ``p_error`` per lookup (nothing said yet: see :func:`announce`)."""
+    assert lowered.base_program is not None and lowered.guard is not None
+    guard = lowered.guard.with_noise(NoiseSpec.at(p_error))
+    program = lowered.base_program
+    choice = _rounding_choice(program, lowered.calibration_q, lowered.options, guard)
+    rounded = choice.apply(program)
     logger.info(
-        "rounding %s (%s): lookup bits %s, agreement %.4f, estimated %.3f s per row",
+        "rounding %s (%s) under the noise of p_error %s: lookup bits %s, agreement %.4f, "
+        "unstable %s, estimated %.3f s per row",
         choice.lsbs,
         "exact" if choice.exact else "approximate",
-        [layer.lookup_bits() for layer in program.layers if layer.is_hidden],
+        "default" if p_error is None else f"{p_error:g}",
+        [layer.lookup_bits() for layer in rounded.layers if layer.is_hidden],
         choice.agreement,
+        "-" if choice.unstable is None else f"{choice.unstable:.4f}",
         choice.estimated_cost_s or 0.0,
     )
-    # Rounding never touches the output layer, so the contract built above still holds.
-    return Lowered(program, contract, q_cal, removed, choice, options, labels, message, guard)
+    # Rounding never touches the output layer, so the contract still holds.
+    return replace(
+        lowered, program=rounded, rounding=choice, guard=guard, guard_message=None,
+        noise_p_error=p_error, announced=False,
+    )  # fmt: skip
+
+
+def announce(lowered: Lowered) -> Lowered:
+    """``lowered`` with what the accuracy guard has to say about its rounding (:func:`speak`:
+    logged, warned, or raised with ``strict``)."""
+    assert lowered.guard is not None
+    message = speak(
+        lowered.rounding, lowered.options, len(lowered.calibration_q), lowered.guard.min_agreement
+    )
+    return replace(lowered, guard_message=message, announced=True)
 
 
 def lower_onnx(
@@ -235,6 +292,7 @@ def lower_onnx(
     output_spec: OutputSpec | None = None,
     standardizer: Standardizer | None = None,
     calibration_labels: Any = None,
+    announce_rounding: bool = True,
 ) -> Lowered:
     """Read a QCDQ MLP ONNX model (file or ModelProto) and lower it (see :func:`lower_program`)."""
     from .onnx_frontend import program_from_onnx
@@ -246,4 +304,5 @@ def lower_onnx(
         output_spec=output_spec,
         standardizer=standardizer,
         calibration_labels=calibration_labels,
+        announce_rounding=announce_rounding,
     )

@@ -17,9 +17,17 @@ MAX_LOOKUP_BITS = 16
 #: below 2**-64 the key size grows without any measurable gain (Concrete's default is 2**-40).
 P_ERROR_RANGE = (2.0**-64, 0.5)
 #: Error probabilities per lookup that ``p_error="auto"`` tries, largest first. A bootstrap
-#: error moves a lookup's input by about one step, so a few in a row rarely change a prediction;
-#: the simulated calibration rows decide.
+#: error moves a lookup's input by about one step, so a few in a row rarely change a
+#: prediction; the guard judges each candidate under the noise model of its error probability
+#: (``fheqnn.compiler.noise``), and Concrete's cost estimate of the compiled circuits decides.
 P_ERROR_CANDIDATES = (1e-2, 1e-3, 1e-4)
+
+#: The bit-exact profile's error probability per lookup (``CompileOptions(exact=True)``).
+EXACT_P_ERROR = 2.0**-40
+
+#: Default stability budget: the most share of calibration rows whose prediction may change
+#: from one encrypted run to the next under the circuit's noise (half a percent).
+DEFAULT_MAX_UNSTABLE = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,12 @@ class CompileOptions:
             accuracy, or too few calibration rows to check it) is an
             :class:`~fheqnn.errors.AccuracyLossError` instead of a
             :class:`~fheqnn.errors.CompileAccuracyWarning`.
-        p_error: Concrete's error probability per lookup. ``"auto"`` (default): the largest of
-            :data:`P_ERROR_CANDIDATES` whose simulated circuit keeps the guard on the
-            calibration rows (larger means smaller keys and faster lookups), else Concrete's
-            default; ``None``: Concrete's default.
+        p_error: Concrete's error probability per lookup. ``"auto"`` (default): each of
+            :data:`P_ERROR_CANDIDATES` gets the rounding the guard chooses under that error
+            probability's noise model, and the one Concrete's own cost estimate of the
+            compiled circuit (its complexity, a deterministic figure) ranks cheapest wins
+            (ties: smaller evaluation keys, then the smaller error probability); ``None``:
+            Concrete's default (an error bound of 1e-5 for the whole circuit).
         global_p_error: error probability per circuit run (``None``: not set). A run holds
             ``batch_size`` rows.
         batch_size: rows per circuit call, in [1, :data:`MAX_BATCH_SIZE`]. The circuit takes
@@ -74,6 +84,16 @@ class CompileOptions:
             throughput grows, one row's latency does not shrink. Concrete's default error
             bound applies per call, so with neither ``p_error`` nor ``global_p_error`` set, a
             larger batch may get slightly larger keys.
+        exact: the bit-exact profile: exact rounding (or none) and an error probability of
+            :data:`EXACT_P_ERROR` (2**-40) per lookup, so that every encrypted answer equals
+            the integer interpreter's (``rounding_exact=False`` or a larger ``p_error``
+            contradict it and are refused). ``False`` (default): the fast profile, within the
+            stability budget ``max_unstable``.
+        max_unstable: the stability budget of the guard: the most share of calibration rows
+            whose predicted class may change between runs under the circuit's noise (the
+            noise model's :data:`~fheqnn.compiler.noise.STABILITY_DRAWS` draws), in [0, 1];
+            ``None``: stability is not judged (the fastest answers, which can differ from run
+            to run). Default :data:`DEFAULT_MAX_UNSTABLE`.
         align_rounding: move each neuron's rounding grid by a clear constant chosen on the
             calibration rows (:func:`fheqnn.compiler.passes.align_rounding_grid`) so that
             rounding changes fewer lookup outputs at the same precision; free under
@@ -97,6 +117,10 @@ class CompileOptions:
     global_p_error: float | None = bounded(None, Bounds(False, *P_ERROR_RANGE, optional=True))
     batch_size: int = bounded(1, Bounds(True, 1, MAX_BATCH_SIZE))
     align_rounding: bool = True
+    exact: bool = False
+    max_unstable: float | None = bounded(
+        DEFAULT_MAX_UNSTABLE, Bounds(False, 0.0, 1.0, optional=True)
+    )
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -119,6 +143,29 @@ class CompileOptions:
         if self.p_error != "auto" and self.p_error is not None:
             put("p_error", check_number("p_error", self.p_error, *P_ERROR_RANGE))
         put("align_rounding", check_bool("align_rounding", self.align_rounding))
+        if check_bool("exact", self.exact):
+            self._exact_profile(put)
+
+    def _exact_profile(self, put: Any) -> None:
+        """Settle the bit-exact profile's rounding and error probability; refuse options that
+        contradict it."""
+        if self.rounding_exact is False:
+            raise InvalidParameterError(
+                "exact=True rounds exactly (or not at all): rounding_exact=False contradicts it"
+            )
+        if self.global_p_error is not None:
+            raise InvalidParameterError(
+                "exact=True sets the error probability per lookup (2**-40): give no global_p_error"
+            )
+        if self.p_error == "auto":
+            put("p_error", EXACT_P_ERROR)
+        elif self.p_error is None or self.p_error > EXACT_P_ERROR:
+            shown = "Concrete's default" if self.p_error is None else f"{self.p_error:g}"
+            raise InvalidParameterError(
+                f"exact=True needs an error probability per lookup of at most 2**-40, got "
+                f"p_error={shown}"
+            )
+        put("rounding_exact", True)
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> CompileOptions:

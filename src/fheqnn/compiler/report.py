@@ -195,3 +195,40 @@ def check(report: BitWidthReport) -> None:
             "or raise n_accum_bits (then round accumulators before the lookups to keep them "
             f"cheap).\n{report.to_text()}"
         )
+
+
+def stability_text(stability: dict | None) -> str | None:
+    """How ``compile`` and ``report`` state a compiled model's repeatability, from the
+    ``stability`` record of its ``report.json`` (``None``: a report written before it had one).
+    """
+    if not isinstance(stability, dict) or "bit_exact" not in stability:
+        return None
+    if stability["bit_exact"]:
+        return (
+            "stability: bit-exact (exact rounding or none, error probability 2**-40 per "
+            "lookup): every encrypted run gives the integer interpreter's answer"
+        )
+    reasons = []
+    if stability.get("approximate_rounding"):
+        reasons.append("approximate rounding")
+    p_error = stability.get("p_error")
+    if isinstance(p_error, float):
+        reasons.append(f"an error probability of {p_error:g} per lookup")
+    elif p_error is None:
+        reasons.append("Concrete's default error bound (1e-5 per circuit)")
+    else:
+        reasons.append("the caller's Concrete configuration")
+    measured = ""
+    rows, total = stability.get("unstable_calibration_rows"), stability.get("calibration_rows")
+    if rows is not None and total:
+        budget = stability.get("max_unstable")
+        measured = (
+            f"; {rows} of {total} calibration rows changed prediction over "
+            f"{stability.get('draws', '?')} draws of the circuit's noise"
+            + ("" if budget is None else f" (budget {budget:.1%})")
+        )
+    return (
+        f"stability: not bit-exact ({' and '.join(reasons)}){measured}: a row near the "
+        "decision boundary can get a different answer from one run to the next; compile with "
+        "--exact (exact=True) for bit-exact answers"
+    )

@@ -31,6 +31,8 @@ class RoundingChoice:
             (``None``: a single output, or no rounding measured).
         grid_offsets: per hidden layer, the per-neuron offsets of its rounding grid
             (:func:`align_rounding_grid`); ``None``: no offsets.
+        unstable: share of calibration rows whose predicted class changed between draws of
+            the circuit's noise (``None``: a regressor).
     """
 
     lsbs: list[int]
@@ -44,6 +46,7 @@ class RoundingChoice:
     guard_ok: bool = True
     boundary_agreement: float | None = None
     grid_offsets: list[np.ndarray] | None = None
+    unstable: float | None = None
 
     def apply(self, program: Program) -> Program:
         """``program`` with this rounding (bits, exactness and grid offsets)."""
@@ -163,6 +166,7 @@ class RoundingSearch:
             self.guard.passes(score),
             score.boundary_agreement,
             offsets_kept,
+            score.unstable,
         )
 
     def evaluate(self, lsbs: list[int], mode: bool) -> tuple[bool, float]:

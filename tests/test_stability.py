@@ -1,0 +1,144 @@
+"""The same answer twice: the noise model, the stability criterion and the bit-exact profile."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from fheqnn import CompileAccuracyWarning, CompileOptions, InvalidParameterError
+from fheqnn.compiler.guard import AccuracyGuard
+from fheqnn.compiler.ir import CircuitNoise, round_lsbs
+from fheqnn.compiler.lowering import lower_onnx
+from fheqnn.compiler.noise import STABILITY_DRAWS, NoiseSpec, approx_spread
+from fheqnn.compiler.options import EXACT_P_ERROR
+from fheqnn.compiler.report import stability_text
+from helpers import blobs, tiny_classifier
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    # Overlapping classes: rows near the boundary, where noise can flip a prediction.
+    return blobs(2, 150, 5, 1.6)
+
+
+@pytest.fixture(scope="module")
+def clf(data):
+    x, y = data
+    return tiny_classifier(x, y, max_epochs=30)
+
+
+def test_the_measured_spread_grows_with_the_error_probability() -> None:
+    spreads = [approx_spread(p) for p in (2.0**-40, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)]
+    assert spreads == sorted(spreads)
+    assert 0.05 < spreads[0] < spreads[-1] < 0.5
+    # Between two measured points the spread lies between them; beyond them it is held.
+    assert approx_spread(1e-4) < approx_spread(3e-4) < approx_spread(1e-3)
+    assert approx_spread(0.4) == approx_spread(1e-2)
+    assert approx_spread(2.0**-60) == approx_spread(2.0**-40)
+    assert approx_spread(None) > 0  # Concrete's default configuration
+
+
+def test_noise_spec_of_an_error_probability() -> None:
+    assert NoiseSpec.at(1e-3).lookup_error == 1e-3
+    assert NoiseSpec.at(EXACT_P_ERROR).lookup_error == 0.0  # never drawn: no draws needed
+    assert not NoiseSpec.at(EXACT_P_ERROR).random
+    assert NoiseSpec.at(None).lookup_error == 1e-5  # Concrete's bound for the whole circuit
+
+
+def test_bootstrap_errors_move_a_lookup_one_step() -> None:
+    acc = np.arange(-64, 64) * 3
+    exact = round_lsbs(acc, 2)
+    quiet = CircuitNoise(np.random.default_rng(0), lookup_error=0.0)
+    np.testing.assert_array_equal(quiet.round(acc, 2, exact=True), exact)
+    always = CircuitNoise(np.random.default_rng(0), lookup_error=1.0)
+    moved = always.round(acc, 2, exact=True)
+    np.testing.assert_array_equal(np.abs(moved - exact), np.full(acc.shape, 4))
+    assert {-4, 4} <= set((moved - exact).tolist())
+    # Without rounding, a bootstrap error moves the lookup's input by one.
+    np.testing.assert_array_equal(np.abs(always.round(acc, 0, exact=True) - acc), 1)
+    # Exact rounding's extra bootstraps err too: a neuron errs more often than one lookup.
+    rare = [
+        np.mean(CircuitNoise(np.random.default_rng(1), lookup_error=0.01).round(
+            np.zeros(20000, dtype=np.int64), lsbs, exact=True) != 0)
+        for lsbs in (0, 4)
+    ]  # fmt: skip
+    assert rare[0] < 0.015 < 0.04 < rare[1]
+
+
+def test_the_guard_counts_rows_whose_prediction_changes_between_draws(data, clf) -> None:
+    x, _y = data
+    with warnings.catch_warnings():  # a coarse rounding, on purpose: noise flips rows
+        warnings.simplefilter("ignore", CompileAccuracyWarning)
+        lowered = lower_onnx(
+            clf.export_onnx(), x,
+            CompileOptions(rounding=2, rounding_exact=False, p_error=1e-2, max_unstable=None),
+        )  # fmt: skip
+    noisy = lowered.rounding.unstable
+    assert noisy is not None and noisy > 0
+    # The same draws, so the same figure, every time: the guard is seeded.
+    again = lowered.guard.score(lowered.program)
+    assert again.unstable > 0 and lowered.guard.score(lowered.program) == again
+    # A stability budget refuses what it allows no room for ...
+    strict = lowered.guard.with_noise(lowered.guard.noise)
+    strict.max_unstable = 0.0
+    assert not strict.passes(again)
+    strict.max_unstable = 1.0
+    assert strict.passes(again) == lowered.guard.passes(again)
+    # ... and the unrounded program under no noise never changes.
+    quiet = AccuracyGuard(lowered.base_program, lowered.calibration_q, max_unstable=0.0)
+    assert quiet.score(lowered.base_program).unstable == 0.0
+    assert quiet.draws >= STABILITY_DRAWS
+
+
+def test_auto_rounding_keeps_the_stability_budget(data, clf) -> None:
+    x, y = data
+    lowered = lower_onnx(clf.export_onnx(), x, CompileOptions(p_error=1e-2), calibration_labels=y)
+    assert lowered.options.max_unstable == 0.0
+    assert lowered.rounding.unstable == 0.0
+    assert lowered.rounding.guard_ok
+
+
+def test_the_exact_profile_refuses_what_contradicts_it() -> None:
+    options = CompileOptions(exact=True)
+    assert options.rounding_exact is True and options.p_error == EXACT_P_ERROR
+    for bad, says in (
+        ({"rounding_exact": False}, "rounding_exact=False contradicts it"),
+        ({"p_error": 1e-3}, "at most 2\\*\\*-40, got p_error=0.001"),
+        ({"p_error": None}, "got p_error=Concrete's default"),
+        ({"global_p_error": 1e-5}, "give no global_p_error"),
+    ):
+        with pytest.raises(InvalidParameterError, match=says):
+            CompileOptions(exact=True, **bad)
+    with pytest.raises(InvalidParameterError, match="max_unstable must be"):
+        CompileOptions(max_unstable=1.5)
+
+
+def test_the_exact_profile_answers_as_the_interpreter_does(data, clf) -> None:
+    x, y = data
+    clf.compile(x, y, exact=True)
+    model = clf.fhe_model_
+    summary = model.summary()
+    assert summary["profile"] == "exact" and summary["p_error"] == EXACT_P_ERROR
+    assert summary["stability"]["bit_exact"] is True
+    assert all(layer.rounding_exact for layer in model.program.layers)
+    expected = model.run_integer(model.quantize(x), "disable")
+    for _ in range(3):
+        np.testing.assert_array_equal(model.run_integer(model.quantize(x), "simulate"), expected)
+    assert "bit-exact" in stability_text(json.loads(json.dumps(summary))["stability"])
+
+
+def test_the_default_profile_states_its_stability(data, clf) -> None:
+    x, y = data
+    with warnings.catch_warnings():  # a coarse rounding, on purpose
+        warnings.simplefilter("ignore", CompileAccuracyWarning)
+        clf.compile(x, y, p_error=1e-3, rounding=2, rounding_exact=False, max_unstable=None)
+    stability = clf.fhe_model_.summary()["stability"]
+    assert stability["bit_exact"] is False and stability["approximate_rounding"] is True
+    assert stability["unstable_calibration_rows"] >= 0 and stability["draws"] == STABILITY_DRAWS
+    text = stability_text(stability)
+    assert "not bit-exact (approximate rounding and an error probability of 0.001" in text
+    assert f"of {len(x)} calibration rows changed prediction" in text
+    assert "--exact" in text
