@@ -4,21 +4,21 @@ For a data set, the 75 % training part of the benchmark split (``fheqnn.datasets
 is cut into K folds (stratified for classifiers, shuffled with random_state 7); for each
 configuration and fold, an estimator (seed = fold index) is fitted on the other folds and scored
 on the held-out fold: in the clear (torch), and through the lowered integer program as
-``compile`` would build it (rounding chosen by the accuracy guard on the training folds; mean
-of 5 draws of approximate rounding; no Concrete compilation, so no error probability). With
-``--compile-configs`` each fitted fold is lowered once per set of compile options (plus two
-keys of this script's own: ``"guard_spread"``, the spread of approximate rounding, in steps, that
-the rounding guard models instead of ``fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD``; and
-``"calibration_noise"``, which calibrates on the training folds plus noisy copies of them, noise
-in units of each feature's standard deviation). Also
-reported: table lookups per row and the compiler's estimated seconds per encrypted row.
+``compile`` would build it (rounding chosen by the accuracy guard on the training folds, under
+the noise model of the error probability it was judged for, ``fheqnn.compiler.noise``; mean of
+10 seeded draws of that noise, which also count the held-out rows whose prediction changes
+between draws, ``unstable``; no Concrete compilation). With ``--compile-configs`` each fitted
+fold is lowered once per set of compile options (plus a key of this script's own,
+``"calibration_noise"``, which calibrates on the training folds plus noisy copies of them,
+noise in units of each feature's standard deviation). Also reported: table lookups per row and
+the compiler's estimated seconds per encrypted row.
 
     python benchmarks/holdout.py --dataset breast_cancer --folds 5 \\
         --configs '{}' '{"weight_decay": 0.3}'
     python benchmarks/holdout.py --dataset digits --folds 3 \\
         --compile-configs '{}' '{"align_rounding": false}' --simulate-p-error 1e-3
     python benchmarks/holdout.py --dataset digits --folds 3 \\
-        --compile-configs '{}' '{"guard_spread": 0.22}' --simulate-p-error 1e-3
+        --compile-configs '{}' '{"exact": true}' '{"max_unstable": null}'
     python benchmarks/holdout.py --dataset wine --folds 5 --baselines   # + scikit-learn's
 
 Prints one JSON line per fold and a summary line per configuration (mean and worst).
@@ -34,16 +34,18 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from fheqnn import NeuralNetClassifier, NeuralNetRegressor
-from fheqnn.compiler import ir, passes
+from fheqnn.compiler import passes
 from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
 from fheqnn.compiler.guard import calibration_score
 from fheqnn.compiler.lowering import lower_onnx
+from fheqnn.compiler.noise import NoiseSpec
 from fheqnn.compiler.options import CompileOptions
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
-#: Draws of approximate rounding averaged into each fold's compiled score.
-DRAWS = 5
+#: Draws of the circuit's noise averaged into each fold's compiled score (and over which a row
+#: whose prediction changes counts as unstable).
+DRAWS = 10
 
 
 def _score(y_true: np.ndarray, pred: np.ndarray, regression: bool) -> float:
@@ -125,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
                 config = {**fit_config, **({"compile": compile_config} if compile_config else {})}
                 rows = results.setdefault(json.dumps(config), [])
                 options = dict(compile_config)
-                spread = options.pop("guard_spread", None)
                 # Experimental: calibrate (and guard) on the rows plus noisy copies of them,
                 # noise in units of each feature's standard deviation.
                 noise = options.pop("calibration_noise", None)
@@ -139,34 +140,28 @@ def main(argv: list[str] | None = None) -> int:
                             calibration + noise * spread_x * rng.normal(size=calibration.shape),
                         ]
                     )
-                saved_spread = ir.APPROX_ROUNDING_SPREAD
-                if spread is not None:
-                    ir.APPROX_ROUNDING_SPREAD = spread
-                try:
-                    lowered = lower_onnx(
-                        model.export_onnx(),
-                        calibration,
-                        CompileOptions(n_accum_bits=model.module_.n_accum_bits, **options),
-                        output_spec=model.output_spec_,
-                        standardizer=model.standardizer_,
-                    )
-                finally:
-                    ir.APPROX_ROUNDING_SPREAD = saved_spread
+                lowered = lower_onnx(
+                    model.export_onnx(),
+                    calibration,
+                    CompileOptions(n_accum_bits=model.module_.n_accum_bits, **options),
+                    output_spec=model.output_spec_,
+                    standardizer=model.standardizer_,
+                )
                 program, contract = lowered.program, lowered.contract
                 q = contract.quantize(x_tr[held_rows])
-                compiled = np.mean(
-                    [
-                        _score(
-                            y_tr[held_rows],
-                            contract.postprocess(
-                                program.dequantize_output(
-                                    program.run_integer(q, np.random.default_rng(draw))
-                                )
-                            ),
-                            regression,
-                        )
-                        for draw in range(DRAWS)
-                    ]
+                noise = NoiseSpec.at(lowered.noise_p_error)
+                rng = np.random.default_rng(0)
+                predictions = [
+                    contract.postprocess(
+                        program.dequantize_output(program.run_integer(q, noise.draw(rng)))
+                    )
+                    for _ in range(DRAWS)
+                ]
+                compiled = np.mean([_score(y_tr[held_rows], p, regression) for p in predictions])
+                unstable = (
+                    None
+                    if regression
+                    else int(np.sum(np.any(np.array(predictions) != predictions[0], axis=0)))
                 )
                 if args.simulate_p_error is not None:
                     circuit = compile_program(
@@ -193,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                         layer.lookup_bits() for layer in program.layers if layer.is_hidden
                     ],
                     "estimated_s_per_row": round(lowered.rounding.estimated_cost_s, 3),
+                    "p_error_judged": lowered.noise_p_error,
+                    "unstable": unstable,
+                    "held_rows": len(held_rows),
                 }
                 if args.simulate_p_error is not None:
                     row["simulated"] = round(float(simulated), 4)
@@ -207,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{clear.min():.4f} | compiled mean {compiled.mean():.4f} worst "
                 f"{compiled.min():.4f} | simulated mean {simulated.mean():.4f} worst "
                 f"{simulated.min():.4f} | lookups {np.mean([r['lookups'] for r in rows]):.1f}"
-                f" | estimated s/row {np.mean([r['estimated_s_per_row'] for r in rows]):.3f}",
+                f" | estimated s/row {np.mean([r['estimated_s_per_row'] for r in rows]):.3f}"
+                + (
+                    ""
+                    if rows[0]["unstable"] is None
+                    else f" | unstable held-out rows {sum(r['unstable'] for r in rows)} of "
+                    f"{sum(r['held_rows'] for r in rows)}"
+                ),
                 flush=True,
             )
     return 0

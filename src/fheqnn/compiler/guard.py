@@ -215,22 +215,30 @@ class AccuracyGuard:
         return calibration_score(self.postprocess(outputs), self.labels, self.classifier)
 
     def score(
-        self, candidate: Program, parts: list[tuple[Program, np.ndarray]] | None = None
+        self,
+        candidate: Program,
+        parts: list[tuple[Program, np.ndarray]] | None = None,
+        *,
+        verdict_only: bool = False,
     ) -> GuardScore:
         """Mean agreement and mean score of ``candidate`` over the draws (its expectation:
-        approximate rounding is random in every run).
+        the circuit's noise draws anew in every run), and the share of rows whose class changed
+        between the draws.
 
         ``parts``: score a candidate fitted to the calibration rows out of fold instead; each
         ``(variant, rows)`` pair gives the outputs of those rows (indices) by a variant fitted
-        without them (see :func:`choose_rounding`).
+        without them (see :func:`choose_rounding`). ``verdict_only``: stop drawing once more
+        rows changed than ``max_unstable`` allows (the candidate fails whatever the other draws
+        say; the figures returned are then of the draws made).
         """
         random = self.noise.random or any(
             layer.round_lsbs and not layer.rounding_exact for layer in candidate.layers
         )
         parts = parts or [(candidate, np.arange(len(self.calibration_q)))]
         rng = np.random.default_rng(self.seed)
-        draws = []
-        classes = []
+        draws: list[GuardScore] = []
+        classes: list[np.ndarray | None] = []
+        changed: np.ndarray | None = None
         for _ in range(self.draws if random else 1):
             noise = self.noise.draw(rng) if random else None
             outputs = np.empty_like(self.reference)
@@ -239,11 +247,23 @@ class AccuracyGuard:
                 outputs[rows] = variant.dequantize_output(acc)
             draws.append(self.score_outputs(outputs))
             classes.append(self._classes(outputs))
+            if classes[0] is None:
+                continue
+            changed = (
+                classes[-1] != classes[0]
+                if changed is None
+                else changed | (classes[-1] != classes[0])
+            )
+            if verdict_only and self._too_unstable(float(np.mean(changed)), len(changed)):
+                break
         mean = GuardScore.mean(draws)
-        if classes[0] is None:
-            return mean
-        changes = np.any(np.stack(classes) != classes[0], axis=0)
-        return replace(mean, unstable=float(np.mean(changes)))
+        return mean if changed is None else replace(mean, unstable=float(np.mean(changed)))
+
+    def _too_unstable(self, unstable: float, n_rows: int, slack_rows: int = 0) -> bool:
+        return (
+            self.max_unstable is not None
+            and unstable > self.max_unstable + slack_rows / max(1, n_rows) + 1e-12
+        )
 
     def _classes(self, outputs: np.ndarray) -> np.ndarray | None:
         """The predicted classes of float outputs; ``None`` for a regressor."""
@@ -284,11 +304,7 @@ class AccuracyGuard:
         R2, not a share of rows) the same ``slack_rows / n_rows`` is taken off its threshold.
         """
         rows = len(self.calibration_q) if n_rows is None else n_rows
-        if (
-            self.max_unstable is not None
-            and result.unstable is not None
-            and result.unstable > self.max_unstable + slack_rows / max(1, rows) + 1e-12
-        ):
+        if result.unstable is not None and self._too_unstable(result.unstable, rows, slack_rows):
             return False
         if result.boundary_agreement is not None:
             near = self._boundary_of(rows)

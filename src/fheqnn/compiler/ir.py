@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -154,6 +155,9 @@ def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
     return ((acc + (1 << (lsbs - 1))) >> lsbs) << lsbs
 
 
+#: Integers below this are exact in float64 (with a factor 2 of margin).
+_FLOAT_EXACT_BOUND = 2**52
+
 #: Spread of Concrete's approximate rounding, as a fraction of the rounding step, when no error
 #: probability is known: it rounds ``acc + e`` to the nearest step, ``e`` about normal with this
 #: standard deviation. The spread grows with the error probability per lookup; the compiler
@@ -211,9 +215,13 @@ class CircuitNoise:
         # err too: a neuron then errs about (1 + lsbs) times as often.
         bootstraps = 1 + (lsbs if exact and lsbs > 0 else 0)
         chance = 1.0 - (1.0 - self.lookup_error) ** bootstraps
-        hit = self.rng.random(rounded.shape) < chance
-        sign = np.where(self.rng.random(rounded.shape) < 0.5, -1, 1)
-        return rounded + np.where(hit, sign << max(lsbs, 0), 0)
+        # One uniform draw per lookup: below chance / 2 one step down, below chance one up.
+        u = self.rng.random(rounded.shape)
+        hit = u < chance
+        if not hit.any():
+            return rounded
+        step = 1 << max(lsbs, 0)
+        return rounded + np.where(hit, np.where(u < chance / 2, -step, step), 0)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -346,8 +354,26 @@ class Layer:
         return max(1, self.circuit_bits() - self.round_lsbs)
 
     def accumulate(self, q: np.ndarray) -> np.ndarray:
-        """Integer matrix product, shape ``(..., n_in) -> (..., n_out)``."""
-        return np.asarray(q, dtype=np.int64) @ self.weight.T
+        """Integer matrix product, shape ``(..., n_in) -> (..., n_out)``.
+
+        Computed in float64 (BLAS: ~20 x faster than numpy's integer product on calibration
+        sets) when every partial sum is provably an integer below 2**52, where float64 is
+        exact; in int64 otherwise. The result is the same either way.
+        """
+        q = np.asarray(q, dtype=np.int64)
+        if q.size and int(np.abs(q).max()) * self._weight_abs_row_sum < _FLOAT_EXACT_BOUND:
+            return (q.astype(np.float64) @ self._weight_float.T).astype(np.int64)
+        return q @ self.weight.T
+
+    @cached_property
+    def _weight_float(self) -> np.ndarray:
+        return self.weight.astype(np.float64)
+
+    @cached_property
+    def _weight_abs_row_sum(self) -> int:
+        """The largest sum of absolute weights of a neuron: with inputs at most ``m`` in absolute
+        value, no partial sum of its product exceeds ``m`` times this."""
+        return int(np.abs(self.weight).sum(axis=1).max(initial=0))
 
     def pre_activation(self, acc: np.ndarray) -> np.ndarray:
         """Real value of accumulators (offset, rescale, bias)."""

@@ -178,8 +178,13 @@ class RoundingSearch:
             # to end: on breast cancer a 3-bit layer then kept the guard under rounding but not
             # under bootstrap errors, and p_error="auto" fell back to Concrete's default
             # (larger keys, slower), so moved grids only improve a precision chosen without them.
-            cost = estimated_cost_s(self.program.with_rounding(lsbs, mode))
-            self._verdicts[key] = (self.guard.passes(self.unmoved_score(lsbs, mode)), cost)
+            candidate = self.program.with_rounding(lsbs, mode)
+            cost = estimated_cost_s(candidate)
+            score = self._unmoved.get(key) or self.guard.score(candidate, verdict_only=True)
+            passes = self.guard.passes(score)
+            if passes:  # every draw was made: the full score, which measure() reuses
+                self._unmoved.setdefault(key, score)
+            self._verdicts[key] = (passes, cost)
         return self._verdicts[key]
 
     def at_precision(self, target_bits: int, mode: bool) -> RoundingChoice:
