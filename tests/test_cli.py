@@ -210,6 +210,22 @@ def test_compile_prints_the_bit_width_table(ws: Workspace) -> None:
             "manifest.json"} <= files  # fmt: skip
 
 
+def test_compile_and_report_state_how_repeatable_answers_are(
+    ws: Workspace, other: OtherModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ws: no rounding, Concrete's default error bound: not bit-exact, for the error bound.
+    assert "stability: not bit-exact (Concrete's default error bound" in ws.compile_out
+    assert main(["report", str(ws.model)]) == 0
+    assert "stability: not bit-exact (Concrete's default error bound" in capsys.readouterr().out
+    # other: compiled with --exact, the bit-exact profile.
+    assert main(["report", str(other.model)]) == 0
+    assert "stability: bit-exact" in capsys.readouterr().out
+    assert main(["report", str(other.model), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["profile"] == "exact" and data["p_error"] == 2.0**-40
+    assert data["stability"]["bit_exact"] is True
+
+
 def test_report_text_and_json(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(ws.model)]) == 0
     text = capsys.readouterr().out

@@ -42,31 +42,35 @@ def reference_row(python: str, dataset: str, seed: int, epochs: int, prune: floa
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: (column, our row's key, the reference row's key).
 COMPARED = (
-    ("latency 1 row s", "latency_single_s"),
-    ("keygen s", "keygen_s"),
-    ("eval keys MB", "eval_keys_mb"),
-    ("PBS", "pbs"),
-    ("acc sim", "acc_simulated"),
+    ("latency 1 row s", "latency_single_s", "latency_single_s"),
+    ("keygen s", "keygen_s", "keygen_s"),
+    ("eval keys MB", "eval_keys_mb", "eval_keys_mb"),
+    ("compile s", "compile_total_s", "compile_s"),
+    ("PBS", "pbs", "pbs"),
+    ("acc sim", "acc_simulated", "acc_simulated"),
+    ("rows changed in 10 sims", "simulate_unstable_rows", "simulate_unstable_rows"),
 )
 
 
 def comparison_table(pairs: list[tuple[dict, dict]]) -> str:
     """Our row and the reference's side by side, with ours / reference ratios."""
-    head = ["data set", "seed", "system", *(name for name, _ in COMPARED), "load"]
+    head = ["data set", "seed", "system", *(name for name, _, _ in COMPARED), "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ours, ref in pairs:
-        for label, row in (("fheqnn default", ours), ("Concrete ML 1.9", ref)):
-            cells = [_fmt(row.get(key), ".3f") for _, key in COMPARED]
+        label = f"fheqnn {ours.get('profile', 'default')}"
+        for name, row, side in ((label, ours, 1), ("Concrete ML 1.9", ref, 2)):
+            cells = [_fmt(row.get(keys[side]), ".3f") for keys in COMPARED]
             load = row.get("load_before", row.get("load"))
             lines.append(
-                f"| {ours['dataset']} | {ours['seed']} | {label} | "
+                f"| {ours['dataset']} | {ours['seed']} | {name} | "
                 + " | ".join(cells)
                 + f" | {_fmt(load, '.1f')} |"
             )
         ratios = [
-            _fmt(ours[key] / ref[key], ".3f") if ours.get(key) and ref.get(key) else "-"
-            for _, key in COMPARED
+            _fmt(ours[mine] / ref[theirs], ".3f") if ours.get(mine) and ref.get(theirs) else "-"
+            for _, mine, theirs in COMPARED
         ]
         lines.append(
             f"| {ours['dataset']} | {ours['seed']} | ratio | " + " | ".join(ratios) + " | |"
