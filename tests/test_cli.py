@@ -785,3 +785,15 @@ def test_serve_options_check_the_bounds_their_config_declares(
     assert getattr(ServeConfig((tmp_path,), **{name: getattr(args, name)}), name) == bounds.parse(
         good
     )
+
+
+def test_exact_refuses_a_larger_error_probability(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for p_error in ("default", "1e-3"):
+        code = main(
+            ["compile", "--from", str(ws.train), "--exact", "--p-error", p_error,
+             "--out", str(tmp_path / "z")]
+        )  # fmt: skip
+        assert_input_error(capsys, code, "--exact sets the error probability per lookup")
+        assert not (tmp_path / "z").exists()

@@ -126,6 +126,14 @@ def _compile_options(args: argparse.Namespace, **values: Any) -> Any:
     approximate = getattr(args, "approximate", False)
     if exact and approximate:
         raise CliError("give --exact or --approximate, not both")
+    if exact and args.p_error != "auto":
+        from ..compiler.options import EXACT_P_ERROR
+
+        if args.p_error is None or args.p_error > EXACT_P_ERROR:
+            raise CliError(
+                "--exact sets the error probability per lookup to 2**-40: give no --p-error "
+                "(or one of at most 2**-40)"
+            )
     budget = getattr(args, "max_unstable", _DEFAULT)
     if budget is not _DEFAULT:
         values["max_unstable"] = budget
