@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from fheqnn import CompileAccuracyWarning, CompileOptions, InvalidParameterError
-from fheqnn.compiler.guard import AccuracyGuard
+from fheqnn import AccuracyLossError, CompileAccuracyWarning, CompileOptions, InvalidParameterError
+from fheqnn.compiler.guard import GUARD_DRAWS, AccuracyGuard
 from fheqnn.compiler.ir import CircuitNoise, round_lsbs
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.noise import STABILITY_DRAWS, NoiseSpec, approx_spread
@@ -147,10 +147,11 @@ def test_the_default_profile_states_its_stability(data, clf) -> None:
         clf.compile(x, y, p_error=1e-3, rounding=2, rounding_exact=False, max_unstable=None)
     stability = clf.fhe_model_.summary()["stability"]
     assert stability["bit_exact"] is False and stability["approximate_rounding"] is True
-    assert stability["unstable_calibration_rows"] >= 0 and stability["draws"] == STABILITY_DRAWS
+    # Without a budget the guard draws GUARD_DRAWS times, and says so.
+    assert stability["unstable_calibration_rows"] >= 0 and stability["draws"] == GUARD_DRAWS
     text = stability_text(stability)
     assert "not bit-exact (approximate rounding and an error probability of 0.001" in text
-    assert f"of {len(x)} calibration rows changed prediction" in text
+    assert f"of {len(x)} calibration rows changed prediction over {GUARD_DRAWS} draws" in text
     assert "--exact" in text
 
 
@@ -163,6 +164,42 @@ def test_the_float_product_is_the_integer_product() -> None:
     weight = rng.integers(-7, 8, size=(16, 40))
     zeros = np.zeros(16)
     layer = Layer("l", weight, IntRange(-(2**40), 2**40), zeros, zeros + 1, zeros, None, None)
-    for high in (4, 2**20, 2**40):  # the last one is beyond float64's exact range
+    for high in (4, 2**20, 2**50):  # the last one is beyond float64's exact range (int64 path)
         q = rng.integers(-high, high, size=(50, 40))
         np.testing.assert_array_equal(layer.accumulate(q), q @ weight.T)
+
+
+def test_a_rounding_is_reported_with_the_stability_of_what_is_compiled(data, clf) -> None:
+    """The choice's unstable share is the one of the program it hands on (moved grids
+    included), on every row and the guard's own draws: no second roll of the dice."""
+    x, y = data
+    for options in ({"p_error": 1e-3}, {"p_error": 1e-2, "rounding": 3}, {"p_error": 1e-4}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CompileAccuracyWarning)
+            lowered = lower_onnx(
+                clf.export_onnx(), x, CompileOptions(**options), calibration_labels=y
+            )
+        again = lowered.guard.score(lowered.program)
+        assert lowered.rounding.unstable == again.unstable, options
+        assert lowered.rounding.guard_ok == (
+            lowered.guard.passes(again) or (lowered.rounding.fallback is not None
+            and lowered.rounding.guard_ok)
+        )  # fmt: skip
+
+
+def test_a_fallback_that_breaks_the_budget_is_not_silent(data, clf) -> None:
+    x, y = data
+    options = CompileOptions(p_error=1e-2, strict=True)
+    with pytest.raises(AccuracyLossError, match="max_unstable"):
+        lower_onnx(clf.export_onnx(), x, options, calibration_labels=y)
+
+
+def test_rounding_off_keeps_the_stability_budget_in_the_p_error_search(data, clf) -> None:
+    x, y = data
+    clf.compile(x, y, rounding="off")
+    model = clf.fhe_model_
+    curve = model.stats.p_error_curve
+    for entry in curve:
+        assert entry["guard_ok"] == (entry["unstable"] == 0.0), entry
+    assert any(e["guard_ok"] for e in curve)
+    assert model.stats.rounding.guard_ok and model.stats.rounding.unstable == 0.0

@@ -21,9 +21,9 @@ from ..runtime.artifacts import save_compiled_model
 from . import backend
 from .backend import run_in_chunks
 from .ir import Program
-from .lowering import Lowered, announce, lower_onnx
-from .noise import STABILITY_DRAWS, NoiseSpec
-from .options import CompileOptions
+from .lowering import Lowered, announce, lower_onnx, round_for
+from .noise import NoiseSpec
+from .options import EXACT_P_ERROR, CompileOptions
 from .p_error_search import choose_p_error, key_bytes_estimate
 from .report import BitWidthReport, analyse, check
 from .rounding_search import RoundingChoice
@@ -305,15 +305,17 @@ def stability_record(lowered: Lowered, p_error: Any, configuration: Any = None) 
     noise = NoiseSpec.at(p_error) if known else None
     n_rows = len(lowered.calibration_q)
     unstable = choice.unstable
+    random = approximate or (noise is not None and noise.random)
+    exact_p = isinstance(p_error, float) and p_error <= EXACT_P_ERROR
     return {
-        "bit_exact": bool(known and not approximate and noise.lookup_error == 0),
+        "bit_exact": bool(known and not approximate and exact_p),
         "approximate_rounding": approximate,
         "p_error": p_error if known else "configuration",
         "unstable_calibration_share": unstable,
         "unstable_calibration_rows": None if unstable is None else round(unstable * n_rows),
         "calibration_rows": n_rows,
         "max_unstable": lowered.options.max_unstable,
-        "draws": STABILITY_DRAWS,
+        "draws": lowered.guard.draws if random and lowered.guard is not None else 1,
         "approx_spread": None if noise is None else noise.approx_spread,
         "lookup_error": None if noise is None else noise.lookup_error,
     }
@@ -340,10 +342,14 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     start = time.perf_counter()
     p_error_curve: list[dict[str, Any]] = []
     if configuration is not None:
+        # The caller's configuration sets the error probability: judge the rounding under it.
+        chosen_p_error = getattr(configuration, "p_error", None)
+        if lowered.base_program is not None and lowered.noise_p_error != chosen_p_error:
+            lowered = round_for(lowered, chosen_p_error)
+            program = lowered.program
         if not lowered.announced:
             lowered = announce(lowered)
         circuit = backend.compile_circuit(program, inputset, configuration)
-        chosen_p_error = None
     elif options.p_error != "auto":
         if not lowered.announced:
             lowered = announce(lowered)

@@ -102,7 +102,8 @@ def speak(
     """
     if choice.fallback is not None:
         logger.warning("rounding: %s", choice.fallback)
-        return choice.fallback
+        if choice.guard_ok:
+            return choice.fallback
     problems = []
     if choice.score is not None and choice.reference_score is not None:
         loss = choice.reference_score - choice.score
@@ -130,7 +131,8 @@ def speak(
     if budget is not None and choice.unstable is not None and choice.unstable > budget + 1e-12:
         problems.append(
             f"{choice.unstable:.2%} of the calibration rows change prediction between runs "
-            f"under the circuit's noise > max_unstable {budget:.2%}"
+            f"under the circuit's noise > max_unstable {budget:.2%} (a smaller p_error, "
+            "exact=True or a larger max_unstable would keep it)"
         )
     if any(choice.lsbs) and n_rows < MIN_GUARD_ROWS:
         problems.append(
@@ -166,6 +168,7 @@ def _rounding_choice(
             score.score,
             guard.reference_score,
             estimated_cost_s(program),
+            guard_ok=guard.passes(score),
             boundary_agreement=score.boundary_agreement,
             unstable=score.unstable,
         )
@@ -238,8 +241,9 @@ def lower_program(
         max_unstable=options.max_unstable,
     )
     # With p_error="auto" the search rounds again under each candidate's noise
-    # (p_error_search); the first candidate's rounding stands until then.
-    noise_p = P_ERROR_CANDIDATES[0] if options.p_error == "auto" else options.p_error
+    # (p_error_search); until then the rounding is judged under the smallest candidate's, the
+    # most lenient, so that lowering alone warns only of what no candidate can keep.
+    noise_p = P_ERROR_CANDIDATES[-1] if options.p_error == "auto" else options.p_error
     unrounded = Lowered(
         program, contract, q_cal, removed, RoundingChoice([], [], 1.0), options, labels,
         None, guard, program, noise_p,

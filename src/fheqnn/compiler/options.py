@@ -26,7 +26,9 @@ P_ERROR_CANDIDATES = (1e-2, 1e-3, 1e-4)
 EXACT_P_ERROR = 2.0**-40
 
 #: Default stability budget: the most share of calibration rows whose prediction may change
-#: from one encrypted run to the next under the circuit's noise (half a percent).
+#: from one encrypted run to the next under the circuit's noise: none. Held-out rows change 3-4
+#: x as often as calibration rows (breast cancer), so even half a percent of calibration rows
+#: let 3.5-5.6 % of test rows change (``benchmarks/results/stability.md``).
 DEFAULT_MAX_UNSTABLE = 0.0
 
 

@@ -75,7 +75,11 @@ def choose_p_error(
         }
         curve.append(entry)
         compiled.append((candidate, circuit, entry))
-    keeping = [item for item in compiled if item[2]["guard_ok"]] or compiled
+    keeping = [item for item in compiled if item[2]["guard_ok"]]
+    if not keeping:
+        # None keeps the guard: the most stable, then the cheapest, and the guard says so.
+        least_unstable = min(item[2]["unstable"] or 0.0 for item in compiled)
+        keeping = [item for item in compiled if (item[2]["unstable"] or 0.0) == least_unstable]
     least = min(item[2]["complexity"] for item in keeping)
     close = [item for item in keeping if item[2]["complexity"] <= least * (1 + COMPLEXITY_TIE)]
     chosen, circuit, entry = min(

@@ -3,7 +3,7 @@ approximate rounding) that keeps the accuracy guard."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -138,7 +138,15 @@ class RoundingSearch:
                 (program.with_rounding(lsbs, mode, self.grid(lsbs, mode, 1 - k)), rows)
                 for k, rows in enumerate(self.halves)
             ]
-            moved = guard.score(program.with_rounding(lsbs, mode, self.grid(lsbs, mode)), parts)
+            offsets = self.grid(lsbs, mode)
+            if offsets is not None and not any(np.any(o) for o in offsets):
+                return outcome  # nothing moved: the unmoved program, already scored
+            kept = program.with_rounding(lsbs, mode, offsets)
+            moved = guard.score(kept, parts)
+            if moved.unstable is not None:
+                # Stability is judged on every row with the draws the unmoved grid had (split
+                # scoring draws other noise), so that a second roll cannot pass a rounding.
+                moved = replace(moved, unstable=guard.score(kept).unstable)
             plain = outcome[0]
             # An explicit precision is not chosen on these rows: moved grids are kept (on
             # held-out rows they were better at 3 bits on every model tried).
