@@ -39,13 +39,13 @@ from fheqnn.compiler.api import compile_program
 from fheqnn.compiler.backend import make_configuration
 from fheqnn.compiler.guard import calibration_score
 from fheqnn.compiler.lowering import lower_onnx
-from fheqnn.compiler.noise import NoiseSpec
+from fheqnn.compiler.noise import STABILITY_DRAWS, NoiseSpec
 from fheqnn.compiler.options import CompileOptions
 from fheqnn.datasets import ALL_DATASETS, REGRESSION, load_split
 
 #: Draws of the circuit's noise averaged into each fold's compiled score (and over which a row
-#: whose prediction changes counts as unstable).
-DRAWS = 10
+#: whose prediction changes counts as unstable): as many as the compiler's guard makes.
+DRAWS = STABILITY_DRAWS
 
 
 def _score(y_true: np.ndarray, pred: np.ndarray, regression: bool) -> float:

@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 
 from fheqnn import NeuralNetClassifier
+from fheqnn.bench.measure import SIMULATION_PASSES
 from fheqnn.compiler.noise import NoiseSpec
 from fheqnn.compiler.serialize import program_to_dict
 from fheqnn.contract import range_warnings_off
 from fheqnn.datasets import load_split
 
 PROFILES = {"default": {}, "exact": {"exact": True}, "fast": {"max_unstable": None}}
-PASSES = 10
+PASSES = SIMULATION_PASSES
 
 
 def _unstable(predictions: list[np.ndarray]) -> np.ndarray:

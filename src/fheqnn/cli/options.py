@@ -107,15 +107,11 @@ _DEFAULT = object()
 def _max_unstable(value: str) -> Any:
     """argparse type of ``--max-unstable``: 'none' or a share in [0, 1] (checked by the field's
     declared bounds)."""
-    if value == "none":
-        return None
-    return _field_type(_compile_options_class(), "max_unstable")(value)
-
-
-def _compile_options_class() -> type:
     from ..compiler.options import CompileOptions
 
-    return CompileOptions
+    if value == "none":
+        return None
+    return _field_type(CompileOptions, "max_unstable")(value)
 
 
 def _compile_options(args: argparse.Namespace, **values: Any) -> Any:

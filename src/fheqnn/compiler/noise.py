@@ -44,22 +44,20 @@ NEGLIGIBLE_LOOKUP_ERROR = 1e-9
 
 
 @cache
+def _spread_table() -> dict:
+    """The committed measurement (``approx_spread.json``), read once."""
+    text = resources.files(__package__).joinpath("approx_spread.json").read_text()
+    return json.loads(text)["spreads"]
+
+
 def _measured_spreads() -> tuple[tuple[float, float], ...]:
     """(p_error, spread) pairs of the committed table, by increasing p_error."""
-    text = resources.files(__package__).joinpath("approx_spread.json").read_text()
-    spreads = json.loads(text)["spreads"]
     pairs = [
         (float(key), float(entry["spread"]))
-        for key, entry in spreads.items()
+        for key, entry in _spread_table().items()
         if key != "default" and entry.get("spread") is not None
     ]
     return tuple(sorted(pairs))
-
-
-@cache
-def _default_spread() -> float:
-    text = resources.files(__package__).joinpath("approx_spread.json").read_text()
-    return float(json.loads(text)["spreads"]["default"]["spread"])
 
 
 def approx_spread(p_error: float | None) -> float:
@@ -67,7 +65,7 @@ def approx_spread(p_error: float | None) -> float:
     lookup: the committed measurement, interpolated in log(p_error) between measured points
     and held at the ends; ``None`` is Concrete's default configuration."""
     if p_error is None:
-        return _default_spread()
+        return float(_spread_table()["default"]["spread"])
     pairs = _measured_spreads()
     x = math.log10(max(float(p_error), 1e-300))
     points = [(math.log10(p), s) for p, s in pairs]
