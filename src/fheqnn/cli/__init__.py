@@ -9,7 +9,8 @@ One module per command group (``train``, ``compile``, ``client``, ``server``, ``
 (``options``), output files (``outputs``), and how a command runs (``process``: exit codes,
 Ctrl-C, child processes for the commands that run Concrete). Library code logs; this package is
 the one place that prints. Exit codes: 0 success, 1 an unexpected failure, 2 bad input or usage,
-3 accumulator budget exceeded, 130 interrupted (Ctrl-C: one line, nothing half-written), 141
+3 accumulator budget exceeded, 130 interrupted (Ctrl-C: one line, nothing half-written), 143
+(129) stopped by SIGTERM (SIGHUP; ``serve`` exits 0: it drained), 137 the worker was killed, 141
 the output pipe closed (``fheqnn report M | head -1``).
 
 This module stays light: the ``fheqnn`` program imports it first, before any heavy module.
@@ -23,14 +24,23 @@ import sys
 from collections.abc import Sequence
 
 
-def _interrupted_while_starting(*_: object) -> None:
-    """Ctrl-C while the modules load (before main() can catch it): one line, no traceback."""
-    os.write(2, b"fheqnn: interrupted\n")
-    os._exit(130)
+def _interrupted_while_starting(signum: int, *_: object) -> None:
+    """Ctrl-C or SIGTERM while the modules load (before main() can catch it): one line, no
+    traceback, nothing was written yet."""
+    if signum == signal.SIGINT:
+        os.write(2, b"fheqnn: interrupted\n")
+    else:
+        os.write(2, f"fheqnn: terminated ({signal.Signals(signum).name})\n".encode())
+    os._exit(128 + signum)
+
+
+def _catch_stops_while_starting() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupted_while_starting)
 
 
 if os.path.basename(sys.argv[0]) == "fheqnn":
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    _catch_stops_while_starting()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

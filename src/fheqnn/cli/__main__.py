@@ -1,10 +1,8 @@
 """``python -m fheqnn.cli``: the ``fheqnn`` program."""
 
-import signal
+from . import _catch_stops_while_starting
 
-from . import _interrupted_while_starting
-
-signal.signal(signal.SIGINT, _interrupted_while_starting)
+_catch_stops_while_starting()
 
 from . import process  # noqa: E402  (after the handler: loading it takes a while)
 

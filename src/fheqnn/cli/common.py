@@ -47,7 +47,7 @@ class _Step:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.seconds = time.perf_counter() - self.start
         _Step.open = False
-        if exc_type is KeyboardInterrupt:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             _Step.open = True  # _interrupted() ends the line
             return
         print(f" {'done' if exc_type is None else 'failed'} ({self.seconds:.1f} s)", flush=True)

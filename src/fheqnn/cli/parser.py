@@ -20,7 +20,7 @@ from .options import (
     _positive_int,
 )
 from .outputs import _add_predictions_output
-from .server import DEFAULT_REQUEST_ROWS, cmd_fetch, cmd_run, cmd_serve
+from .server import DEFAULT_GRACE_SECONDS, DEFAULT_REQUEST_ROWS, cmd_fetch, cmd_run, cmd_serve
 from .train import cmd_export, cmd_train
 
 
@@ -201,6 +201,28 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    p.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help=(
+            "at SIGTERM, stop accepting and give requests in progress this long to finish "
+            f"before they are cancelled (default {DEFAULT_GRACE_SECONDS:g}; keep it below "
+            "your supervisor's kill timeout)"
+        ),
+    )
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds in [0, 3600]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.0 <= value <= 3600.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 3600] seconds, got {text}")
+    return value
 
 
 def _fetch_arguments(p: argparse.ArgumentParser) -> None:

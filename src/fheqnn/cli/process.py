@@ -36,20 +36,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from ..interrupts import forget_interrupts, record_and_raise
+    from ..interrupts import STOP_SIGNALS, forget_interrupts, record_and_raise
 
-    # From here on, Ctrl-C is a KeyboardInterrupt that unwinds (and cleans up) every step, and
-    # is recorded in case something swallows it (see record_and_raise); both only for this
-    # command (main() is also called in-process, by tests and scripts).
-    previous = signal.getsignal(signal.SIGINT)
+    # From here on, Ctrl-C is a KeyboardInterrupt, and SIGTERM or SIGHUP (a supervisor's stop)
+    # a Terminated, that unwinds (and cleans up) every step, recorded in case something
+    # swallows it (see record_and_raise); only for this command (main() is also called
+    # in-process, by tests and scripts).
     forget_interrupts()
-    signal.signal(signal.SIGINT, record_and_raise)
+    previous = {signum: signal.signal(signum, record_and_raise) for signum in STOP_SIGNALS}
     try:
         return _run_command(args)
     finally:
         forget_interrupts()
-        if callable(previous) or previous in (signal.SIG_DFL, signal.SIG_IGN):
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -84,15 +85,15 @@ def _run_command(args: argparse.Namespace) -> int:
             if AS_PROGRAM and args.native:
                 return _in_child(args)
             return int(args.func(args))
-    except KeyboardInterrupt:
-        return _interrupted()
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
     except Exception as exc:
         from ..interrupts import interrupted_before
 
         if interrupted_before():
             # An error after a Ctrl-C is its consequence (e.g. a module whose import the
             # interrupt cut short, measured in training): report the interrupt.
-            return _interrupted()
+            return _interrupted(args)
         if args.verbose and not isinstance(exc, CliError | OSError | FheqnnError):
             raise
         return _exit_code(exc)
@@ -119,15 +120,35 @@ def _in_child(args: argparse.Namespace) -> int:
             if path:
                 clean_stale(Path(path))
 
-    return run_in_child(lambda: int(args.func(args)), exit_code=_exit_code, cleanup=cleanup)
+    # The server drains for --grace seconds after SIGTERM; its child gets 5 s more.
+    grace = getattr(args, "grace", None)
+
+    def step() -> int:
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            if _Step.open:  # end the step's "..." line; the parent reports the stop
+                print(" stopped", flush=True)
+            raise
+
+    return run_in_child(
+        step,
+        exit_code=_exit_code,
+        cleanup=cleanup,
+        **({} if grace is None else {"stop_seconds": grace + 5.0}),
+    )
 
 
 def _exit_code(exc: BaseException) -> int:
     """Print what went wrong (one line on stderr) and return the exit code for it."""
     from ..errors import AccumulatorOverflowError, FheqnnError
+    from ..interrupts import ChildKilledError
 
     if isinstance(exc, KeyboardInterrupt):
-        return _interrupted()
+        return _interrupted(None, exc)
+    if isinstance(exc, ChildKilledError):
+        print(f"fheqnn: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     if isinstance(exc, BrokenPipeError):
         return _broken_pipe()
     if isinstance(exc, AccumulatorOverflowError):
@@ -149,24 +170,42 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
-def _interrupted() -> int:
-    """Ctrl-C: every ``finally`` has run (temporaries removed); say so in one line."""
-    from ..interrupts import native_work_running
+def _interrupted(args: argparse.Namespace | None, exc: BaseException | None = None) -> int:
+    """A stop: every ``finally`` has run (temporaries removed); say so in one line.
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+    Ctrl-C exits 130; SIGTERM (a supervisor) and SIGHUP exit 128 + their number, except
+    ``serve``, for which SIGTERM is the normal way to end (it drained): 0.
+    """
+    from ..interrupts import (
+        STOP_SIGNALS,
+        Terminated,
+        native_work_running,
+        record_and_raise,
+        stop_signal,
+    )
+
+    signum = exc.signum if isinstance(exc, Terminated) else (stop_signal() or signal.SIGINT)
+    for each in STOP_SIGNALS:  # a second signal must not cut the exit short
+        signal.signal(each, signal.SIG_IGN)
     with contextlib.suppress(OSError, ValueError):
         if _Step.open:
-            print(" interrupted", flush=True)  # ends the step's "..." line
+            print(" interrupted" if signum == signal.SIGINT else " stopped", flush=True)
         sys.stdout.flush()
-    print("fheqnn: interrupted", file=sys.stderr, flush=True)
+    serving = args is not None and args.command == "serve"
+    if serving:
+        word, code = "stopped", (0 if signum == signal.SIGTERM else EXIT_INTERRUPTED)
+    elif signum == signal.SIGINT:
+        word, code = "interrupted", EXIT_INTERRUPTED
+    else:
+        word, code = f"terminated ({signal.Signals(signum).name})", 128 + signum
+    print(f"fheqnn: {word}", file=sys.stderr, flush=True)
     if native_work_running():
         # Concrete still runs in a worker thread that cannot be stopped; tearing the
         # interpreter down around it can crash, so leave at once (nothing is half-written).
-        os._exit(EXIT_INTERRUPTED)
-    from ..interrupts import record_and_raise
-
-    signal.signal(signal.SIGINT, record_and_raise)
-    return EXIT_INTERRUPTED
+        os._exit(code)
+    for each in STOP_SIGNALS:
+        signal.signal(each, record_and_raise)
+    return code
 
 
 def _broken_pipe() -> int:

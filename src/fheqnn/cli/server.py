@@ -17,6 +17,10 @@ from .outputs import _check_output_file
 #: Least rows per request of `predict --server` (rounded up to whole circuit calls).
 DEFAULT_REQUEST_ROWS = 8
 
+#: Seconds ``serve`` gives requests in progress to finish after SIGTERM (``--grace``): below
+#: Kubernetes' default 30 s before SIGKILL (Docker's ``stop`` waits 10 s: give ``--grace 5``).
+DEFAULT_GRACE_SECONDS = 20.0
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..runtime import FheModelServer
@@ -86,23 +90,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app,
             host=args.host,
             port=args.port,
+            grace=args.grace,
             on_ready=lambda url: _say(
                 f"serving {len(app.state.service.models)} model(s) at {url} "
-                f"(API docs: {url}/docs); Ctrl-C stops"
+                f"(API docs: {url}/docs); Ctrl-C or SIGTERM stops"
             ),
         )
-    except KeyboardInterrupt:
-        print("fheqnn: stopped", file=sys.stderr, flush=True)
-        code = 130
+    except KeyboardInterrupt as exc:
+        code = _stopped(exc)
     else:
         code = EXIT_OK
     sys.stdout.flush()
     sys.stderr.flush()
-    # The service has shut down cleanly. Once a circuit has run, concrete-python's runtime may
-    # replace the process exit status at interpreter teardown (0, or a SIGKILL status), however
-    # the server stopped: leave now so that the status is ours (130 after Ctrl-C).
-
+    # The service has shut down (drained). Once a circuit has run, concrete-python's runtime
+    # may replace the process exit status at interpreter teardown (0, or a SIGKILL status),
+    # and encrypted runs abandoned after the grace period still hold pool threads: leave now,
+    # so that the status is ours.
     os._exit(code)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The server was stopped: 0 for SIGTERM (a supervisor's normal stop), 128 + the signal
+    otherwise. The parent of a forked server reports it; a server run in-process says it."""
+    import signal
+
+    from ..interrupts import Terminated, in_forked_child
+
+    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+    if in_forked_child():
+        return 128 + signum  # the parent maps it (SIGTERM: 0) and prints the line
+    print("fheqnn: stopped", file=sys.stderr, flush=True)
+    return 0 if signum == signal.SIGTERM else 128 + signum
 
 
 def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
@@ -111,6 +129,7 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
     port = args.port or _free_port(args.host)
     try:
         nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
+        _take_back_stop_signals()  # ray.init installs its own SIGTERM handler
         where = "local instance" if args.ray == "local" else f"cluster {args.ray}"
         _say(f"Ray {where}: nodes {', '.join(nodes)}")
         url, _ = ray_backend.deploy_service(
@@ -118,12 +137,24 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
         )
         _say(
             f"serving {len(config.model_folders)} model(s) at {url} on {config.replicas} Ray "
-            f"Serve replica(s) (API docs: {url}/docs); Ctrl-C stops"
+            f"Serve replica(s) (API docs: {url}/docs); Ctrl-C or SIGTERM stops"
         )
         while True:
             time.sleep(3600)
     finally:
         ray_backend.shutdown(serve_too=True)
+
+
+def _take_back_stop_signals() -> None:
+    """Put the tool's handler of SIGTERM and SIGHUP back (a library replaced it), so that they
+    unwind the command and its ``finally`` blocks shut down what it started."""
+    import signal
+
+    from ..interrupts import STOP_SIGNALS, record_and_raise
+
+    for signum in STOP_SIGNALS[1:]:
+        if signal.getsignal(signum) is not record_and_raise:
+            signal.signal(signum, record_and_raise)
 
 
 def request_rows(batch_size: int, requested: int | None) -> int:
@@ -178,6 +209,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     inputs = _read_envelope(args.input, "encrypted input", limits["inputs"])
     try:
         nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
+        _take_back_stop_signals()
         _say(f"Ray: nodes {', '.join(nodes)}")
         with _Step("running on ciphertexts over Ray workers"):
             out = ray_backend.run_batch(args.model, inputs, keys, tasks=args.ray_tasks)

@@ -37,7 +37,7 @@ from skorch.history import History
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..interrupts import interrupted_before
+from ..interrupts import STOP_SIGNALS, interrupted_before
 from .qnn_module import SparseQuantNeuralNetwork
 from .training import TrainingConfig, _warmup_cosine, add_input_noise
 
@@ -137,7 +137,8 @@ class _Progress(Callback):
 
 @contextlib.contextmanager
 def _noticing_ctrl_c(seen: dict[str, bool]) -> Iterator[dict[str, bool]]:
-    """Record whether a real Ctrl-C (SIGINT) arrives while the block runs.
+    """Record whether a real Ctrl-C (SIGINT), or a stop signal (SIGTERM, SIGHUP) that the
+    application turns into ``KeyboardInterrupt``, arrives while the block runs.
 
     skorch catches ``KeyboardInterrupt`` inside ``fit`` and returns as if training had ended:
     that is how its ``EarlyStopping`` stops, and its convenience for notebooks. Our ``fit``
@@ -147,27 +148,33 @@ def _noticing_ctrl_c(seen: dict[str, bool]) -> Iterator[dict[str, bool]]:
     so that ``fit`` can raise it again. Outside the main thread no handler can be installed
     (and no Ctrl-C arrives): nothing is recorded.
     """
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        # SIG_DFL ends the process and SIG_IGN ignores the signal: nothing for skorch to
-        # swallow. A handler installed outside Python (None) is left alone too.
-        yield seen
+    if threading.current_thread() is not threading.main_thread():
+        yield seen  # no handler can be installed, and no signal arrives, off the main thread
         return
+    # SIG_DFL ends the process and SIG_IGN ignores the signal: nothing for skorch to swallow.
+    # A handler installed outside Python (None) is left alone too.
+    previous = {
+        signum: handler for signum in STOP_SIGNALS if callable(handler := signal.getsignal(signum))
+    }
 
     def handler(signum: int, frame: Any) -> None:
-        # The application's own handler decides (Python's raises KeyboardInterrupt); only an
-        # interrupt it raises is recorded, so a handler that merely sets a flag keeps working.
+        # The application's own handler decides (Python's raises KeyboardInterrupt at SIGINT;
+        # the command-line tool's raises it at SIGTERM too); only an interrupt it raises is
+        # recorded, so a handler that merely sets a flag keeps working.
         try:
-            previous(signum, frame)
-        except KeyboardInterrupt:
+            previous[signum](signum, frame)
+        except KeyboardInterrupt as exc:
             seen["ctrl_c"] = True
+            seen.setdefault("stop", exc)
             raise
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in previous:
+        signal.signal(signum, handler)
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _can_split(y: np.ndarray, fraction: float, stratify: bool) -> bool:
@@ -347,12 +354,12 @@ def _fit_one_thread(net: NeuralNet, x: np.ndarray, y: np.ndarray, seen: dict[str
         # An interrupt that lands in one of torch's lazy imports leaves that module half made;
         # the next use fails (ValueError, AttributeError, measured): the cause is the Ctrl-C.
         if seen["ctrl_c"]:
-            raise KeyboardInterrupt from None
+            raise seen.get("stop", KeyboardInterrupt()) from None
         raise
     finally:
         torch.set_num_threads(threads)
     if seen["ctrl_c"]:
-        raise KeyboardInterrupt
+        raise seen.get("stop", KeyboardInterrupt())
 
 
 def _kept(net: NeuralNet, early: _EarlyStoppingAfter | None) -> FitResult:

@@ -138,14 +138,30 @@ class Service:
         return self._pool
 
     def close(self) -> None:
-        """Stop the thread pool (waits for runs in progress)."""
+        """Stop the thread pool: runs not started are dropped; a run in progress (native
+        code, which cannot be stopped) is not waited for.
+
+        The server calls it at shutdown, once requests in progress have finished or been
+        cancelled after the grace period: nothing waits for their answer any more. Key
+        uploads write atomically (a stopped one leaves no file).
+        """
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     async def off_loop(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call on the pool, not on the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args))
+        """Run a blocking call on the pool, not on the event loop.
+
+        Raises:
+            ServiceError: 503 (retryable) when the server cancels the request because it is
+                stopping and the request ran past the grace period (uvicorn cancels it).
+        """
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args))
+        except asyncio.CancelledError:
+            raise ServiceError(
+                503, "the service stopped before this request finished: send it again"
+            ) from None
 
     def model(self, model_id: str) -> ServedModel:
         """The served model of this id (404 if unknown)."""
@@ -283,6 +299,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await answering.settle()  # requests cancelled at the end of the grace period get a 503
         service.close()
 
     app = FastAPI(
@@ -292,6 +309,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    answering = _Answering()
+    app.add_middleware(_Counted, counter=answering)
     limit = config.max_request_bytes
     _add_error_handlers(app)
     _add_health_route(app, config, service)
@@ -301,6 +320,41 @@ def create_app(config: ServeConfig) -> FastAPI:
     _add_predict_route(api, service, limit)
     app.include_router(api)
     return app
+
+
+class _Answering:
+    """How many HTTP requests the app is answering, to let the last answers out at shutdown."""
+
+    #: Seconds the shutdown waits for answers still being sent (the 503s of cancelled runs).
+    SETTLE_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def settle(self) -> None:
+        """Wait (bounded) until no request is being answered."""
+        for _ in range(int(self.SETTLE_SECONDS / 0.02)):
+            if self.count == 0:
+                return
+            await asyncio.sleep(0.02)
+
+
+class _Counted:
+    """ASGI middleware: counts the HTTP requests in progress in an :class:`_Answering`."""
+
+    def __init__(self, app: Any, counter: _Answering) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.counter.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.counter.count -= 1
 
 
 #: The OpenAPI description of a request body that is an envelope (keys or ciphertext).
@@ -318,6 +372,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def on_service_error(_: Request, exc: ServiceError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": "1"}
         return _error(exc.status, exc.message, headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -23,10 +23,18 @@ def _url(server: uvicorn.Server, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
-def _config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+def _config(
+    app: Any, host: str, port: int, log_level: str, grace: float | None = None
+) -> uvicorn.Config:
     # One event loop in one process: concurrency comes from the app's thread pool.
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=grace,
     )
 
 
@@ -37,14 +45,17 @@ def serve_foreground(
     port: int = 8000,
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "warning",
+    grace: float | None = None,
 ) -> None:
     """Serve until SIGINT / SIGTERM; ``on_ready(url)`` is called once the socket listens.
 
     Port 0 picks a free port (the URL given to ``on_ready`` has the real one). uvicorn handles
-    the signal (graceful shutdown) and re-raises it afterwards, so Ctrl-C ends in
-    ``KeyboardInterrupt`` for the caller to report.
+    the signal: it stops accepting connections, gives requests in progress ``grace`` seconds
+    (``None``: as long as they take), cancels those still running, runs the app's shutdown,
+    and re-raises the signal, so that the caller's handler decides (Python's own: Ctrl-C
+    ends in ``KeyboardInterrupt``).
     """
-    server = uvicorn.Server(_config(app, host, port, log_level))
+    server = uvicorn.Server(_config(app, host, port, log_level, grace))
 
     async def main() -> None:
         task = asyncio.create_task(server.serve())
