@@ -200,6 +200,7 @@ def run_in_child(
     exit_code: Callable[[BaseException], int],
     cleanup: Callable[[], Any] | None = None,
     stop_seconds: float = CHILD_STOP_SECONDS,
+    own_group: bool = False,
 ) -> int:
     """Run a whole command step in a forked child and return its exit code.
 
@@ -222,6 +223,10 @@ def run_in_child(
             prints it).
         cleanup: called in the parent after the child ended abnormally.
         stop_seconds: how long the child gets to stop after the parent was stopped (s).
+        own_group: put the child in a process group of its own, so that a Ctrl-C at the
+            terminal reaches the parent only, which asks the child to stop with SIGTERM (a
+            server drains then; Concrete's native SIGINT handler, installed during a run,
+            would kill it outright).
     """
     if not hasattr(os, "fork") or threading.current_thread() is not threading.main_thread():
         return func()
@@ -230,6 +235,8 @@ def run_in_child(
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
+        if own_group:
+            os.setpgid(0, 0)
         _child_main(func, exit_code, parent)
     reaped = False
     try:

@@ -135,7 +135,7 @@ def _in_child(args: argparse.Namespace) -> int:
         step,
         exit_code=_exit_code,
         cleanup=cleanup,
-        **({} if grace is None else {"stop_seconds": grace + 5.0}),
+        **({} if grace is None else {"stop_seconds": grace + 5.0, "own_group": True}),
     )
 
 
