@@ -12,41 +12,72 @@ from fheqnn.cli import main
 
 
 @pytest.mark.slow
-def test_quick_profile_writes_rows_table_and_plot(tmp_path, capsys) -> None:
+def test_quick_profile_writes_rows_table_and_plots_and_resumes(tmp_path, capsys) -> None:
     out = tmp_path / "quick.jsonl"
-    code = main(
-        [
-            "bench",
-            "--profile",
-            "quick",
-            "--prune",
-            "0",
-            "0.5",
-            "--epochs",
-            "30",
-            "--out",
-            str(out),
-            "--report-dir",
-            str(tmp_path),
-        ]
-    )
-    assert code == 0
+    args = ["bench", "--profile", "quick", "--prune", "0", "0.5", "--widths", "1", "2"]
+    args += ["--epochs", "30", "--rows", "0", "--out", str(out), "--report-dir", str(tmp_path)]
+    assert main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["dataset"], r["prune"]) for r in rows] == [("iris", 0.0), ("iris", 0.5)]
+    cells = [(r["dataset"], r["width"], r["prune"], r["profile"]) for r in rows]
+    assert cells == [("iris", w, p, "default") for w in (1, 2) for p in (0.0, 0.5)]
     for row in rows:
         assert row["pbs"] >= row["hidden_neurons"] > 0
         assert all(layer["proven_bits"] <= row["n_accum_bits"] for layer in row["layers"])
         assert 0.0 <= row["acc_simulated"] <= 1.0 and "acc_float_mlp" in row
-    # Structured pruning removes lookups.
-    assert rows[1]["hidden_neurons"] < rows[0]["hidden_neurons"]
+    # Structured pruning removes lookups; a wider network has more.
+    assert rows[1]["hidden_neurons"] < rows[0]["hidden_neurons"] < rows[2]["hidden_neurons"]
     table = (tmp_path / "quick.md").read_text()
     # The row says which rounding and error probability the compiler chose.
     chosen = rows[1]
     p_error = "default" if chosen["p_error"] is None else f"{chosen['p_error']:g}"
     assert f"| iris | 0.50 | {chosen['rounding']} | {p_error} |" in table
     assert chosen["rounding"] in ("exact", "approximate")
-    assert (tmp_path / "quick.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| iris | x2 | 50 % | fheqnn default | 1 |" in table
+    assert "## Pick per data set" in table
+    for plot in ("quick_pruning.png", "quick_tradeoff.png"):
+        assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in capsys.readouterr().out
+    # Run again: every cell is in the file with these settings, nothing is measured again.
+    before = out.read_bytes()
+    assert main(args) == 0
+    assert out.read_bytes() == before
+    # Other settings are other measurements: one more width adds its two cells only.
+    assert main([*args[:7], "1", "3", *args[9:]]) == 0
+    widths = [json.loads(line)["width"] for line in out.read_text().splitlines()]
+    assert widths == [1, 1, 2, 2, 3, 3]
+
+
+def test_the_sweep_summary_takes_the_worst_and_mean_of_seeds_and_draws_the_front() -> None:
+    def row(seed: int, prune: float, acc: float, latency: float, profile: str = "default"):
+        return {
+            "dataset": "iris",
+            "width": 2,
+            "prune": prune,
+            "profile": profile,
+            "seed": seed,
+            "acc_clear": acc,
+            "acc_simulated": acc,
+            "pbs": 10,
+            "latency_single_s": latency,
+        }
+
+    rows = [row(0, 0.0, 0.90, 1.0), row(1, 0.0, 0.96, 3.0), row(0, 0.5, 0.92, 0.5)]
+    rows += [row(1, 0.5, 0.92, 0.5), row(0, 0.0, 0.97, 2.0, "exact")]
+    records = bench.aggregate(rows)
+    first = records[0]
+    assert (first["prune"], first["profile"], first["seeds"]) == (0.0, "default", 2)
+    assert first["acc_sim_worst"] == 0.90
+    assert first["acc_sim_mean"] == pytest.approx(0.93)
+    assert first["latency_s"] == pytest.approx(2.0)
+    # The pruned cell is as accurate on average (0.92 vs 0.93, within 0.5 point? no: 1 point)
+    # and four times faster: the pick within 0.5 point of the best is the unpruned one.
+    picks = {p["profile"]: p for p in bench.picks(records)}
+    assert picks["default"]["prune"] == 0.0 and picks["exact"]["prune"] == 0.0
+    assert bench.pareto_front([(1.0, 90.0), (2.0, 89.0), (3.0, 95.0), (0.5, 80.0)]) == [
+        (0.5, 80.0),
+        (1.0, 90.0),
+        (3.0, 95.0),
+    ]
 
 
 def test_bad_prune_value_is_refused(tmp_path, capsys) -> None:

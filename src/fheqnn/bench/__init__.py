@@ -19,8 +19,11 @@ One job per module:
 - ``floor``: the lookup floor and a row's latency against it;
 - ``baseline``: the float MLP baseline;
 - ``cell``: one configuration trained, compiled and measured (:func:`bench_one`);
-- ``sweep``: every configuration, rows appended to a JSON lines file;
-- ``report``: the markdown table and the plot;
+- ``sweep``: every cell (data set x width x pruning x compile profile x seed, and the
+  reference's cells), rows appended to a JSON lines file, resumable;
+- ``report``: the per-row markdown table (and the older one-seed plot);
+- ``summary``: the sweep summed up per cell over seeds, the pick per data set, and the two
+  plots (latency against pruning; accuracy against latency with Pareto fronts);
 - ``reference``: the comparison with Concrete ML.
 """
 
@@ -39,25 +42,35 @@ from .reference import (
     reference_row,
 )
 from .report import markdown_table, plot, write_report
-from .sweep import read_rows, run_bench
+from .summary import aggregate, pareto_front, picks, picks_text, summary_table, write_sweep_report
+from .sweep import REFERENCE, Cell, cells, read_rows, run_bench
 
 __all__ = [
     "COMPARED",
     "DEFAULT_REFERENCE_PYTHON",
     "PROFILES",
+    "REFERENCE",
     "THROUGHPUT_BATCHES",
     "BenchOptions",
+    "Cell",
+    "aggregate",
     "bench_one",
+    "cells",
     "comparison_table",
     "float_mlp_accuracy",
     "lookup_floor",
     "machine_load",
     "markdown_table",
+    "pareto_front",
+    "picks",
+    "picks_text",
     "plot",
     "plot_comparison",
     "read_rows",
     "reference_row",
     "run_bench",
+    "summary_table",
     "throughput",
     "write_report",
+    "write_sweep_report",
 ]

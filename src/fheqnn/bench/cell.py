@@ -18,7 +18,7 @@ from .measure import (
     summary_measures,
     throughput,
 )
-from .options import BenchOptions
+from .options import DEFAULT_WIDTH, BenchOptions
 
 
 def _load(name: str) -> tuple[np.ndarray, ...]:
@@ -37,28 +37,39 @@ def machine_load() -> float | None:
         return None
 
 
-def bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[Any, dict]) -> dict:
-    """Train, compile and measure one configuration; returns its JSON row."""
+def bench_one(
+    dataset: str,
+    prune: float,
+    opts: BenchOptions,
+    floors: dict[Any, dict],
+    width: int = DEFAULT_WIDTH,
+) -> dict:
+    """Train (hidden width ``width`` x the features), compile (``opts.exact``: the bit-exact
+    profile) and measure one configuration; returns its JSON row."""
     from ..contract import range_warnings_off
 
     # A shipped data set's own split: its rare far values (a digits pixel) are the data's.
     with range_warnings_off():
-        return _bench_one(dataset, prune, opts, floors)
+        return _bench_one(dataset, prune, opts, floors, width)
 
 
-def _bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[Any, dict]) -> dict:
+def _bench_one(
+    dataset: str, prune: float, opts: BenchOptions, floors: dict[Any, dict], width: int
+) -> dict:
     from .. import FheModelClient, FheModelServer
 
     x_tr, x_te, y_tr, y_te = _load(dataset)
     row: dict[str, Any] = {
+        "system": "fheqnn",
         "dataset": dataset,
         "prune": prune,
+        "width": width,
         "seed": opts.seed,
         "epochs": opts.epochs,
         "load_before": machine_load(),
         "python": platform.python_version(),
     }
-    clf = _train(row, prune, opts, x_tr, y_tr)
+    clf = _train(row, prune, width, opts, x_tr, y_tr)
     row["acc_clear"] = float(clf.score(x_te, y_te))
     if opts.float_baseline:
         row["acc_float_mlp"] = float_mlp_accuracy(clf, x_tr, y_tr, x_te, y_te, opts.seed)
@@ -81,13 +92,14 @@ def _bench_one(dataset: str, prune: float, opts: BenchOptions, floors: dict[Any,
     return row
 
 
-def _train(row: dict[str, Any], prune: float, opts: BenchOptions, x_tr, y_tr) -> Any:
-    """The default classifier trained with ``prune``; ``fit_s``, ``n_accum_bits`` and
-    ``max_active_neurons`` go into ``row``."""
+def _train(row: dict[str, Any], prune: float, width: int, opts: BenchOptions, x_tr, y_tr) -> Any:
+    """The default classifier trained with ``prune`` and hidden width ``width``; ``fit_s``,
+    ``n_accum_bits`` and ``max_active_neurons`` go into ``row``."""
     from .. import NeuralNetClassifier
 
     clf = NeuralNetClassifier(
         module__n_prune_neurons_percentage=prune,
+        module__n_hidden_neurons_multiplier=width,
         max_epochs=opts.epochs,
         random_state=opts.seed,
         verbose=0,

@@ -16,8 +16,19 @@ logger = logging.getLogger(__package__)
 DEFAULT_REFERENCE_PYTHON = "/work/refenv/bin/python"
 
 
-def reference_row(python: str, dataset: str, seed: int, epochs: int, prune: float = 0.0) -> dict:
+def reference_row(
+    python: str,
+    dataset: str,
+    seed: int,
+    epochs: int,
+    prune: float = 0.0,
+    *,
+    width: int = 4,
+    rows: int = 5,
+) -> dict:
     """Run ``benchmarks/reference.py`` (Concrete ML 1.9) in its own environment; its JSON row.
+
+    ``width``: the hidden-width multiplier; ``rows``: encrypted rows timed (0: none).
 
     Raises:
         FileNotFoundError: no such interpreter (the reference environment is made by hand).
@@ -33,7 +44,8 @@ def reference_row(python: str, dataset: str, seed: int, epochs: int, prune: floa
             f'/work/refenv && /work/refenv/bin/pip install "concrete-ml==1.9.*"\' (see {script})'
         )
     cmd = [python, str(script), "--dataset", dataset, "--seed", str(seed)]
-    cmd += ["--epochs", str(epochs), "--prune", str(prune)]
+    cmd += ["--epochs", str(epochs), "--prune", str(prune), "--width", str(width)]
+    cmd += ["--rows", str(rows)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
@@ -56,7 +68,7 @@ COMPARED = (
 
 def comparison_table(pairs: list[tuple[dict, dict]]) -> str:
     """Our row and the reference's side by side, with ours / reference ratios."""
-    head = ["data set", "seed", "system", *(name for name, _, _ in COMPARED), "load"]
+    head = ["data set", "width", "prune", "seed", "system", *(n for n, _, _ in COMPARED), "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ours, ref in pairs:
         label = f"fheqnn {ours.get('profile', 'default')}"
@@ -64,16 +76,16 @@ def comparison_table(pairs: list[tuple[dict, dict]]) -> str:
             cells = [_fmt(row.get(keys[side]), ".3f") for keys in COMPARED]
             load = row.get("load_before", row.get("load"))
             lines.append(
-                f"| {ours['dataset']} | {ours['seed']} | {name} | "
-                + " | ".join(cells)
-                + f" | {_fmt(load, '.1f')} |"
+                f"| {ours['dataset']} | x{ours.get('width', 4)} | {100 * ours['prune']:.0f} % "
+                f"| {ours['seed']} | {name} | " + " | ".join(cells) + f" | {_fmt(load, '.1f')} |"
             )
         ratios = [
             _fmt(ours[mine] / ref[theirs], ".3f") if ours.get(mine) and ref.get(theirs) else "-"
             for _, mine, theirs in COMPARED
         ]
         lines.append(
-            f"| {ours['dataset']} | {ours['seed']} | ratio | " + " | ".join(ratios) + " | |"
+            f"| {ours['dataset']} | x{ours.get('width', 4)} | {100 * ours['prune']:.0f} % "
+            f"| {ours['seed']} | ratio | " + " | ".join(ratios) + " | |"
         )
     return "\n".join(lines)
 
