@@ -320,3 +320,26 @@ def test_sigterm_to_the_serving_worker_stops_the_whole_server(ws) -> None:
     assert proc.returncode == 0, err
     assert err.strip() == "fheqnn: stopped", err
     assert _all_gone([worker], 5.0)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_batch_takes_its_local_ray_instance_along(ws, tmp_path) -> None:
+    """``run --ray local`` starts Ray's processes under its worker. Killed outright, the
+    command cannot clean up: its worker gets SIGTERM from the kernel and shuts Ray down. Once
+    measured: Ray's dashboard and runtime-env agents stayed alive, reparented to init."""
+    args = [*_run_args(ws), "--ray", "local", "--ray-cpus", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fheqnn.cli", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=SRC, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
+    )
+    _wait_for(proc, b"running on")
+    time.sleep(1.0)  # Ray's agents start a moment after the instance
+    ours = _descendants(proc.pid)
+    assert len(ours) >= 3, ours  # the worker, Ray's GCS and raylet at least
+    proc.kill()
+    proc.communicate(timeout=GONE_SECONDS)
+    assert _all_gone(ours), [pid for pid in ours if _alive(pid)]
+    assert list(tmp_path.iterdir()) == []

@@ -194,6 +194,12 @@ def in_forked_child() -> bool:
     return _in_child
 
 
+def stop_handler() -> Callable[[int, Any], None]:
+    """This process's handler of SIGTERM and SIGHUP: :func:`record_and_raise`, or in the worker
+    of :func:`run_in_child` the one that ignores stops after the first."""
+    return _stop_once if _in_child else record_and_raise
+
+
 def run_in_child(
     func: Callable[[], int],
     *,
@@ -237,7 +243,7 @@ def run_in_child(
     if pid == 0:
         if own_group:
             os.setpgid(0, 0)
-        _child_main(func, exit_code, parent)
+        _child_main(func, exit_code, parent, stop_seconds)
     reaped = False
     try:
         _, status = os.waitpid(pid, 0)
@@ -258,18 +264,21 @@ def run_in_child(
 
 
 def _child_main(
-    func: Callable[[], int], exit_code: Callable[[BaseException], int], parent: int
+    func: Callable[[], int],
+    exit_code: Callable[[BaseException], int],
+    parent: int,
+    stop_seconds: float,
 ) -> None:
     """The forked child: run ``func``, exit with its code; never returns."""
     global _in_child
     code = 1
     try:
         _in_child = True
-        _die_with_parent(parent)
+        _die_with_parent(parent, stop_seconds)
         # Ctrl-C reaches the whole process group: the parent decides and sends SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for signum in STOP_SIGNALS[1:]:
-            signal.signal(signum, record_and_raise)
+            signal.signal(signum, _stop_once)
         try:
             code = func()
         except KeyboardInterrupt as exc:  # stopped: the parent reports it
@@ -282,16 +291,42 @@ def _child_main(
         os._exit(code)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux; elsewhere nothing)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+def _stop_once(signum: int, frame: Any) -> None:
+    """The worker's handler of SIGTERM and SIGHUP: the first one unwinds it; later ones are
+    ignored, so that they cannot cut its clean-up short (its parent kills it if it takes too
+    long)."""
+    for each in STOP_SIGNALS[1:]:
+        signal.signal(each, signal.SIG_IGN)
+    record_and_raise(signum, frame)
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(128 + signal.SIGKILL)
+
+def _die_with_parent(parent: int, stop_seconds: float) -> None:
+    """Stop this process when its parent dies, even if the parent was killed outright.
+
+    Linux sends SIGTERM at the parent's death (``PR_SET_PDEATHSIG``): the child unwinds as at
+    any stop (a local Ray instance it started is shut down, a server drains). A watchdog
+    thread kills the child if it is still alive ``stop_seconds`` after its parent is gone (and,
+    without ``prctl``, notices the death itself).
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        if not armed:  # nobody sent the stop
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(stop_seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="fheqnn-parent-watch", daemon=True).start()
 
 
 def _settle() -> None:

@@ -150,11 +150,12 @@ def _take_back_stop_signals() -> None:
     unwind the command and its ``finally`` blocks shut down what it started."""
     import signal
 
-    from ..interrupts import STOP_SIGNALS, record_and_raise
+    from ..interrupts import STOP_SIGNALS, stop_handler
 
+    handler = stop_handler()
     for signum in STOP_SIGNALS[1:]:
-        if signal.getsignal(signum) is not record_and_raise:
-            signal.signal(signum, record_and_raise)
+        if signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
 
 
 def request_rows(batch_size: int, requested: int | None) -> int:
