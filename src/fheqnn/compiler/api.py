@@ -318,6 +318,7 @@ def stability_record(lowered: Lowered, p_error: Any, configuration: Any = None) 
         "unstable_calibration_share": unstable,
         "unstable_calibration_rows": None if unstable is None else round(unstable * n_rows),
         "calibration_rows": n_rows,
+        "distinct_calibration_rows": None if lowered.guard is None else lowered.guard.distinct_rows,
         "max_unstable": lowered.options.max_unstable,
         "stability_judged": lowered.options.max_unstable is not None and unstable is not None,
         "guard_ok": bool(choice.guard_ok and lowered.guard_message in (None, choice.fallback)),

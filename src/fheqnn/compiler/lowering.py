@@ -23,7 +23,7 @@ from .noise import NoiseSpec, per_lookup_p_error
 from .options import P_ERROR_CANDIDATES, CompileOptions
 from .passes import check_lookup_domains, drop_dead_neurons
 from .report import analyse, check
-from .rounding_search import RoundingChoice, choose_rounding
+from .rounding_search import RoundingChoice, choose_rounding, rows_text
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,15 @@ def speak(
     n_rows: int,
     min_agreement: float,
     noise: str | None = None,
+    distinct_rows: int | None = None,
 ) -> str | None:
     """What the accuracy guard has to say about a rounding choice; warns or (strict) raises.
 
     ``min_agreement``: the guard's threshold (``options.min_agreement``, or its default for
     the kind of output). ``noise``: the circuit noise it was judged under (:func:`noise_text`),
-    named in the message.
+    named in the message. ``distinct_rows``: different quantized inputs among the ``n_rows``
+    calibration rows (default: all of them), which a lossy rounding needs
+    :data:`~fheqnn.compiler.guard.MIN_GUARD_ROWS` of.
 
     A fallback to lossless rounding is logged (it costs speed, not accuracy); a choice that
     breaks the guard, or that too few rows cannot check, is a
@@ -153,10 +156,11 @@ def speak(
             f"under the circuit's noise > max_unstable {budget:.2%} (a smaller p_error, "
             "exact=True or a larger max_unstable would keep it)"
         )
-    if any(choice.lsbs) and n_rows < MIN_GUARD_ROWS:
+    distinct = n_rows if distinct_rows is None else distinct_rows
+    if any(choice.lsbs) and distinct < MIN_GUARD_ROWS:
         problems.append(
-            f"only {n_rows} calibration rows: too few to check a lossy rounding "
-            f"(at least {MIN_GUARD_ROWS})"
+            f"only {rows_text(n_rows, distinct)}: too few to check a lossy rounding "
+            f"(at least {MIN_GUARD_ROWS} distinct)"
         )
     if not problems:
         return None
@@ -319,6 +323,7 @@ def announce(lowered: Lowered) -> Lowered:
         len(lowered.calibration_q),
         lowered.guard.min_agreement,
         noise_text(lowered.noise_p_error, lowered.noise_global_p_error),
+        lowered.guard.distinct_rows,
     )
     return replace(lowered, guard_message=message, announced=True)
 
