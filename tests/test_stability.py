@@ -86,6 +86,21 @@ def test_large_error_probabilities_move_lookups_several_steps() -> None:
     assert np.abs(small).max() == 1
 
 
+def test_bootstrap_errors_wrap_around_the_table() -> None:
+    """An error past either end of a lookup's table reads its other end (Concrete's simulation:
+    benchmarks/bootstrap_error.py), not a value beyond it."""
+    shift, bits = 3, 3  # inputs acc + 3 in [0, 8)
+    acc = np.full(100_000, -3)  # index 0, the bottom of the table
+    moved = CircuitNoise(np.random.default_rng(0), lookup_error=0.5).round(
+        acc, 0, exact=True, table=(shift, bits)
+    )
+    index = moved + shift
+    assert index.min() >= 0 and index.max() < 1 << bits
+    assert 0.2 < np.mean(index == 7) < 0.27  # one step down: wrapped to the top
+    unwrapped = CircuitNoise(np.random.default_rng(0), lookup_error=0.5).round(acc, 0, True)
+    np.testing.assert_array_equal(index == 7, unwrapped + shift == -1)
+
+
 def test_noise_of_a_global_error_probability() -> None:
     """A run errs when any of its lookups does: a lookup errs at most global_p_error."""
     assert NoiseSpec.at(None, 0.5).lookup_error == 0.5
