@@ -120,7 +120,8 @@ def test_a_large_p_error_is_judged_and_not_kept_silently(data, clf, tmp_path) ->
         model = compile_onnx(onnx, x, rounding="off", p_error=0.5, calibration_labels=y)
     stability = model.summary()["stability"]
     assert stability["guard_ok"] is False and stability["lookup_error"] == 0.5
-    assert model.summary()["accuracy_guard"]["ok"] is False
+    guard = model.summary()["accuracy_guard"]
+    assert guard["ok"] is False and guard["thresholds"]["min_agreement"] == 0.99
     assert "NOT kept" in stability_text(stability)
     with pytest.raises(AccuracyLossError, match=r"0\.5 per lookup"):
         compile_onnx(onnx, x, rounding="off", p_error=0.5, calibration_labels=y, strict=True)

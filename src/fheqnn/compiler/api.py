@@ -20,6 +20,7 @@ from ..errors import InvalidParameterError
 from ..runtime.artifacts import save_compiled_model
 from . import backend
 from .backend import run_in_chunks
+from .guard import MIN_GUARD_ROWS
 from .ir import Program
 from .lowering import Lowered, announce, lower_onnx, round_for
 from .noise import NoiseSpec
@@ -243,6 +244,8 @@ class CompiledModel:
                 "reference_calibration_score": stats.rounding.reference_score,
                 "fallback": stats.rounding.fallback,
                 "message": stats.guard_message,
+                # What "ok" was judged against (loosened thresholds judge less).
+                "thresholds": self._guard_thresholds(),
             },
             "evaluation_keys_bytes_estimate": key_bytes_estimate(stats.statistics),
             # Per row, as the PBS count: a call's ciphertexts hold batch_size rows.
@@ -250,6 +253,20 @@ class CompiledModel:
             // self.batch_size,
             "output_ciphertext_bytes": int(stats.statistics.get("size_of_outputs", 0))
             // self.batch_size,
+        }
+
+    def _guard_thresholds(self) -> dict[str, Any] | None:
+        """The accuracy guard's thresholds this model was judged by (``None``: not known)."""
+        lowered = self._lowered
+        if lowered is None or lowered.guard is None:
+            return None
+        options = lowered.options
+        return {
+            "min_agreement": lowered.guard.min_agreement,
+            "min_boundary_agreement": options.min_boundary_agreement,
+            "max_accuracy_loss": options.max_accuracy_loss,
+            "max_unstable": options.max_unstable,
+            "min_distinct_calibration_rows": MIN_GUARD_ROWS,
         }
 
     def __repr__(self) -> str:
