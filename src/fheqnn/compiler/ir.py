@@ -244,14 +244,6 @@ class CircuitNoise:
         return np.where(hit, (index % (1 << bits)) * step - shift, moved)
 
 
-def bootstrap_noise_sigma(p_error: float) -> float:
-    """Standard deviation of the circuit's noise, in table steps, at an error probability per
-    lookup: the normal noise exceeds half a step with that probability (0.19 step at 1e-2,
-    0.30 at 0.1, 0.74 at 0.5)."""
-    p = min(max(float(p_error), 1e-300), 0.99)
-    return 0.5 / _STANDARD_NORMAL.inv_cdf(1.0 - p / 2)
-
-
 def bootstrap_error_steps(position: np.ndarray, chance: float) -> np.ndarray:
     """How many table steps a bootstrap error moves a lookup, by ``position`` (uniform in
     [0, 1), the draw's place within its half of the error probability ``chance``).
@@ -268,7 +260,7 @@ def bootstrap_error_steps(position: np.ndarray, chance: float) -> np.ndarray:
     """
     position = np.asarray(position, dtype=np.float64)
     chance = min(float(chance), 0.99)  # beyond it the noise spans the table anyway
-    sigma = bootstrap_noise_sigma(chance)
+    sigma = 0.5 / _STANDARD_NORMAL.inv_cdf(1.0 - chance / 2)
     steps = np.ones(position.shape, dtype=np.int64)
     # Given an error (|noise| > 0.5 step), it is m steps or more with odds
     # P(|noise| > m - 0.5) / P(|noise| > 0.5).
