@@ -229,10 +229,12 @@ def stability_text(stability: dict | None) -> str | None:
             f"{stability.get('draws', '?')} draws of the compiler's model of the circuit's noise"
             + (" (not judged: max_unstable none)" if budget is None else f" (budget {budget:.1%})")
         )
+    effect = "a row near the decision boundary can get a different answer"
     if stability.get("guard_ok") is False:
         measured += "; the accuracy guard was NOT kept under this noise (see its warning)"
+        effect = "answers can differ from the unrounded network's and"
     return (
-        f"stability: not bit-exact ({' and '.join(reasons)}){measured}: a row near the "
-        "decision boundary can get a different answer from one run to the next; compile with "
+        f"stability: not bit-exact ({' and '.join(reasons)}){measured}: {effect} from one run "
+        "to the next; compile with "
         "--exact (exact=True) for bit-exact answers"
     )
