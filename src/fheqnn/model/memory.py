@@ -20,12 +20,13 @@ from ..errors import InsufficientMemoryError
 #: Bytes of training memory per weight or bias. Each weight is held several times over: the
 #: dense weight and its masked copy, its gradient, AdamW's two moments, the brevitas quantized
 #: weight and what autograd keeps of it, the pruning mask and the per-neuron top-k that chooses
-#: it. Measured (``benchmarks/training_memory.py``: the peak resident memory of
-#: ``NeuralNetClassifier(max_epochs=1).fit`` on 600 random rows, above the memory after
-#: imports, 3 layers at the default multiplier): 805 MB for 12.8 million weights (800
-#: features), 1608 MB for 28.8 million (1200), 2071 MB for 51.2 million (1600), i.e. 63, 56 and
-#: 40 bytes per weight with the fixed share in. With 48 and the fixed share below, the
-#: estimate is 12 %, 5 % and 34 % above those peaks: it errs on the side of refusing.
+#: it. Measured (``benchmarks/training_memory.py --features 400,800,1200,1600``: the peak
+#: resident memory of ``NeuralNetClassifier(max_epochs=1).fit`` on 600 random rows, above the
+#: memory after imports, 3 layers at the default multiplier): 321 MB for 3.2 million weights,
+#: 704 MB for 12.8 million, 1677 MB for 28.8 million, 2071 MB for 51.2 million (the peak is
+#: not linear: 58 bytes per weight at 28.8 million, 40 at 51.2). With 48 and the other terms
+#: below, the estimate is 37 %, 30 %, 2 % and 35 % above those peaks: it errs on the side of
+#: refusing.
 BYTES_PER_PARAMETER = 48
 
 #: Bytes per neuron and row of a training batch: each layer's input quantizer, linear output
@@ -36,8 +37,9 @@ BYTES_PER_ACTIVATION = 48
 #: standardized float64 copy and the float32 copy torch trains on.
 BYTES_PER_INPUT_VALUE = 24
 
-#: Torch, brevitas and skorch's own working memory beyond the figures above (the measured
-#: intercept, rounded up).
+#: Torch, brevitas and skorch's own working memory beyond the figures above (not fitted: it
+#: keeps the estimate of small networks above their measured peaks, 37 % above at 3.2 million
+#: weights).
 FIXED_BYTES = 256 << 20
 
 
