@@ -89,6 +89,25 @@ def test_too_few_calibration_rows_fall_back_to_lossless_exact_rounding(
     np.testing.assert_array_equal(lowered.program.run_integer(q), unrounded.run_integer(q))
 
 
+def test_copies_of_one_row_count_as_one_calibration_row(data, onnx_model) -> None:
+    """60 copies of a row (and near-copies that quantize alike) pass a row count of 50 but
+    hold one input: the guard counts distinct quantized rows and will not judge a lossy
+    rounding on them."""
+    x, y = data
+    rng = np.random.default_rng(0)
+    for rows in (np.repeat(x[:1], 60, axis=0), x[:1] + rng.normal(scale=1e-9, size=(60, 1))):
+        lowered = lower_onnx(onnx_model, rows, CompileOptions(), calibration_labels=y[[0] * 60])
+        choice = lowered.rounding
+        assert choice.exact and choice.lsbs == choice.lossless
+        assert "60 calibration rows (1 distinct after the model's input quantization)" in (
+            choice.fallback
+        )
+        assert f"at least {MIN_GUARD_ROWS} distinct needed" in choice.fallback
+    # A lossy rounding asked for is refused (strict) with the counts.
+    with pytest.raises(AccuracyLossError, match=r"60 calibration rows \(1 distinct.*at least 50"):
+        lower_onnx(onnx_model, rows, CompileOptions(rounding=1, strict=True))
+
+
 def test_labels_must_match_the_rows(data, onnx_model) -> None:
     x, y = data
     with pytest.raises(ValueError, match="one per calibration row"):

@@ -95,6 +95,72 @@ def test_encrypted_round_trip_equals_simulation(workspace, data) -> None:
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
 
 
+def _round_trip(folder: Path, keys: Path, x: np.ndarray) -> None:
+    """Encrypt with the key folder, run on the server, decrypt: the interpreter's integers."""
+    from fheqnn.compiler.serialize import program_from_dict
+    from fheqnn.runtime.artifacts import open_model_folder
+
+    client = FheModelClient(folder, keys)
+    results = FheModelServer(folder).run(client.encrypt(x), client.evaluation_keys())
+    program = program_from_dict(open_model_folder(folder).read_json("program.json"))
+    expected = program.run_integer(client.part.quantize(x))
+    np.testing.assert_array_equal(client.decrypt_integers(results), expected)
+
+
+def test_the_secret_key_file_holds_the_secret_keys_alone(workspace, data) -> None:
+    """secret.keys holds what encryption and decryption need, not Concrete's whole key set
+    (whose evaluation keys are evaluation.keys): the client loads tens of KB, not tens of MB."""
+    from fheqnn.runtime.client import CLIENT_KEYSET_OVERHEAD, KEY_FORMAT_VERSION
+
+    keys = workspace["keys_a"]
+    sizes = FheModelClient(workspace["a"]).key_sizes()
+    secret = (keys / "secret.keys").stat().st_size
+    assert sizes.secret <= secret <= sizes.secret + CLIENT_KEYSET_OVERHEAD
+    assert 100 * secret < (keys / "evaluation.keys").stat().st_size
+    info = json.loads((keys / "key.json").read_text())
+    assert info["format_version"] == KEY_FORMAT_VERSION == 3
+    assert info["bytes"]["secret.keys"] == secret
+    _round_trip(workspace["a"], keys, data[0][:3])
+
+
+@pytest.mark.slow
+@pytest.mark.encrypted
+def test_a_key_folder_of_version_2_is_still_read(workspace, data, tmp_path) -> None:
+    """Key folders written before version 3 hold Concrete's whole key set in secret.keys."""
+    from fheqnn.concrete_seam import fhe, load_client_specs
+    from fheqnn.runtime.artifacts import key_id_of, sha256_bytes
+
+    folder = workspace["a"]
+    concrete_client = fhe().Client(load_client_specs((folder / "client.specs").read_bytes()))
+    concrete_client.keys.generate(force=True)
+    whole = bytes(concrete_client.keys.serialize())
+    evaluation = bytes(concrete_client.evaluation_keys.serialize())
+    model_id, key_id = FheModelClient(folder).model_id, key_id_of(evaluation)
+    blob = Envelope("evaluation_keys", model_id, key_id, (evaluation,)).to_bytes()
+    keys = tmp_path / "old"
+    keys.mkdir(mode=0o700)
+    (keys / "secret.keys").write_bytes(whole)
+    os.chmod(keys / "secret.keys", 0o600)
+    (keys / "evaluation.keys").write_bytes(blob)
+    files = {"secret.keys": whole, "evaluation.keys": blob}
+    (keys / "key.json").write_text(json.dumps({
+        "format": "fheqnn-keys", "format_version": 2, "key_id": key_id, "model_id": model_id,
+        "sha256": {name: sha256_bytes(b) for name, b in files.items()},
+        "bytes": {name: len(b) for name, b in files.items()},
+        "keygen_seconds": 0.0, "evaluation_keys_bytes": len(blob),
+    }))  # fmt: skip
+    assert len(whole) > len(evaluation)  # the whole key set, evaluation keys included
+    _round_trip(folder, keys, data[0][:3])
+    # A version 2 folder whose secret.keys holds only the secret keys is refused by its size.
+    secret = (workspace["keys_a"] / "secret.keys").read_bytes()
+    info = json.loads((keys / "key.json").read_text())
+    info["sha256"]["secret.keys"], info["bytes"]["secret.keys"] = sha256_bytes(secret), len(secret)
+    (keys / "key.json").write_text(json.dumps(info))
+    (keys / "secret.keys").write_bytes(secret)
+    with pytest.raises(ArtifactError, match="truncated, or keys of another model"):
+        FheModelClient(folder, keys)
+
+
 def test_server_caches_evaluation_keys(workspace, data) -> None:
     x, _ = data
     client = FheModelClient(workspace["a"], workspace["keys_a"])

@@ -48,17 +48,20 @@ def test_noise_spec_of_an_error_probability() -> None:
     assert NoiseSpec.at(None).lookup_error == 1e-5  # Concrete's bound for the whole circuit
 
 
-def test_bootstrap_errors_move_a_lookup_one_step() -> None:
+def test_bootstrap_errors_move_a_lookup_by_whole_steps() -> None:
     acc = np.arange(-64, 64) * 3
     exact = round_lsbs(acc, 2)
     quiet = CircuitNoise(np.random.default_rng(0), lookup_error=0.0)
     np.testing.assert_array_equal(quiet.round(acc, 2, exact=True), exact)
     always = CircuitNoise(np.random.default_rng(0), lookup_error=1.0)
     moved = always.round(acc, 2, exact=True)
-    np.testing.assert_array_equal(np.abs(moved - exact), np.full(acc.shape, 4))
+    assert np.all(moved != exact) and np.all((moved - exact) % 4 == 0)
     assert {-4, 4} <= set((moved - exact).tolist())
-    # Without rounding, a bootstrap error moves the lookup's input by one.
-    np.testing.assert_array_equal(np.abs(always.round(acc, 0, exact=True) - acc), 1)
+    # Without rounding, a bootstrap error at a small error probability moves the input by one.
+    some = CircuitNoise(np.random.default_rng(0), lookup_error=1e-2).round(
+        np.zeros(20000, dtype=np.int64), 0, exact=True
+    )
+    assert set(some.tolist()) == {-1, 0, 1}
     # Exact rounding's extra bootstraps err too: a neuron errs more often than one lookup.
     rare = [
         np.mean(CircuitNoise(np.random.default_rng(1), lookup_error=0.01).round(
@@ -66,6 +69,68 @@ def test_bootstrap_errors_move_a_lookup_one_step() -> None:
         for lsbs in (0, 4)
     ]  # fmt: skip
     assert rare[0] < 0.015 < 0.04 < rare[1]
+
+
+def test_large_error_probabilities_move_lookups_several_steps() -> None:
+    """The normal noise's tail: at 0.5 per lookup Concrete's simulation of a 7-bit lookup erred
+    in 49 % of the lookups, by two steps or more in 4.4 % (benchmarks/bootstrap_error.py)."""
+    zeros = np.zeros(200_000, dtype=np.int64)
+    moved = CircuitNoise(np.random.default_rng(0), lookup_error=0.5).round(zeros, 0, exact=True)
+    assert 0.48 < np.mean(moved != 0) < 0.52
+    assert 0.035 < np.mean(np.abs(moved) >= 2) < 0.055
+    assert np.mean(moved < 0) == pytest.approx(np.mean(moved > 0), abs=0.01)
+    # At 1e-2 the tail is out of reach: every error is one step.
+    small = CircuitNoise(np.random.default_rng(0), lookup_error=1e-2).round(zeros, 0, exact=True)
+    assert np.abs(small).max() == 1
+
+
+def test_bootstrap_errors_wrap_around_the_table() -> None:
+    """An error past either end of a lookup's table reads its other end (Concrete's simulation:
+    benchmarks/bootstrap_error.py), not a value beyond it."""
+    shift, bits = 3, 3  # inputs acc + 3 in [0, 8)
+    acc = np.full(100_000, -3)  # index 0, the bottom of the table
+    moved = CircuitNoise(np.random.default_rng(0), lookup_error=0.5).round(
+        acc, 0, exact=True, table=(shift, bits)
+    )
+    index = moved + shift
+    assert index.min() >= 0 and index.max() < 1 << bits
+    assert 0.2 < np.mean(index == 7) < 0.27  # one step down: wrapped to the top
+    unwrapped = CircuitNoise(np.random.default_rng(0), lookup_error=0.5).round(acc, 0, True)
+    np.testing.assert_array_equal(index == 7, unwrapped + shift == -1)
+
+
+def test_noise_of_a_global_error_probability() -> None:
+    """A run errs when any of its lookups does: a lookup errs at most global_p_error."""
+    assert NoiseSpec.at(None, 0.5).lookup_error == 0.5
+    assert NoiseSpec.at(1e-3, 1e-2).lookup_error == 1e-3
+    assert NoiseSpec.at(1e-2, 1e-3).lookup_error == 1e-3
+    assert NoiseSpec.at(None, 1e-3).approx_spread == approx_spread(1e-3)
+
+
+def test_a_large_p_error_is_judged_and_not_kept_silently(data, clf, tmp_path) -> None:
+    """p_error=0.5 (the largest accepted) is judged under its own noise: the guard warns, the
+    report says it was not kept, and strict refuses."""
+    from fheqnn import compile_onnx
+
+    x, y = data
+    onnx = clf.export_onnx()
+    with pytest.warns(CompileAccuracyWarning, match=r"0\.5 per lookup.*smaller p_error"):
+        model = compile_onnx(onnx, x, rounding="off", p_error=0.5, calibration_labels=y)
+    stability = model.summary()["stability"]
+    assert stability["guard_ok"] is False and stability["lookup_error"] == 0.5
+    guard = model.summary()["accuracy_guard"]
+    assert guard["ok"] is False and guard["thresholds"]["min_agreement"] == 0.99
+    assert "NOT kept" in stability_text(stability)
+    with pytest.raises(AccuracyLossError, match=r"0\.5 per lookup"):
+        compile_onnx(onnx, x, rounding="off", p_error=0.5, calibration_labels=y, strict=True)
+
+
+def test_a_large_global_p_error_is_judged(data, clf) -> None:
+    """global_p_error alone was judged under Concrete's default noise (1e-5 per lookup)."""
+    x, y = data
+    options = CompileOptions(rounding="off", p_error=None, global_p_error=0.5, strict=True)
+    with pytest.raises(AccuracyLossError, match=r"global_p_error=0\.5"):
+        lower_onnx(clf.export_onnx(), x, options, calibration_labels=y)
 
 
 def test_the_guard_counts_rows_whose_prediction_changes_between_draws(data, clf) -> None:

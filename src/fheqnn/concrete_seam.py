@@ -174,11 +174,52 @@ def native_stderr_to_log(what: str) -> Iterator[None]:
 
 
 def deserialize_keys(data: bytes) -> Any:
-    """``fhe.Keys`` (secret and evaluation keys) from bytes, native noise sent to the log."""
+    """``fhe.Keys`` from bytes (the whole key set, or the secret keys alone:
+    :func:`client_keyset_bytes`), native noise sent to the log."""
     # The capture is entered in the caller's thread, so that an interrupt that leaves the
     # native call running restores stderr before the interrupt is reported.
     with native_stderr_to_log("secret key deserialization"):
         return call_interruptibly(fhe().Keys.deserialize, data)
+
+
+def client_keyset_bytes(keyset: bytes, specs: Any) -> bytes:
+    """The secret keys of a serialized Concrete key set, alone: a key set with no evaluation key.
+
+    ``fhe.Keys.serialize`` writes the whole key set, evaluation keys included (50-700 MB),
+    though encryption and decryption need only the LWE secret keys (tens of KB). Concrete 2.11
+    has no serializer for its ``ClientKeyset``, but a ``Keyset`` built from a program
+    description with no bootstrap or key-switching key, given the secret keys as its initial
+    keys, generates nothing else and serializes to the secret keys and their parameters;
+    ``fhe.Keys.deserialize`` reads it back, and a ``fhe.Client`` encrypts and decrypts with it
+    as with the whole set (no new key generation: the secret keys are the same).
+
+    Args:
+        keyset: ``fhe.Keys.serialize()`` of the whole key set.
+        specs: the circuit's ``fhe.ClientSpecs``.
+
+    Raises:
+        RuntimeError: the key set does not hold the secret keys the specifications describe.
+    """
+    import json
+
+    from concrete.compiler import Keyset, ProgramInfo
+
+    with native_stderr_to_log("secret key extraction"):
+        secret_keys = Keyset.deserialize(keyset).get_client_keys().get_secret_keys()
+        description = json.loads(bytes(specs.program_info.serialize()))
+        wanted = description["keyset"]["lweSecretKeys"]
+        dimensions = [int(key.param.dimension()) for key in secret_keys]
+        if dimensions != [int(k["params"]["lweDimension"]) for k in wanted]:
+            raise RuntimeError(
+                f"the key set's secret keys (dimensions {dimensions}) are not the ones the "
+                "client specifications describe"
+            )
+        for name in description["keyset"]:
+            if name != "lweSecretKeys":
+                description["keyset"][name] = []  # no evaluation key of any kind
+        client_only = ProgramInfo.deserialize(json.dumps(description).encode())
+        initial = {int(k["id"]): key for k, key in zip(wanted, secret_keys, strict=True)}
+        return bytes(Keyset(client_only, None, 0, 0, 0, 0, initial).serialize())
 
 
 def deserialize_evaluation_keys(data: bytes) -> Any:

@@ -40,6 +40,10 @@ class UnsupportedOperatorError(InvalidModelError):
     """The ONNX graph uses an operator, or an operator form, that the compiler does not lower."""
 
 
+class InsufficientMemoryError(FheqnnError, MemoryError):
+    """A network too large to train in the memory available, refused before it is built."""
+
+
 class InternalError(FheqnnError, RuntimeError):
     """A guarantee that fheqnn itself should uphold was broken: a bug, please report it."""
 

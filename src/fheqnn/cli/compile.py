@@ -69,9 +69,9 @@ def _nondeterminism_note(approximate: bool, p_error: Any) -> str | None:
         return None
     return (
         f"note: not bit-exact ({' and '.join(reasons)}): the same encrypted row can decrypt to a "
-        "different result from one run to the next (rare off-by-one lookups, whose cost in "
-        "accuracy was checked by simulation at compile time); compile with --exact for "
-        "reproducible results"
+        "different result from one run to the next (lookups that err; this report, written "
+        "before stability was recorded, does not say what that costs in accuracy); compile "
+        "with --exact for reproducible results"
     )
 
 

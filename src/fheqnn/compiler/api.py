@@ -20,6 +20,7 @@ from ..errors import InvalidParameterError
 from ..runtime.artifacts import save_compiled_model
 from . import backend
 from .backend import run_in_chunks
+from .guard import MIN_GUARD_ROWS
 from .ir import Program
 from .lowering import Lowered, announce, lower_onnx, round_for
 from .noise import NoiseSpec
@@ -243,6 +244,8 @@ class CompiledModel:
                 "reference_calibration_score": stats.rounding.reference_score,
                 "fallback": stats.rounding.fallback,
                 "message": stats.guard_message,
+                # What "ok" was judged against (loosened thresholds judge less).
+                "thresholds": self._guard_thresholds(),
             },
             "evaluation_keys_bytes_estimate": key_bytes_estimate(stats.statistics),
             # Per row, as the PBS count: a call's ciphertexts hold batch_size rows.
@@ -250,6 +253,20 @@ class CompiledModel:
             // self.batch_size,
             "output_ciphertext_bytes": int(stats.statistics.get("size_of_outputs", 0))
             // self.batch_size,
+        }
+
+    def _guard_thresholds(self) -> dict[str, Any] | None:
+        """The accuracy guard's thresholds this model was judged by (``None``: not known)."""
+        lowered = self._lowered
+        if lowered is None or lowered.guard is None:
+            return None
+        options = lowered.options
+        return {
+            "min_agreement": lowered.guard.min_agreement,
+            "min_boundary_agreement": options.min_boundary_agreement,
+            "max_accuracy_loss": options.max_accuracy_loss,
+            "max_unstable": options.max_unstable,
+            "min_distinct_calibration_rows": MIN_GUARD_ROWS,
         }
 
     def __repr__(self) -> str:
@@ -295,14 +312,17 @@ def stability_record(lowered: Lowered, p_error: Any, configuration: Any = None) 
     any bootstrap error to be drawn (the bit-exact profile's 2**-40): every encrypted run then
     gives the integer interpreter's answer. Otherwise the share of calibration rows whose
     predicted class changed over the noise model's draws (``fheqnn.compiler.noise``; ``None``
-    for regressors), and the budget it was held to.
+    for regressors), and the budget it was held to. ``stability_judged``: whether the guard
+    held the choice to that budget (``False`` with ``max_unstable=None``); ``guard_ok``:
+    whether the choice kept the accuracy guard and the budget under the circuit's noise.
     """
     choice = lowered.rounding
     approximate = any(
         layer.round_lsbs and not layer.rounding_exact for layer in lowered.program.layers
     )
     known = configuration is None  # a caller's configuration: its error probability is its own
-    noise = NoiseSpec.at(p_error) if known else None
+    global_p_error = lowered.noise_global_p_error if known else None
+    noise = NoiseSpec.at(p_error, global_p_error) if known else None
     n_rows = len(lowered.calibration_q)
     unstable = choice.unstable
     random = approximate or (noise is not None and noise.random)
@@ -311,10 +331,14 @@ def stability_record(lowered: Lowered, p_error: Any, configuration: Any = None) 
         "bit_exact": bool(known and not approximate and exact_p),
         "approximate_rounding": approximate,
         "p_error": p_error if known else "configuration",
+        "global_p_error": global_p_error,
         "unstable_calibration_share": unstable,
         "unstable_calibration_rows": None if unstable is None else round(unstable * n_rows),
         "calibration_rows": n_rows,
+        "distinct_calibration_rows": None if lowered.guard is None else lowered.guard.distinct_rows,
         "max_unstable": lowered.options.max_unstable,
+        "stability_judged": lowered.options.max_unstable is not None and unstable is not None,
+        "guard_ok": bool(choice.guard_ok and lowered.guard_message in (None, choice.fallback)),
         "draws": lowered.guard.draws if random and lowered.guard is not None else 1,
         "approx_spread": None if noise is None else noise.approx_spread,
         "lookup_error": None if noise is None else noise.lookup_error,
@@ -342,10 +366,13 @@ def compile_program(lowered: Lowered, configuration: Any = None) -> CompiledMode
     start = time.perf_counter()
     p_error_curve: list[dict[str, Any]] = []
     if configuration is not None:
-        # The caller's configuration sets the error probability: judge the rounding under it.
+        # The caller's configuration sets the error probabilities: judge the rounding under
+        # them.
         chosen_p_error = getattr(configuration, "p_error", None)
-        if lowered.base_program is not None and lowered.noise_p_error != chosen_p_error:
-            lowered = round_for(lowered, chosen_p_error)
+        chosen_global = getattr(configuration, "global_p_error", None)
+        noise = (lowered.noise_p_error, lowered.noise_global_p_error)
+        if lowered.base_program is not None and noise != (chosen_p_error, chosen_global):
+            lowered = round_for(lowered, chosen_p_error, chosen_global)
             program = lowered.program
         if not lowered.announced:
             lowered = announce(lowered)

@@ -16,9 +16,25 @@ from .noise import STABILITY_DRAWS, NoiseSpec
 GUARD_DRAWS = 5
 
 
-#: Fewer calibration rows than this cannot guard a lossy rounding: one row is several points
-#: of agreement. "auto" then keeps lossless exact rounding, and says so.
+#: Fewer distinct calibration rows than this cannot guard a lossy rounding: one row is several
+#: points of agreement. "auto" then keeps lossless exact rounding, and says so. Rows count once
+#: per distinct quantized input (:func:`distinct_rows`): 50 copies of one row are one row.
 MIN_GUARD_ROWS = 50
+
+
+def distinct_rows(calibration_q: np.ndarray) -> int:
+    """How many different inputs the quantized calibration rows hold.
+
+    The guard counts the program's inputs, not the raw rows: the program sees only the
+    quantized integers, so rows that quantize alike get the same output from every candidate
+    and tell the guard nothing more than one of them (with 3-bit inputs, raw rows that differ
+    by less than a quantization step are one input). Counting raw rows would let near-copies
+    pass for evidence.
+    """
+    q = np.asarray(calibration_q)
+    if q.ndim != 2 or len(q) == 0:
+        return len(q)
+    return len(np.unique(q, axis=0))
 
 
 #: Share of the calibration rows, closest to the decision boundary (smallest gap between the
@@ -187,6 +203,8 @@ class AccuracyGuard:
         self.min_agreement = float(min_agreement)
         self.reference_score = self._score(self.reference)
         self.boundary = boundary_rows(self.reference, classifier=classifier)
+        #: Different quantized inputs among the calibration rows (:func:`distinct_rows`).
+        self.distinct_rows = distinct_rows(calibration_q)
 
     def with_noise(self, noise: NoiseSpec) -> AccuracyGuard:
         """The same guard (rows, reference, thresholds) judging under another noise model."""

@@ -19,11 +19,11 @@ from ..errors import AccuracyLossError, CompileAccuracyWarning, InvalidInputErro
 from .cost import estimated_cost_s
 from .guard import MIN_GUARD_ROWS, AccuracyGuard
 from .ir import Program
-from .noise import NoiseSpec
+from .noise import NoiseSpec, per_lookup_p_error
 from .options import P_ERROR_CANDIDATES, CompileOptions
 from .passes import check_lookup_domains, drop_dead_neurons
 from .report import analyse, check
-from .rounding_search import RoundingChoice, choose_rounding
+from .rounding_search import RoundingChoice, choose_rounding, rows_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class Lowered:
             ``p_error`` search rounds again under each candidate's noise.
         noise_p_error: the error probability per lookup whose noise the rounding was judged
             under (``None``: Concrete's default).
+        noise_global_p_error: the error probability per circuit run it was judged under
+            (``None``: not set).
         announced: whether the guard has spoken of this rounding (:func:`announce`).
     """
 
@@ -62,6 +64,7 @@ class Lowered:
     base_program: Program | None = None
     noise_p_error: float | None = None
     announced: bool = False
+    noise_global_p_error: float | None = None
 
 
 def _labels(labels: Any, n_rows: int) -> np.ndarray | None:
@@ -87,13 +90,32 @@ def _postprocessing(contract: ClientContract) -> tuple[Any, bool]:
     return contract.postprocess, kind == "classifier"
 
 
+def noise_text(p_error: float | None, global_p_error: float | None = None) -> str:
+    """How messages name the circuit noise a choice was judged under."""
+    per_lookup = per_lookup_p_error(p_error, global_p_error)
+    if per_lookup is None:
+        return "Concrete's default error bound (1e-5 per circuit)"
+    shown = f"an error probability of {per_lookup:g} per lookup"
+    if global_p_error is not None:
+        shown += f" (global_p_error={global_p_error:g})"
+    return shown
+
+
 def speak(
-    choice: RoundingChoice, options: CompileOptions, n_rows: int, min_agreement: float
+    choice: RoundingChoice,
+    options: CompileOptions,
+    n_rows: int,
+    min_agreement: float,
+    noise: str | None = None,
+    distinct_rows: int | None = None,
 ) -> str | None:
     """What the accuracy guard has to say about a rounding choice; warns or (strict) raises.
 
     ``min_agreement``: the guard's threshold (``options.min_agreement``, or its default for
-    the kind of output).
+    the kind of output). ``noise``: the circuit noise it was judged under (:func:`noise_text`),
+    named in the message. ``distinct_rows``: different quantized inputs among the ``n_rows``
+    calibration rows (default: all of them), which a lossy rounding needs
+    :data:`~fheqnn.compiler.guard.MIN_GUARD_ROWS` of.
 
     A fallback to lossless rounding is logged (it costs speed, not accuracy); a choice that
     breaks the guard, or that too few rows cannot check, is a
@@ -134,17 +156,26 @@ def speak(
             f"under the circuit's noise > max_unstable {budget:.2%} (a smaller p_error, "
             "exact=True or a larger max_unstable would keep it)"
         )
-    if any(choice.lsbs) and n_rows < MIN_GUARD_ROWS:
+    distinct = n_rows if distinct_rows is None else distinct_rows
+    if any(choice.lsbs) and distinct < MIN_GUARD_ROWS:
         problems.append(
-            f"only {n_rows} calibration rows: too few to check a lossy rounding "
-            f"(at least {MIN_GUARD_ROWS})"
+            f"only {rows_text(n_rows, distinct)}: too few to check a lossy rounding "
+            f"(at least {MIN_GUARD_ROWS} distinct)"
         )
     if not problems:
         return None
+    if any(choice.lsbs):
+        advice = "Use rounding='auto', more calibration rows, rounding='off' or a smaller p_error"
+    else:
+        # Nothing is rounded: the loss is the circuit's error probability's alone.
+        advice = (
+            "Nothing is rounded: the loss comes from the error probability; give a smaller "
+            "p_error (or p_error='auto', or exact=True)"
+        )
+    under = "" if noise is None else f" under {noise}"
     message = (
         f"rounding {options.rounding!r} ({'exact' if choice.exact else 'approximate'}, "
-        f"lsbs {choice.lsbs}): " + "; ".join(problems) + ". Use rounding='auto', more "
-        "calibration rows, or rounding='off'"
+        f"lsbs {choice.lsbs}){under}: " + "; ".join(problems) + ". " + advice
     )
     if options.strict:
         raise AccuracyLossError(message)
@@ -248,24 +279,28 @@ def lower_program(
         program, contract, q_cal, removed, RoundingChoice([], [], 1.0), options, labels,
         None, guard, program, noise_p,
     )  # fmt: skip
-    lowered = round_for(unrounded, noise_p)
+    lowered = round_for(unrounded, noise_p, options.global_p_error)
     return announce(lowered) if announce_rounding else lowered
 
 
-def round_for(lowered: Lowered, p_error: float | None) -> Lowered:
+def round_for(
+    lowered: Lowered, p_error: float | None, global_p_error: float | None = None
+) -> Lowered:
     """``lowered``'s program before rounding, rounded as its options ask under the noise of a
-    circuit compiled for ``p_error`` per lookup (nothing said yet: see :func:`announce`)."""
+    circuit compiled for ``p_error`` per lookup and ``global_p_error`` per run (nothing said
+    yet: see :func:`announce`). Every error probability a circuit is compiled for passes here,
+    so the guard judges accuracy and stability under it, whether it rounds or not."""
     assert lowered.base_program is not None and lowered.guard is not None
-    guard = lowered.guard.with_noise(NoiseSpec.at(p_error))
+    guard = lowered.guard.with_noise(NoiseSpec.at(p_error, global_p_error))
     program = lowered.base_program
     choice = _rounding_choice(program, lowered.calibration_q, lowered.options, guard)
     rounded = choice.apply(program)
     logger.info(
-        "rounding %s (%s) under the noise of p_error %s: lookup bits %s, agreement %.4f, "
+        "rounding %s (%s) under %s: lookup bits %s, agreement %.4f, "
         "unstable %s, estimated %.3f s per row",
         choice.lsbs,
         "exact" if choice.exact else "approximate",
-        "default" if p_error is None else f"{p_error:g}",
+        noise_text(p_error, global_p_error),
         [layer.lookup_bits() for layer in rounded.layers if layer.is_hidden],
         choice.agreement,
         "-" if choice.unstable is None else f"{choice.unstable:.4f}",
@@ -274,7 +309,7 @@ def round_for(lowered: Lowered, p_error: float | None) -> Lowered:
     # Rounding never touches the output layer, so the contract still holds.
     return replace(
         lowered, program=rounded, rounding=choice, guard=guard, guard_message=None,
-        noise_p_error=p_error, announced=False,
+        noise_p_error=p_error, noise_global_p_error=global_p_error, announced=False,
     )  # fmt: skip
 
 
@@ -283,7 +318,12 @@ def announce(lowered: Lowered) -> Lowered:
     logged, warned, or raised with ``strict``)."""
     assert lowered.guard is not None
     message = speak(
-        lowered.rounding, lowered.options, len(lowered.calibration_q), lowered.guard.min_agreement
+        lowered.rounding,
+        lowered.options,
+        len(lowered.calibration_q),
+        lowered.guard.min_agreement,
+        noise_text(lowered.noise_p_error, lowered.noise_global_p_error),
+        lowered.guard.distinct_rows,
     )
     return replace(lowered, guard_message=message, announced=True)
 

@@ -75,9 +75,13 @@ class CompileOptions:
             probability's noise model, and the one Concrete's own cost estimate of the
             compiled circuit (its complexity, a deterministic figure) ranks cheapest wins
             (ties: smaller evaluation keys, then the smaller error probability); ``None``:
-            Concrete's default (an error bound of 1e-5 for the whole circuit).
+            Concrete's default (an error bound of 1e-5 for the whole circuit). A number (up to
+            0.5) is judged by the guard under its own noise (``fheqnn.compiler.noise``): one
+            that breaks the guard or ``max_unstable`` warns (``strict``: raises), rounding or
+            not.
         global_p_error: error probability per circuit run (``None``: not set). A run holds
-            ``batch_size`` rows.
+            ``batch_size`` rows. The guard judges it as an error probability of at most that
+            much per lookup (with ``p_error``: the smaller of the two).
         batch_size: rows per circuit call, in [1, :data:`MAX_BATCH_SIZE`]. The circuit takes
             ``(batch_size, n_features)`` integers; the client encrypts rows in chunks of that
             many (the last one padded, its padding dropped after decryption). Each call pays a

@@ -54,7 +54,12 @@ def choose_p_error(
     batch_size = lowered.contract.batch_size
     compiled = []
     for p_error in P_ERROR_CANDIDATES:
-        candidate = lowered if lowered.noise_p_error == p_error else round_for(lowered, p_error)
+        global_p_error = lowered.options.global_p_error
+        candidate = (
+            lowered
+            if (lowered.noise_p_error, lowered.noise_global_p_error) == (p_error, global_p_error)
+            else round_for(lowered, p_error, global_p_error)
+        )
         configuration = backend.make_configuration(**lowered.options.concrete_options(p_error))
         circuit = backend.compile_circuit(candidate.program, inputset, configuration)
         choice = candidate.rounding

@@ -214,21 +214,27 @@ def stability_text(stability: dict | None) -> str | None:
     p_error = stability.get("p_error")
     if isinstance(p_error, float):
         reasons.append(f"an error probability of {p_error:g} per lookup")
-    elif p_error is None:
+    elif p_error is None and stability.get("global_p_error") is None:
         reasons.append("Concrete's default error bound (1e-5 per circuit)")
-    else:
+    elif p_error is not None:
         reasons.append("the caller's Concrete configuration")
+    if isinstance(stability.get("global_p_error"), float):
+        reasons.append(f"an error probability of {stability['global_p_error']:g} per circuit run")
     measured = ""
     rows, total = stability.get("unstable_calibration_rows"), stability.get("calibration_rows")
     if rows is not None and total:
         budget = stability.get("max_unstable")
         measured = (
             f"; {rows} of {total} calibration rows changed prediction over "
-            f"{stability.get('draws', '?')} draws of the circuit's noise"
-            + ("" if budget is None else f" (budget {budget:.1%})")
+            f"{stability.get('draws', '?')} draws of the compiler's model of the circuit's noise"
+            + (" (not judged: max_unstable none)" if budget is None else f" (budget {budget:.1%})")
         )
+    effect = "a row near the decision boundary can get a different answer"
+    if stability.get("guard_ok") is False:
+        measured += "; the accuracy guard was NOT kept under this noise (see its warning)"
+        effect = "answers can differ from the unrounded network's and"
     return (
-        f"stability: not bit-exact ({' and '.join(reasons)}){measured}: a row near the "
-        "decision boundary can get a different answer from one run to the next; compile with "
+        f"stability: not bit-exact ({' and '.join(reasons)}){measured}: {effect} from one run "
+        "to the next; compile with "
         "--exact (exact=True) for bit-exact answers"
     )

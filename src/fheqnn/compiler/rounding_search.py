@@ -238,12 +238,13 @@ class RoundingSearch:
 
     def choose(self, exact: bool | None) -> RoundingChoice:
         """The search without a target precision (``exact=None``: both modes compete)."""
-        if self.n_rows < MIN_GUARD_ROWS:
+        distinct = self.guard.distinct_rows
+        if distinct < MIN_GUARD_ROWS:
             return self.result(
                 self.lossless,
                 True,
-                f"{self.n_rows} calibration rows cannot guard a lossy rounding (at least "
-                f"{MIN_GUARD_ROWS} needed): kept lossless exact rounding",
+                f"{rows_text(self.n_rows, distinct)} cannot guard a lossy rounding (at least "
+                f"{MIN_GUARD_ROWS} distinct needed): kept lossless exact rounding",
             )
         found = []
         for mode in (False, True) if exact is None else (bool(exact),):
@@ -259,6 +260,13 @@ class RoundingSearch:
             )
         _, best, mode = min(found, key=lambda item: item[0])
         return self.result(best, mode)
+
+
+def rows_text(n_rows: int, distinct: int) -> str:
+    """How messages count calibration rows: the distinct inputs when some are repeated."""
+    if distinct == n_rows:
+        return f"{n_rows} calibration rows"
+    return f"{n_rows} calibration rows ({distinct} distinct after the model's input quantization)"
 
 
 def choose_rounding(
@@ -282,8 +290,9 @@ def choose_rounding(
     draws when rounding is approximate), the one of least estimated cost
     (:func:`estimated_cost_s`) wins; with ``exact=None`` both exact and approximate rounding
     compete. When none keeps the guard, or there are fewer than :data:`MIN_GUARD_ROWS`
-    calibration rows, the choice falls back to lossless exact rounding (bit-identical to the
-    unrounded program) and says why.
+    distinct calibration rows (different quantized inputs: :func:`~.guard.distinct_rows`),
+    the choice falls back to lossless exact rounding (bit-identical to the unrounded program)
+    and says why.
 
     With ``target_bits``: every lookup input gets that precision (or its full width when
     narrower), approximate unless ``exact`` is true; the guard is only measured.

@@ -26,6 +26,7 @@ from torch import nn
 from ..contract import FeatureRange, Standardizer
 from ..errors import InvalidInputError, InvalidParameterError, NotFittedError
 from ..validation import check_choice, check_features, check_int, check_number
+from .memory import check_training_fits
 from .qnn_module import MAX_BITWIDTH_BACKWARD_COMPATIBLE, SparseQuantNeuralNetwork
 from .training import TrainingConfig
 from .training_recipe import fit_with_skorch
@@ -251,6 +252,8 @@ class _SparseQuantNetEstimator(BaseEstimator):
         config = self._training_config()
         network = _network_class(check_choice("weight_quant", self.weight_quant, _WEIGHT_QUANTS))
         seed = self._seed()
+        params = self.module_params()
+        self._check_memory(x, n_outputs, params, config.batch_size)
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         # One quantization scale serves every input feature, so features must share a range:
@@ -262,7 +265,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         x_std = self._standardize(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = network(input_dim=x.shape[1], n_outputs=n_outputs, **self.module_params())
+            module = network(input_dim=x.shape[1], n_outputs=n_outputs, **params)
             result = fit_with_skorch(
                 module,
                 x_std.astype(np.float32),
@@ -279,6 +282,26 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.fhe_model_ = None
+
+    @staticmethod
+    def _check_memory(
+        x: np.ndarray, n_outputs: int, params: dict[str, Any], batch_size: int
+    ) -> None:
+        """Refuse a network whose training cannot fit in memory, before the rows are copied
+        or the module is built (:func:`~fheqnn.model.memory.check_training_fits`)."""
+        n_layers = params.get("n_layers", 3)
+        multiplier = params.get("n_hidden_neurons_multiplier", 4)
+        check_int("n_layers", n_layers, 1)
+        check_number("n_hidden_neurons_multiplier", multiplier, 0, low_open=True)
+        check_training_fits(
+            x.shape[1],
+            n_layers,
+            n_outputs,
+            multiplier,
+            batch_size=batch_size,
+            n_rows=len(x),
+            multiplier_name="module__n_hidden_neurons_multiplier (--multiplier)",
+        )
 
     def _standardize(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.x_mean_) / self.x_scale_

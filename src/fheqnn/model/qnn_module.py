@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import InvalidParameterError
 from ..intervals import IntRange, max_terms_within, quantizer_range
 from ..validation import check_bool, check_int, check_number
+from .memory import check_training_fits, hidden_width
 
 __all__ = ["MAX_BITWIDTH_BACKWARD_COMPATIBLE", "SparseQuantNeuralNetwork"]
 
@@ -129,6 +130,9 @@ class SparseQuantNeuralNetwork(nn.Module):
         Raises:
             ValueError: If the parameters have invalid values or the computed accumulator
                 bit-width is zero.
+            InsufficientMemoryError: training a network this wide would not fit in the memory
+                available (:func:`fheqnn.model.memory.check_training_fits`), refused before any
+                layer is allocated.
         """
         super().__init__()
         _check_arguments(
@@ -144,6 +148,9 @@ class SparseQuantNeuralNetwork(nn.Module):
             quant_narrow,
             quant_signed,
         )
+        # Before any layer exists: the widths grow with the features, the weights with their
+        # square.
+        check_training_fits(input_dim, n_layers, n_outputs, n_hidden_neurons_multiplier)
 
         self.input_dim = input_dim
         self.n_layers = n_layers
@@ -174,7 +181,7 @@ class SparseQuantNeuralNetwork(nn.Module):
     # ---------------------------------------------------------------- construction helpers
     def _build_features(self) -> nn.Sequential:
         """The layers (``quant{i}``, ``fc{i}``, ``act{i}``) of the shape the attributes say."""
-        hidden = max(1, round(self.input_dim * self.n_hidden_neurons_multiplier))
+        hidden = hidden_width(self.input_dim, self.n_hidden_neurons_multiplier)
         widths = [self.input_dim] + [hidden] * (self.n_layers - 1) + [self.n_outputs]
         features = nn.Sequential()
         for idx in range(self.n_layers):

@@ -350,7 +350,7 @@ def read_versioned_json(
     what: str,
     not_ours: str,
     fmt: str,
-    version: int,
+    version: int | tuple[int, ...],
     format_where: Path | None = None,
     hint: str = "",
 ) -> dict[str, Any]:
@@ -362,7 +362,8 @@ def read_versioned_json(
         folder_what: how messages name the folder ("compiled model folder").
         what: how messages name the file ("manifest").
         not_ours: what to say when the file holds no JSON object ("not a manifest of ours").
-        fmt, version: the expected ``format`` and ``format_version`` fields.
+        fmt, version: the expected ``format`` and ``format_version`` fields (a tuple: any of
+            those versions; the message names the last, the one written now).
         format_where: the path a format mismatch names (default: the file).
         hint: appended to a format mismatch (what to do about it).
 
@@ -377,10 +378,11 @@ def read_versioned_json(
     data = read_json_file(path, what)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} holds a {type(data).__name__}, expected an object: {not_ours}")
-    if data.get("format") != fmt or data.get("format_version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if data.get("format") != fmt or data.get("format_version") not in versions:
         raise ArtifactError(
             f"{format_where or path}: format {data.get('format')!r} "
-            f"v{data.get('format_version')!r}, expected {fmt!r} v{version}{hint}"
+            f"v{data.get('format_version')!r}, expected {fmt!r} v{versions[-1]}{hint}"
         )
     return data
 

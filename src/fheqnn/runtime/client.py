@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..concrete_seam import KeySizes, deserialize_keys, key_sizes, load_client_specs
+from ..concrete_seam import (
+    KeySizes,
+    client_keyset_bytes,
+    deserialize_keys,
+    key_sizes,
+    load_client_specs,
+)
 from ..concrete_seam import fhe as _fhe
 from ..contract import ClientContract, softmax
 from ..errors import InvalidParameterError
@@ -62,8 +68,16 @@ class KeyInfo:
     folder: Path
 
 
-#: ``key.json``'s format; key folders of older versions lack the sizes and are refused.
-KEY_FORMAT, KEY_FORMAT_VERSION = "fheqnn-keys", 2
+#: ``key.json``'s format. Version 3: ``secret.keys`` holds the secret keys alone (tens of KB,
+#: :func:`~fheqnn.concrete_seam.client_keyset_bytes`); version 2 folders, whose ``secret.keys``
+#: holds Concrete's whole key set (evaluation keys included, 50-700 MB), are still read. Older
+#: ones lack the sizes and are refused.
+KEY_FORMAT, KEY_FORMAT_VERSION = "fheqnn-keys", 3
+KEY_FORMAT_VERSIONS = (2, KEY_FORMAT_VERSION)
+
+#: What the secret key file of a version 3 folder may hold beyond the secret keys' coefficients
+#: (Concrete's framing and the keys' parameters: 240 bytes measured).
+CLIENT_KEYSET_OVERHEAD = 64 << 10
 
 
 def _load_key_info(key_dir: Path) -> dict[str, Any]:
@@ -76,7 +90,7 @@ def _load_key_info(key_dir: Path) -> dict[str, Any]:
         what="key information",
         not_ours="not a key.json written by 'fheqnn keygen'",
         fmt=KEY_FORMAT,
-        version=KEY_FORMAT_VERSION,
+        version=KEY_FORMAT_VERSIONS,
         hint=" (keys made by an older fheqnn?): generate the keys again with 'fheqnn keygen'",
     )
     files = (SECRET_KEYS_FILE, EVALUATION_KEYS_FILE)
@@ -170,10 +184,12 @@ class FheModelClient:
     ) -> KeyInfo:
         """Generate keys into a new folder: secret key (owner-only) and evaluation keys.
 
-        An existing non-empty folder is refused unless ``overwrite`` and it is a key folder;
-        the model folder itself is never replaced. The folder appears complete or not at all,
-        Ctrl-C included; ``secret.keys`` is created ``0600`` in a ``0700`` folder whatever the
-        umask.
+        ``secret.keys`` holds the secret keys alone, what encryption and decryption need (tens
+        of KB; not Concrete's whole key set, whose evaluation keys are ``evaluation.keys``),
+        so a client loads only them. An existing non-empty folder is refused unless
+        ``overwrite`` and it is a key folder; the model folder itself is never replaced. The
+        folder appears complete or not at all, Ctrl-C included; ``secret.keys`` is created
+        ``0600`` in a ``0700`` folder whatever the umask.
 
         Returns:
             The key information (id, time, evaluation key size).
@@ -188,7 +204,10 @@ class FheModelClient:
 
         def generate() -> tuple[bytes, bytes]:
             client.keys.generate(force=True, secret_seed=seed, encryption_seed=seed)
-            return bytes(client.keys.serialize()), bytes(client.evaluation_keys.serialize())
+            whole = bytes(client.keys.serialize())
+            return client_keyset_bytes(whole, self._specs), bytes(
+                client.evaluation_keys.serialize()
+            )
 
         # Concrete's key generation holds the GIL and, while it runs, a native SIGINT handler
         # that kills the process: the command-line tool runs the whole command in a child
@@ -262,8 +281,11 @@ class FheModelClient:
         _warn_if_exposed(key_dir, secret_path)
         size = _checked_size(secret_path, info["bytes"][SECRET_KEYS_FILE], "secret key")
         sizes = self.key_sizes()
-        low = sizes.secret + key_sizes(self._specs, compressed=True).evaluation
-        high = sizes.secret + sizes.evaluation_full + (1 << 20)
+        if info["format_version"] >= 3:  # the secret keys alone
+            low, high = sizes.secret, sizes.secret + CLIENT_KEYSET_OVERHEAD
+        else:  # Concrete's whole key set, evaluation keys included
+            low = sizes.secret + key_sizes(self._specs, compressed=True).evaluation
+            high = sizes.secret + sizes.evaluation_full + (1 << 20)
         if not low <= size <= high:
             raise ArtifactError(
                 f"{secret_path} has {size} bytes, but this model's keys take {low} to {high} "
