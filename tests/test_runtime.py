@@ -123,6 +123,16 @@ def test_the_secret_key_file_holds_the_secret_keys_alone(workspace, data) -> Non
     _round_trip(workspace["a"], keys, data[0][:3])
 
 
+def test_the_secret_key_file_does_not_fix_the_encryption_randomness(workspace, data) -> None:
+    """secret.keys is a key set built with fixed seeds around the secret keys: the randomness of
+    encryption must still be fresh. Two clients that load the same file encrypt the same row
+    into different ciphertexts (a seeded stream would repeat the first one, noise included)."""
+    row = data[0][:1]
+    first = FheModelClient(workspace["a"], workspace["keys_a"]).encrypt(row)
+    second = FheModelClient(workspace["a"], workspace["keys_a"]).encrypt(row)
+    assert first != second
+
+
 @pytest.mark.slow
 @pytest.mark.encrypted
 def test_a_key_folder_of_version_2_is_still_read(workspace, data, tmp_path) -> None:
