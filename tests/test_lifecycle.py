@@ -227,6 +227,19 @@ def _serve(ws: dict[str, Any], grace: float) -> tuple[subprocess.Popen[str], str
     return proc, match.group(1), stderr
 
 
+def _finish(proc: subprocess.Popen[str], stderr: Any) -> str:
+    """Kill the server if it still runs, close its pipes; returns what it wrote on stderr."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    stderr.seek(0)
+    err = stderr.read()
+    stderr.close()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    return str(err)
+
+
 def _predict_in_background(url: str, ws: dict[str, Any], body: bytes) -> dict[str, Any]:
     """Upload the keys, then send ``body`` to predict on a thread; returns the record the
     thread fills (``started``: set once the request is being sent, ``status``, ``json``)."""
@@ -270,12 +283,7 @@ def test_serve_drains_at_sigterm_and_exits_0(ws, grace: float) -> None:
         proc.wait(timeout=grace + 10)
         record["thread"].join(timeout=GONE_SECONDS)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        stderr.seek(0)
-        err = stderr.read()
-        stderr.close()
-        proc.stdout.close()
+        err = _finish(proc, stderr)
     assert proc.returncode == 0, err
     assert err.strip().endswith("fheqnn: stopped"), err
     assert "Traceback" not in err, err
@@ -311,12 +319,7 @@ def test_sigterm_to_the_serving_worker_stops_the_whole_server(ws) -> None:
         os.kill(worker, signal.SIGTERM)
         proc.wait(timeout=GONE_SECONDS)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        stderr.seek(0)
-        err = stderr.read()
-        stderr.close()
-        proc.stdout.close()
+        err = _finish(proc, stderr)
     assert proc.returncode == 0, err
     assert err.strip() == "fheqnn: stopped", err
     assert _all_gone([worker], 5.0)
