@@ -191,6 +191,13 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         help="encrypted runs at once (threads)",
     )
     p.add_argument(
+        "--max-uploads",
+        type=_field_type(ServeConfig, "max_uploads"),
+        default=ServeConfig.max_uploads,
+        help=f"request bodies received and checked at once; others wait their turn "
+        f"(default {ServeConfig.max_uploads})",
+    )
+    p.add_argument(
         "--ray", metavar="ADDRESS", help="deploy on Ray Serve: 'local' or a cluster address"
     )
     p.add_argument(

@@ -74,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         backend="ray" if args.ray else "local",
         replicas=args.replicas,
+        max_uploads=args.max_uploads,
     )
     try:
         if args.ray:

@@ -20,20 +20,33 @@ import asyncio
 import hmac
 import logging
 import os
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from ..runtime.artifacts import CLIENT_FILES, REPORT_FILE, ModelFolder, key_id_of, open_model_folder
+from ..concrete_seam import KeySizes, key_sizes, load_client_specs
+from ..runtime.artifacts import (
+    CLIENT_FILES,
+    CLIENT_SPECS_FILE,
+    REPORT_FILE,
+    ModelFolder,
+    key_id_of,
+    open_model_folder,
+)
 from ..runtime.envelope import Envelope, EnvelopeError
 from ..runtime.server import FheModelServer
 from .archive import client_archive
@@ -65,7 +78,14 @@ class ServedModel:
     server: FheModelServer
     folder: ModelFolder
     summary: dict[str, Any]
+    key_sizes: KeySizes
     _archive: bytes | None = field(default=None, repr=False)
+
+    @property
+    def secret_key_bytes(self) -> tuple[int, int]:
+        """The least and most bytes a serialized full key set (secret key) of this model has."""
+        low = self.key_sizes.secret + self.key_sizes.evaluation
+        return low, self.key_sizes.secret + self.key_sizes.evaluation_full + (1 << 20)
 
     @property
     def model_id(self) -> str:
@@ -85,6 +105,7 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
     folder = open_model_folder(path, need=(*CLIENT_FILES, REPORT_FILE))
     report = folder.read_json(REPORT_FILE)
     manifest = folder.manifest
+    sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
     summary = {
         "model_id": folder.model_id,
         "name": folder.path.name,
@@ -101,7 +122,7 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
         "created": manifest.get("created"),
         "concrete_python": manifest.get("versions", {}).get("concrete-python"),
     }
-    return ServedModel(server, folder, summary)
+    return ServedModel(server, folder, summary, sizes)
 
 
 def _is_secret_key(data: bytes) -> bool:
@@ -129,6 +150,14 @@ class Service:
         self.store = KeyStore(config.key_store, max_memory_keys=config.max_cached_keys)
         self.workers = config.workers or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
+        #: Request bodies are written here as they arrive (owner-only, removed at close).
+        self.body_dir = Path(tempfile.mkdtemp(prefix="fheqnn-bodies-"))
+        #: Bodies received and checked at once (``config.max_uploads``).
+        self.upload_slots = asyncio.Semaphore(config.max_uploads)
+        #: Requests waiting for one of these slots.
+        self.uploads_waiting = 0
+        #: Evaluation keys are deserialized one set at a time (each takes its size in memory).
+        self.key_lock = threading.Lock()
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -138,10 +167,38 @@ class Service:
         return self._pool
 
     def close(self) -> None:
-        """Stop the thread pool (waits for runs in progress)."""
+        """Stop the thread pool (waits for runs in progress), remove the bodies' folder."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        shutil.rmtree(self.body_dir, ignore_errors=True)
+
+    @asynccontextmanager
+    async def received_body(self, request: Request, limit: int) -> AsyncIterator[Path]:
+        """The request body as a temporary file, removed when the block ends (on every path).
+
+        A declared Content-Length over ``limit`` is refused (413) at once; then the request
+        waits for one of the ``max_uploads`` slots, and the body is written to the file as it
+        arrives, refused as soon as it passes ``limit``. The slot is held until the block
+        ends: read what is needed from the file inside it.
+        """
+        check_declared_length(request, limit)
+        self.uploads_waiting += 1
+        try:
+            await self.upload_slots.acquire()
+        finally:
+            self.uploads_waiting -= 1
+        try:
+            fd, name = tempfile.mkstemp(dir=self.body_dir, suffix=".body")
+            path = Path(name)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    await receive_into(request, handle, limit)
+                yield path
+            finally:
+                path.unlink(missing_ok=True)
+        finally:
+            self.upload_slots.release()
 
     async def off_loop(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking call on the pool, not on the event loop."""
@@ -155,12 +212,34 @@ class Service:
         return model
 
     # ------------------------------------------------------------------ keys
-    def register_keys(self, body: bytes, model_id: str | None) -> tuple[str, str, bool]:
-        """Check, cache and store evaluation keys; returns (model id, key id, new)."""
+    def _maybe_secret_key(self, path: Path, size: int) -> bool:
+        """Whether the file of ``size`` bytes is a full key set (with the secret key): only a
+        file of a size one of the served models' key sets can have is read and tried."""
+        for model in self.models.values():
+            low, high = model.secret_key_bytes
+            if low <= size <= high:
+                with self.key_lock:
+                    return _is_secret_key(path.read_bytes())
+        return False
+
+    def register_keys(self, path: Path, model_id: str | None) -> tuple[str, str, bool]:
+        """Check, cache and store evaluation keys received in the file ``path``; returns
+        (model id, key id, new). The file's size is checked before anything is read, only the
+        keys are read (never the whole file twice), and keys are deserialized one set at a
+        time."""
+        candidates = [self.model(model_id)] if model_id is not None else self.models.values()
+        most = max(m.server.limits["evaluation_keys"] for m in candidates)
+        size = path.stat().st_size
+        if size > most:
+            raise ServiceError(
+                413,
+                f"evaluation keys of {size} bytes: the served model's keys take at most {most} "
+                "bytes (keys of another model?)",
+            )
         try:
-            env = Envelope.from_bytes(body, kind="evaluation_keys", what="evaluation keys")
+            env = Envelope.from_file(path, kind="evaluation_keys", what="evaluation keys")
         except EnvelopeError as exc:
-            if _is_secret_key(body):
+            if self._maybe_secret_key(path, size):
                 raise ServiceError(
                     400,
                     "this is a secret key: it never leaves the client; send evaluation.keys",
@@ -172,7 +251,7 @@ class Service:
             )
         model = self.model(env.model_id)
         if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
-            if len(env.payloads) == 1 and _is_secret_key(env.payloads[0]):
+            if len(env.payloads) == 1 and self._payload_is_secret_key(env.payloads[0]):
                 raise ServiceError(400, "this is a secret key: it never leaves the client")
             raise ServiceError(
                 400, f"evaluation keys labelled {env.key_id} do not hash to that id (tampered?)"
@@ -180,13 +259,18 @@ class Service:
         if self.store.has(model.model_id, env.key_id) and model.server.has_keys(env.key_id):
             return model.model_id, env.key_id, False
         try:
-            model.server.register_evaluation_keys(body)
+            with self.key_lock:
+                model.server.register_envelope(env)
         except EnvelopeError as exc:
-            if _is_secret_key(env.payloads[0]):
+            if self._payload_is_secret_key(env.payloads[0]):
                 raise ServiceError(400, "this is a secret key: it never leaves the client") from exc
             raise ServiceError(400, str(exc)) from exc
-        new = self.store.put(model.model_id, env.key_id, body)
+        new = self.store.put(model.model_id, env.key_id, path)
         return model.model_id, env.key_id, new
+
+    def _payload_is_secret_key(self, payload: bytes) -> bool:
+        with self.key_lock:
+            return _is_secret_key(payload)
 
     def knows_keys(self, model_id: str, key_id: str) -> bool:
         """Whether evaluation keys of ``key_id`` are cached or stored for the model."""
@@ -194,11 +278,19 @@ class Service:
         return model.server.has_keys(key_id) or self.store.has(model_id, key_id)
 
     # ------------------------------------------------------------------ runs
-    def predict(self, model_id: str, key_id: str, body: bytes) -> tuple[bytes, float]:
-        """Run the circuit on a ciphertext envelope; returns the result envelope and seconds."""
+    def read_inputs(self, model_id: str, key_id: str, path: Path) -> Envelope:
+        """The ciphertext envelope received in the file ``path``, checked: its size before it
+        is read, then its checksum, labels and rows."""
         model = self.model(model_id)
+        size = path.stat().st_size
+        if size > model.server.limits["inputs"]:
+            raise ServiceError(
+                413,
+                f"ciphertext of {size} bytes: more than rows of this model can take "
+                f"({model.server.limits['inputs']} bytes)",
+            )
         try:
-            env = Envelope.from_bytes(body, kind="inputs", what="ciphertext")
+            env = Envelope.from_file(path, kind="inputs", what="ciphertext")
         except EnvelopeError as exc:
             raise ServiceError(400, str(exc)) from exc
         if env.model_id != model_id:
@@ -211,25 +303,42 @@ class Service:
             )
         if not env.payloads:
             raise ServiceError(400, "the ciphertext holds no rows")
-        keys = None
-        if not model.server.has_keys(key_id):
-            keys = self.store.get(model_id, key_id)
-            if keys is None:
+        return env
+
+    def _keys_for(self, model: ServedModel, key_id: str) -> Any:
+        """The deserialized evaluation keys: cached, or read back from the store (404)."""
+        keys = model.server.cached_keys(key_id)
+        if keys is not None:
+            return keys
+        with self.key_lock:  # one set deserialized at a time
+            keys = model.server.cached_keys(key_id)
+            if keys is not None:
+                return keys
+            blob = self.store.get(model.model_id, key_id)
+            if blob is None:
                 raise ServiceError(
                     404, f"unknown evaluation keys {key_id}: upload them with POST /keys first"
                 )
+            try:
+                env = Envelope.from_bytes(
+                    blob, kind="evaluation_keys", model_id=model.model_id, key_id=key_id
+                )
+                del blob
+                return model.server.register_envelope(env)
+            except EnvelopeError as exc:
+                raise ServiceError(400, str(exc)) from exc
+
+    def predict(
+        self, model_id: str, env: Envelope, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[bytes, float]:
+        """Run the circuit on a checked ciphertext envelope (:meth:`read_inputs`); returns the
+        result envelope and seconds. ``should_stop`` is asked before each circuit call (see
+        :meth:`FheModelServer.run_envelope`)."""
+        model = self.model(model_id)
+        keys = self._keys_for(model, env.key_id)
         start = time.perf_counter()
         try:
-            try:
-                out = model.server.run(body, keys)
-            except EnvelopeError:
-                # The keys may have left the bounded cache between the check and the run.
-                if keys is not None or model.server.has_keys(key_id):
-                    raise
-                keys = self.store.get(model_id, key_id)
-                if keys is None:
-                    raise
-                out = model.server.run(body, keys)
+            out = model.server.run_envelope(env, keys=keys, should_stop=should_stop)
         except EnvelopeError as exc:
             raise ServiceError(400, str(exc)) from exc
         except (RuntimeError, ValueError) as exc:
@@ -240,26 +349,36 @@ class Service:
         return out, time.perf_counter() - start
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
-
-    A declared Content-Length is checked before reading; the stream is counted as it arrives,
-    so at most ``limit`` bytes are ever held.
-    """
+def check_declared_length(request: Request, limit: int) -> None:
+    """Refuse (413) a request whose declared Content-Length is over ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError as exc:
-            raise ServiceError(400, f"malformed Content-Length {declared!r}") from exc
-        if size > limit:
-            raise ServiceError(413, f"request body of {size} bytes, the limit is {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ServiceError(413, f"request body over the limit of {limit} bytes")
-    return bytes(body)
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError as exc:
+        raise ServiceError(400, f"malformed Content-Length {declared!r}") from exc
+    if size > limit:
+        raise ServiceError(413, f"request body of {size} bytes, the limit is {limit} bytes")
+
+
+async def receive_into(request: Request, handle: BinaryIO, limit: int) -> int:
+    """Write the request body to ``handle`` as it arrives; refused with 413 as soon as it
+    passes ``limit`` bytes. Returns its size. Only the chunk in hand is held in memory."""
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError(413, f"request body over the limit of {limit} bytes")
+            handle.write(chunk)
+            handle.flush()  # on disk, not in the writer's buffer
+    except ClientDisconnect as exc:
+        raise ServiceError(400, "the client went away before the end of its request") from exc
+    except OSError as exc:
+        logger.error("cannot keep a request body: %s", exc)
+        raise ServiceError(507, "the service has no room for this request body now") from exc
+    return size
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -404,8 +523,8 @@ def _add_key_routes(api: APIRouter, service: Service, limit: int) -> None:
     """Evaluation-key uploads (``POST /keys``, ``POST /models/{model_id}/keys``) and status."""
 
     async def keys_response(request: Request, model_id: str | None) -> JSONResponse:
-        body = await read_body(request, limit)
-        found_model, key_id, new = await service.off_loop(service.register_keys, body, model_id)
+        async with service.received_body(request, limit) as path:
+            found_model, key_id, new = await service.off_loop(service.register_keys, path, model_id)
         return JSONResponse(
             {"key_id": key_id, "model_id": found_model, "new": new},
             status_code=201 if new else 200,
@@ -448,8 +567,9 @@ def _add_predict_route(api: APIRouter, service: Service, limit: int) -> None:
             raise ServiceError(400, f"the {KEY_ID_HEADER} header (the key id) is required")
         if not is_id(key_id):
             raise ServiceError(400, f"malformed {KEY_ID_HEADER} {key_id!r}")
-        body = await read_body(request, limit)
-        out, seconds = await service.off_loop(service.predict, model_id, key_id, body)
+        async with service.received_body(request, limit) as path:
+            env = await service.off_loop(service.read_inputs, model_id, key_id, path)
+        out, seconds = await service.off_loop(service.predict, model_id, env)
         return Response(
             out,
             media_type=ENVELOPE_MEDIA_TYPE,

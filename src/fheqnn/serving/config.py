@@ -25,6 +25,12 @@ class ServeConfig:
         workers: encrypted runs executed at once (threads; default: the machine's cores).
         backend: ``"local"`` (uvicorn) or ``"ray"`` (Ray Serve), reported by ``/health``.
         replicas: number of replicas of the app, reported by ``/health``.
+        max_uploads: request bodies received and checked at once (default 2). A body is
+            written to a temporary file as it arrives, never held whole in memory, and only the
+            payloads of a checked envelope are read back; requests beyond this count wait for a
+            free slot before their body is read (the client's bytes wait in the network
+            buffers), so that memory and temporary disk space stay bounded whatever the number
+            of clients. Evaluation keys are moreover deserialized one set at a time.
     """
 
     model_folders: tuple[Path, ...]
@@ -35,6 +41,7 @@ class ServeConfig:
     workers: int | None = bounded(None, Bounds(True, 1, optional=True))
     backend: str = "local"
     replicas: int = bounded(1, Bounds(True, 1))
+    max_uploads: int = bounded(2, Bounds(True, 1))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))

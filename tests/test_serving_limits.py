@@ -1,0 +1,105 @@
+"""The service's operating limits, on real uvicorn servers on 127.0.0.1: request bodies kept on
+disk and handled a bounded number at a time, rows per request, work of a client that went away,
+key sizes, and a bounded ``fetch``."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fheqnn import FheModelClient
+from fheqnn.serving.app import create_app
+from fheqnn.serving.config import ServeConfig
+from fheqnn.serving.runner import BackgroundServer
+
+
+def wait_for(condition: Callable[[], bool], what: str, *, attempts: int = 600) -> None:
+    """Poll ``condition`` every 0.05 s, at most ``attempts`` times (a bound, not a timing)."""
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def raw_request(url: str, head: str, body: bytes) -> socket.socket:
+    """A connection that has sent ``head`` (request line and headers) and ``body`` so far."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(head.encode() + b"\r\n" + body)
+    return sock
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (bounded by the socket's timeout)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def client_a(tiny_models) -> FheModelClient:
+    return FheModelClient(tiny_models.a, tiny_models.keys_a)
+
+
+@pytest.fixture
+def one_slot(tiny_models) -> Iterator[tuple[BackgroundServer, object]]:
+    """A server that handles one request body at a time (``max_uploads=1``)."""
+    app = create_app(ServeConfig((tiny_models.a,), max_request_mb=64, max_uploads=1))
+    with BackgroundServer(app) as running:
+        yield running, app.state.service
+    assert not app.state.service.body_dir.exists()  # removed at shutdown
+
+
+def test_bodies_go_to_files_removed_on_every_path_one_upload_at_a_time(one_slot, client_a):
+    server, service = one_slot
+    bodies = service.body_dir
+
+    def files() -> list[Path]:
+        return list(bodies.iterdir())
+
+    # A slow upload: its bytes are on disk as they arrive, not in memory.
+    head = "POST /keys HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\nConnection: close\r\n"
+    with raw_request(server.url, head, b"z" * 10) as slow:
+        wait_for(lambda: [f.stat().st_size for f in files()] == [10], "10 bytes in a body file")
+        # A second one waits for the only slot: its body is not read meanwhile.
+        head = "POST /keys HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\nConnection: close\r\n"
+        with raw_request(server.url, head, b"garbage") as waiting:
+            wait_for(lambda: service.uploads_waiting == 1, "the second upload waits")
+            assert len(files()) == 1
+            # The first client goes away mid-upload: its file goes, the second one's turn.
+            slow.close()
+            reply = read_reply(waiting)
+    assert reply.startswith(b"HTTP/1.1 400") and b"not an fheqnn envelope" in reply, reply
+    wait_for(lambda: not files(), "no body file left")
+    # Accepted keys, and a body refused half-way (over the limit): no file left either.
+    response = httpx.post(f"{server.url}/keys", content=client_a.evaluation_keys())
+    assert response.status_code == 201, response.text
+    assert not files()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(70):
+            yield b"y" * 1_000_000
+
+    response = httpx.post(f"{server.url}/keys", content=chunks())
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
+    assert not files()
+    assert service.uploads_waiting == 0
+
+
+def test_keys_over_the_models_key_size_are_refused_before_being_read(tiny_models, client_a):
+    app = create_app(ServeConfig((tiny_models.a,), max_request_mb=1000))
+    service = app.state.service
+    most = service.models[client_a.model_id].server.limits["evaluation_keys"]
+    body = b"\0" * (most + 1)
+    with BackgroundServer(app) as server:
+        for path in ("/keys", f"/models/{client_a.model_id}/keys"):
+            response = httpx.post(f"{server.url}{path}", content=body)
+            assert response.status_code == 413, response.text
+            assert f"at most {most} bytes" in response.json()["error"]
