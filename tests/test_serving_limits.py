@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from fheqnn import FheModelClient
+from fheqnn import FheModelClient, FheModelServer
 from fheqnn.serving.app import create_app
+from fheqnn.serving.client import HttpClient, PayloadTooLargeError
 from fheqnn.serving.config import ServeConfig
 from fheqnn.serving.runner import BackgroundServer
 
@@ -103,3 +105,47 @@ def test_keys_over_the_models_key_size_are_refused_before_being_read(tiny_models
             response = httpx.post(f"{server.url}{path}", content=body)
             assert response.status_code == 413, response.text
             assert f"at most {most} bytes" in response.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def two_rows(tiny_models) -> Iterator[tuple[BackgroundServer, object]]:
+    """A server taking at most 2 rows per predict request, with one worker thread."""
+    config = ServeConfig((tiny_models.a,), max_request_mb=64, max_request_rows=2, workers=1)
+    app = create_app(config)
+    with BackgroundServer(app) as running:
+        yield running, app.state.service
+
+
+def test_rows_per_request_are_capped_and_the_client_fits_its_requests(
+    two_rows, client_a, tiny_models
+):
+    server, service = two_rows
+    x = tiny_models.x[:5]
+    with HttpClient(server.url, retries=0) as http:
+        assert http.model(client_a.model_id)["max_request_rows"] == 2
+        http.ensure_keys(client_a)
+        key_id = client_a.key_info.key_id
+        with pytest.raises(PayloadTooLargeError, match=r"3 rows: .*at most 2 rows per request"):
+            http.run(client_a.model_id, key_id, client_a.encrypt(x[:3]))
+        served = service.models[client_a.model_id]
+        response = httpx.post(
+            f"{server.url}/models/{client_a.model_id}/predict",
+            content=b"\0" * (served.inputs_limit + 1),
+            headers={"X-Key-Id": key_id},
+        )
+        assert response.status_code == 413  # too large for 2 rows: refused before being read
+        assert "at most 2 rows per request" in response.json()["error"]
+        calls_before = served.server.calls_run
+        assert calls_before == 0  # refused before running anything
+        sent: list[int] = []
+        http._http.event_hooks["request"].append(
+            lambda request: sent.append(request.url.path.endswith("/predict"))
+        )
+        trip = http.round_trip(client_a, x, rows_per_request=8)
+        assert sum(sent) == 3  # 2 + 2 + 1 rows
+        labels = http.predict(client_a, x)
+        assert sum(sent) == 6
+    local = FheModelServer(tiny_models.a)
+    expected = client_a.decrypt_raw(local.run(client_a.encrypt(x), client_a.evaluation_keys()))
+    np.testing.assert_array_equal(expected, trip.outputs)  # model a is bit-exact
+    np.testing.assert_array_equal(labels, trip.predictions)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..datasets import DATASETS
-from ..serving.config import ServeConfig
+from ..serving.config import DEFAULT_MAX_REQUEST_CALLS, ServeConfig
 from .bench import cmd_bench
 from .client import cmd_decrypt, cmd_encrypt, cmd_keygen, cmd_predict
 from .compile import cmd_compile, cmd_report
@@ -196,6 +196,13 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         default=ServeConfig.max_uploads,
         help=f"request bodies received and checked at once; others wait their turn "
         f"(default {ServeConfig.max_uploads})",
+    )
+    p.add_argument(
+        "--max-request-rows",
+        type=_field_type(ServeConfig, "max_request_rows"),
+        default=None,
+        help=f"most rows per predict request (default: {DEFAULT_MAX_REQUEST_CALLS} x the "
+        "model's rows per circuit call); GET /models publishes it",
     )
     p.add_argument(
         "--ray", metavar="ADDRESS", help="deploy on Ray Serve: 'local' or a cluster address"

@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         backend="ray" if args.ray else "local",
         replicas=args.replicas,
         max_uploads=args.max_uploads,
+        max_request_rows=args.max_request_rows,
     )
     try:
         if args.ray:

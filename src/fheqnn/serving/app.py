@@ -44,6 +44,7 @@ from ..runtime.artifacts import (
     CLIENT_SPECS_FILE,
     REPORT_FILE,
     ModelFolder,
+    envelope_limits,
     key_id_of,
     open_model_folder,
 )
@@ -79,6 +80,11 @@ class ServedModel:
     folder: ModelFolder
     summary: dict[str, Any]
     key_sizes: KeySizes
+    #: Most rows per predict request, the circuit's rows per call, and the most bytes a
+    #: ciphertext of ``max_rows`` rows can take.
+    max_rows: int
+    batch_size: int
+    inputs_limit: int
     _archive: bytes | None = field(default=None, repr=False)
 
     @property
@@ -106,12 +112,15 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
     report = folder.read_json(REPORT_FILE)
     manifest = folder.manifest
     sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
+    batch_size = report.get("batch_size", 1)  # reports before batching: one row
+    max_rows = config.request_rows_cap(batch_size)
     summary = {
         "model_id": folder.model_id,
         "name": folder.path.name,
         "n_features": manifest.get("n_features"),
         "n_outputs": manifest.get("n_outputs"),
-        "batch_size": report.get("batch_size", 1),  # reports before batching: one row
+        "batch_size": batch_size,
+        "max_request_rows": max_rows,
         "pbs_count": report.get("pbs_count"),
         "hidden_neurons": report.get("hidden_neurons"),
         "n_accum_bits": report.get("n_accum_bits"),
@@ -122,7 +131,8 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
         "created": manifest.get("created"),
         "concrete_python": manifest.get("versions", {}).get("concrete-python"),
     }
-    return ServedModel(server, folder, summary, sizes)
+    inputs_limit = envelope_limits(folder, max_rows=max_rows)["inputs"]
+    return ServedModel(server, folder, summary, sizes, max_rows, batch_size, inputs_limit)
 
 
 def _is_secret_key(data: bytes) -> bool:
@@ -283,11 +293,12 @@ class Service:
         is read, then its checksum, labels and rows."""
         model = self.model(model_id)
         size = path.stat().st_size
-        if size > model.server.limits["inputs"]:
+        cap = f"this service takes at most {model.max_rows} rows per request"
+        if size > model.inputs_limit:
             raise ServiceError(
                 413,
-                f"ciphertext of {size} bytes: more than rows of this model can take "
-                f"({model.server.limits['inputs']} bytes)",
+                f"ciphertext of {size} bytes, more than {model.max_rows} rows of this model take "
+                f"({model.inputs_limit} bytes): {cap}",
             )
         try:
             env = Envelope.from_file(path, kind="inputs", what="ciphertext")
@@ -303,6 +314,11 @@ class Service:
             )
         if not env.payloads:
             raise ServiceError(400, "the ciphertext holds no rows")
+        n_rows = env.meta.get("n_rows", len(env.payloads) * model.batch_size)
+        calls = -(-model.max_rows // model.batch_size)
+        if len(env.payloads) > calls or (isinstance(n_rows, int) and n_rows > model.max_rows):
+            rows = n_rows if isinstance(n_rows, int) else len(env.payloads) * model.batch_size
+            raise ServiceError(413, f"a ciphertext of {rows} rows: {cap}; send fewer at a time")
         return env
 
     def _keys_for(self, model: ServedModel, key_id: str) -> Any:

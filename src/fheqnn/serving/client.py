@@ -69,7 +69,8 @@ class ConflictError(ServerResponseError, ValueError):
 
 
 class PayloadTooLargeError(ServerResponseError, ValueError):
-    """413: the body is over the service's ``--max-request-mb``."""
+    """413: the body is over the service's ``--max-request-mb``, or its rows over its
+    ``--max-request-rows``."""
 
 
 class ServiceUnavailableError(FheqnnError, ConnectionError):
@@ -128,6 +129,7 @@ class HttpClient:
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
         )
         self._known_keys: set[tuple[str, str]] = set()
+        self._rows_caps: dict[str, int | None] = {}
         self.last_run_seconds = 0.0
 
     def close(self) -> None:
@@ -170,6 +172,30 @@ class HttpClient:
     def models(self) -> list[dict[str, Any]]:
         """The served models' summaries."""
         return list(self._request("GET", "/models").json())
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One served model's summary (``GET /models/{model_id}``)."""
+        return dict(self._request("GET", f"/models/{model_id}").json())
+
+    def max_request_rows(self, model_id: str) -> int | None:
+        """Most rows the service takes per predict request for this model (asked once;
+        ``None`` from a service that publishes no cap)."""
+        if model_id not in self._rows_caps:
+            cap = self.model(model_id).get("max_request_rows")
+            ok = isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1
+            self._rows_caps[model_id] = cap if ok else None
+        return self._rows_caps[model_id]
+
+    def fitting_rows(self, client: FheModelClient, wanted: int) -> int:
+        """``wanted`` rows per request, lowered to the service's cap (to a whole number of
+        circuit calls when the cap allows one)."""
+        cap = self.max_request_rows(client.model_id)
+        if cap is None or wanted <= cap:
+            return wanted
+        batch = client.batch_size
+        fitted = cap - cap % batch if cap >= batch else cap
+        logger.info("the service takes at most %d rows per request: sending %d", cap, fitted)
+        return fitted
 
     def fetch_client_part(
         self, model_id: str, out: str | Path, *, overwrite: bool = False
@@ -260,7 +286,11 @@ class HttpClient:
         """Encrypt rows, run them on the service, decrypt: float outputs (n_rows, n_outputs).
 
         ``check_range`` as in :meth:`FheModelClient.quantize` (``False`` for the parts of rows
-        already checked as a whole)."""
+        already checked as a whole). More rows than the service takes per request are sent in
+        several requests (:meth:`round_trip`)."""
+        rows = len(x)
+        if self.fitting_rows(client, rows) < rows:
+            return self.round_trip(client, x, rows_per_request=rows).outputs
         blob = client.encrypt(x, check_range=check_range)
         return client.decrypt_raw(self.run_encrypted(client, blob))
 
@@ -279,7 +309,8 @@ class HttpClient:
         """The round trip of :func:`fheqnn.runtime.encrypted_predict`, through the service.
 
         The rows are checked (and warned about) once as a whole, then sent in requests of
-        ``rows_per_request`` rows; ``server_seconds`` is the service's own run time, transfers
+        ``rows_per_request`` rows (fewer if the service takes fewer per request: see
+        :meth:`max_request_rows`); ``server_seconds`` is the service's own run time, transfers
         excluded.
 
         Args:
@@ -290,6 +321,7 @@ class HttpClient:
             progress: called with the number of rows finished after each request.
         """
         x = client.part.check_and_warn(x)  # once for the whole file, not per request
+        rows_per_request = self.fitting_rows(client, rows_per_request)
         outputs, run_s = [], 0.0
         for start in range(0, len(x), rows_per_request):
             part = x[start : start + rows_per_request]

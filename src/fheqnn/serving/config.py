@@ -9,6 +9,9 @@ from ..errors import InvalidParameterError
 from ..validation import Bounds, bounded, check_choice, check_fields
 
 DEFAULT_MAX_REQUEST_MB = 256.0
+#: Without ``max_request_rows``, a request may hold this many circuit calls' worth of rows (64
+#: rows for a model of one row per call, 64 x its batch size otherwise).
+DEFAULT_MAX_REQUEST_CALLS = 64
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class ServeConfig:
             free slot before their body is read (the client's bytes wait in the network
             buffers), so that memory and temporary disk space stay bounded whatever the number
             of clients. Evaluation keys are moreover deserialized one set at a time.
+        max_request_rows: most rows a ciphertext of one predict request may hold (413 beyond,
+            naming the cap); ``None``: :data:`DEFAULT_MAX_REQUEST_CALLS` circuit calls' worth,
+            per model (see :meth:`request_rows_cap`). ``GET /models`` publishes each model's
+            cap and :class:`~fheqnn.serving.client.HttpClient` splits rows to fit it.
     """
 
     model_folders: tuple[Path, ...]
@@ -42,6 +49,7 @@ class ServeConfig:
     backend: str = "local"
     replicas: int = bounded(1, Bounds(True, 1))
     max_uploads: int = bounded(2, Bounds(True, 1))
+    max_request_rows: int | None = bounded(None, Bounds(True, 1, optional=True))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
@@ -58,3 +66,9 @@ class ServeConfig:
     def max_request_bytes(self) -> int:
         """Largest request body accepted (bytes)."""
         return int(self.max_request_mb * 1_000_000)
+
+    def request_rows_cap(self, batch_size: int) -> int:
+        """Most rows per predict request for a model of ``batch_size`` rows per circuit call."""
+        if self.max_request_rows is not None:
+            return self.max_request_rows
+        return DEFAULT_MAX_REQUEST_CALLS * max(1, batch_size)
