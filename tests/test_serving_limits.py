@@ -4,7 +4,9 @@ key sizes, and a bounded ``fetch``."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,3 +151,59 @@ def test_rows_per_request_are_capped_and_the_client_fits_its_requests(
     expected = client_a.decrypt_raw(local.run(client_a.encrypt(x), client_a.evaluation_keys()))
     np.testing.assert_array_equal(expected, trip.outputs)  # model a is bit-exact
     np.testing.assert_array_equal(labels, trip.predictions)
+
+
+class GatedCircuit:
+    """A compiled circuit whose calls wait for ``go`` (set by the test), counting arrivals."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.arrived = threading.Semaphore(0)
+        self.go = threading.Event()
+
+    def run(self, *args: object, **kwargs: object) -> object:
+        self.arrived.release()
+        assert self.go.wait(60), "the test never let the call run"
+        return self.inner.run(*args, **kwargs)
+
+
+def test_a_client_that_goes_away_stops_its_run_before_the_next_call(
+    two_rows, client_a, tiny_models, caplog
+):
+    server, service = two_rows  # one worker: the calls of a request run one after another
+    caplog.set_level(logging.INFO, logger="fheqnn.serving.app")
+    served = service.models[client_a.model_id].server
+    gate = GatedCircuit(served._server)
+    served._server = gate
+    try:
+        with HttpClient(server.url, retries=0) as http:
+            http.ensure_keys(client_a)
+            gate.go.set()
+            before = served.calls_run
+            blob = client_a.encrypt(tiny_models.x[:2])
+            http.run(client_a.model_id, client_a.key_info.key_id, blob)
+            assert served.calls_run - before == 2  # a client that waits gets both calls
+        gate.go.clear()
+        gate.arrived = threading.Semaphore(0)
+        blob = client_a.encrypt(tiny_models.x[:2])
+        head = (
+            f"POST /models/{client_a.model_id}/predict HTTP/1.1\r\nHost: t\r\n"
+            f"X-Key-Id: {client_a.key_info.key_id}\r\nContent-Length: {len(blob)}\r\n"
+        )
+        before = served.calls_run
+        with raw_request(server.url, head, blob):
+            assert gate.arrived.acquire(timeout=60)  # the first call has started
+        # The client is gone while its first call runs.
+        wait_for(
+            lambda: any("went away before" in r.getMessage() for r in caplog.records),
+            "the service notices the client went away",
+        )
+        gate.go.set()
+        wait_for(
+            lambda: any("stopped after 1 of 2" in r.getMessage() for r in caplog.records),
+            "the run stops",
+        )
+        assert served.calls_run - before == 1
+    finally:
+        served._server = gate.inner
+        gate.go.set()

@@ -174,13 +174,15 @@ class FheModelServer:
         except RuntimeError as exc:
             raise EnvelopeError(f"inputs cannot be deserialized: {exc}") from exc
         start = time.perf_counter()
+        done = [0]
 
         def run_one(value: Any) -> bytes:
             if should_stop is not None and should_stop():
-                raise RunCancelledError(f"run of {len(values)} circuit call(s) cancelled")
+                raise RunCancelledError(f"stopped after {done[0]} of {len(values)} circuit call(s)")
             out = self._server.run(value, evaluation_keys=keys).serialize()
             with self._lock:
                 self.calls_run += 1
+                done[0] += 1
             return out
 
         def run_all() -> tuple[bytes, ...]:

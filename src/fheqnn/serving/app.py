@@ -49,7 +49,7 @@ from ..runtime.artifacts import (
     open_model_folder,
 )
 from ..runtime.envelope import Envelope, EnvelopeError
-from ..runtime.server import FheModelServer
+from ..runtime.server import FheModelServer, RunCancelledError
 from .archive import client_archive
 from .config import ServeConfig
 from .keystore import KeyStore, is_id
@@ -397,6 +397,18 @@ async def receive_into(request: Request, handle: BinaryIO, limit: int) -> int:
     return size
 
 
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set ``gone`` when the client of a request whose body was read goes away (ASGI's
+    ``http.disconnect``); cancelled when the answer is ready."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            logger.info("a client went away before its answer")
+            gone.set()
+            return
+        await asyncio.sleep(0.05)  # not expected after the body; never a busy loop
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -576,7 +588,10 @@ def _add_predict_route(api: APIRouter, service: Service, limit: int) -> None:
         responses={200: {"content": {ENVELOPE_MEDIA_TYPE: {}}}},
     )
     async def predict(model_id: str, request: Request) -> Response:
-        """Run the circuit on a ciphertext envelope of one or more rows (key id in X-Key-Id)."""
+        """Run the circuit on a ciphertext envelope of one or more rows (key id in X-Key-Id).
+
+        A client that goes away stops the run before its next circuit call (a call that has
+        started runs to its end)."""
         service.model(model_id)
         key_id = request.headers.get(KEY_ID_HEADER)
         if not key_id:
@@ -585,7 +600,15 @@ def _add_predict_route(api: APIRouter, service: Service, limit: int) -> None:
             raise ServiceError(400, f"malformed {KEY_ID_HEADER} {key_id!r}")
         async with service.received_body(request, limit) as path:
             env = await service.off_loop(service.read_inputs, model_id, key_id, path)
-        out, seconds = await service.off_loop(service.predict, model_id, env)
+        gone = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
+        try:
+            out, seconds = await service.off_loop(service.predict, model_id, env, gone.is_set)
+        except RunCancelledError as exc:
+            logger.info("predict on model %s: the client went away, %s", model_id, exc)
+            return Response(status_code=499)  # nobody reads it
+        finally:
+            watcher.cancel()
         return Response(
             out,
             media_type=ENVELOPE_MEDIA_TYPE,
