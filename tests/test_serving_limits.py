@@ -5,7 +5,12 @@ key sizes, and a bounded ``fetch``."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +21,7 @@ import numpy as np
 import pytest
 
 from fheqnn import FheModelClient, FheModelServer
+from fheqnn.runtime.envelope import Envelope
 from fheqnn.serving.app import create_app
 from fheqnn.serving.client import HttpClient, PayloadTooLargeError
 from fheqnn.serving.config import ServeConfig
@@ -100,7 +106,8 @@ def test_bodies_go_to_files_removed_on_every_path_one_upload_at_a_time(one_slot,
 def test_keys_over_the_models_key_size_are_refused_before_being_read(tiny_models, client_a):
     app = create_app(ServeConfig((tiny_models.a,), max_request_mb=1000))
     service = app.state.service
-    most = service.models[client_a.model_id].server.limits["evaluation_keys"]
+    most = service.models[client_a.model_id].keys_limit
+    assert most == len(client_a.evaluation_keys())  # the exact size of this model's keys
     body = b"\0" * (most + 1)
     with BackgroundServer(app) as server:
         for path in ("/keys", f"/models/{client_a.model_id}/keys"):
@@ -207,3 +214,64 @@ def test_a_client_that_goes_away_stops_its_run_before_the_next_call(
     finally:
         served._server = gate.inner
         gate.go.set()
+
+
+def _real_key_bytes(key_folder: Path) -> tuple[int, int]:
+    """The evaluation-key file's size and its Concrete payload's size."""
+    blob = (key_folder / "evaluation.keys").read_bytes()
+    return len(blob), len(Envelope.from_bytes(blob, kind="evaluation_keys").payloads[0])
+
+
+def test_models_publish_the_real_evaluation_key_size(tiny_models, tmp_path):
+    from fheqnn.concrete_seam import load_client_specs, serialized_evaluation_keys_bytes
+
+    cases = [(tiny_models.a, tiny_models.keys_a), (tiny_models.b, tiny_models.keys_b)]
+    shapes = set()
+    for model, keys in cases:
+        specs = load_client_specs((model / "client.specs").read_bytes())
+        info = specs.program_info.get_keyset_info()
+        shapes.add((len(info.bootstrap_keys()), len(info.keyswitch_keys())))
+        assert serialized_evaluation_keys_bytes(specs) == _real_key_bytes(keys)[1]
+    assert len(shapes) == 2  # two key-set shapes: (1, 1) and (2, 2) keys
+    app = create_app(ServeConfig((tiny_models.a, tiny_models.b)))
+    service = app.state.service
+    with BackgroundServer(app) as server, HttpClient(server.url) as http:
+        published = {m["model_id"]: m for m in http.models()}
+        health = http.health()
+        for model, keys in cases:
+            summary = published[FheModelClient(model).model_id]
+            assert summary["evaluation_keys_bytes"] == _real_key_bytes(keys)[0]
+            # Concrete's statistics estimate, kept under its own name, is another figure.
+            assert summary["evaluation_keys_bytes_estimate"] != summary["evaluation_keys_bytes"]
+        # No --max-request-mb: the limit is derived from the models, and their keys fit.
+        largest = max(max(m.keys_limit, m.inputs_limit) for m in service.models.values())
+        assert health["max_request_bytes"] == largest + (1 << 20)
+        assert largest == max(_real_key_bytes(k)[0] for _, k in cases)
+        for _, keys in cases:
+            blob = (keys / "evaluation.keys").read_bytes()
+            assert httpx.post(f"{server.url}/keys", content=blob).status_code == 201
+        response = httpx.post(f"{server.url}/keys", content=b"\0" * (largest + (1 << 20) + 1))
+        assert response.status_code == 413 and "the limit is" in response.json()["error"]
+
+
+@pytest.mark.slow
+def test_serve_prints_its_body_limit(tiny_models):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fheqnn.cli", "serve", str(tiny_models.a), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        try:
+            lines = [proc.stdout.readline() for _ in range(2)]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=90)
+    expected = (_real_key_bytes(tiny_models.keys_a)[0] + (1 << 20)) / 1e6
+    assert lines[0].strip() == (
+        f"request bodies up to {expected:.1f} MB (derived from the models served)"
+    ), lines
+    assert " at http://127.0.0.1:" in lines[1], lines

@@ -174,8 +174,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-request-mb",
         type=_field_type(ServeConfig, "max_request_mb"),
-        default=256.0,
-        help="largest request body (MB, default 256)",
+        default=None,
+        help="largest request body (MB; default: derived from the models served, their "
+        "evaluation keys or a ciphertext of --max-request-rows rows, plus 1 MB)",
     )
     p.add_argument("--token-env", metavar="VAR", help="require the token held by this variable")
     p.add_argument(

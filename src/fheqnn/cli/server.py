@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..serving.runner import serve_foreground
 
         app = create_app(config)
+        _say(_body_limit_line(app.state.service.max_request_bytes, args.max_request_mb))
         serve_foreground(
             app,
             host=args.host,
@@ -105,6 +106,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the server stopped: leave now so that the status is ours (130 after Ctrl-C).
 
     os._exit(code)
+
+
+def _body_limit_line(limit: int, given: float | None) -> str:
+    """What ``serve`` says of its request body limit at start-up."""
+    how = "--max-request-mb" if given is not None else "derived from the models served"
+    return f"request bodies up to {limit / 1e6:.1f} MB ({how})"
 
 
 def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:

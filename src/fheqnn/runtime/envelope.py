@@ -73,20 +73,7 @@ class Envelope:
                 f"an envelope of {self.kind} needs at least one non-empty bytes payload, got "
                 f"{len(self.payloads)} payload(s)"
             )
-        try:
-            header = json.dumps(
-                {
-                    "kind": self.kind,
-                    "model_id": self.model_id,
-                    "key_id": self.key_id,
-                    "count": len(self.payloads),
-                    "meta": dict(self.meta),
-                },
-                sort_keys=True,
-                allow_nan=False,
-            ).encode()
-        except (TypeError, ValueError) as exc:
-            raise EnvelopeError(f"envelope meta must be plain JSON data: {exc}") from exc
+        header = _header_bytes(self.kind, self.model_id, self.key_id, len(self.payloads), self.meta)
         parts = [struct.pack(">I", len(header)), header]
         for payload in self.payloads:
             parts += [struct.pack(">Q", len(payload)), bytes(payload)]
@@ -178,6 +165,36 @@ class Envelope:
         )
         _check_labels(env, kind, model_id, key_id, what)
         return env
+
+
+def envelope_bytes(
+    kind: str,
+    model_id: str,
+    key_id: str,
+    payload_bytes: tuple[int, ...],
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """The exact size of the envelope :meth:`Envelope.to_bytes` writes for payloads of these
+    sizes (e.g. what a model's evaluation keys take on the wire)."""
+    header = _header_bytes(kind, model_id, key_id, len(payload_bytes), meta or {})
+    return len(MAGIC) + DIGEST_BYTES + 4 + len(header) + sum(8 + n for n in payload_bytes)
+
+
+def _header_bytes(kind: str, model_id: str, key_id: str, count: int, meta: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(
+            {
+                "kind": kind,
+                "model_id": model_id,
+                "key_id": key_id,
+                "count": count,
+                "meta": dict(meta),
+            },
+            sort_keys=True,
+            allow_nan=False,
+        ).encode()
+    except (TypeError, ValueError) as exc:
+        raise EnvelopeError(f"envelope meta must be plain JSON data: {exc}") from exc
 
 
 #: Bytes hashed at a time when a file's checksum is verified.

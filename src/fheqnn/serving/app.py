@@ -38,7 +38,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..concrete_seam import KeySizes, key_sizes, load_client_specs
+from ..concrete_seam import (
+    KeySizes,
+    key_sizes,
+    load_client_specs,
+    serialized_evaluation_keys_bytes,
+)
 from ..runtime.artifacts import (
     CLIENT_FILES,
     CLIENT_SPECS_FILE,
@@ -48,10 +53,10 @@ from ..runtime.artifacts import (
     key_id_of,
     open_model_folder,
 )
-from ..runtime.envelope import Envelope, EnvelopeError
+from ..runtime.envelope import Envelope, EnvelopeError, envelope_bytes
 from ..runtime.server import FheModelServer, RunCancelledError
 from .archive import client_archive
-from .config import ServeConfig
+from .config import BODY_LIMIT_MARGIN, ServeConfig
 from .keystore import KeyStore, is_id
 
 logger = logging.getLogger(__name__)
@@ -61,6 +66,10 @@ ARCHIVE_MEDIA_TYPE = "application/zip"
 KEY_ID_HEADER = "X-Key-Id"
 RUN_SECONDS_HEADER = "X-Run-Seconds"
 T = TypeVar("T")
+
+
+#: Bytes an envelope adds to its payload, at most (magic, checksum, header).
+_ENVELOPE_ROOM = 1 << 16
 
 
 class ServiceError(Exception):
@@ -85,7 +94,17 @@ class ServedModel:
     max_rows: int
     batch_size: int
     inputs_limit: int
+    #: The exact size of this model's evaluation-key envelope (``None``: a key set whose
+    #: serialized size fheqnn cannot compute; the expanded size then bounds it).
+    evaluation_keys_bytes: int | None
     _archive: bytes | None = field(default=None, repr=False)
+
+    @property
+    def keys_limit(self) -> int:
+        """The most bytes an evaluation-key upload for this model may have."""
+        if self.evaluation_keys_bytes is not None:
+            return self.evaluation_keys_bytes
+        return self.server.limits["evaluation_keys"]
 
     @property
     def secret_key_bytes(self) -> tuple[int, int]:
@@ -111,7 +130,15 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
     folder = open_model_folder(path, need=(*CLIENT_FILES, REPORT_FILE))
     report = folder.read_json(REPORT_FILE)
     manifest = folder.manifest
-    sizes = key_sizes(load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE)))
+    specs = load_client_specs(folder.read_bytes(CLIENT_SPECS_FILE))
+    sizes = key_sizes(specs)
+    payload = serialized_evaluation_keys_bytes(specs)
+    id_shape = "0" * 32  # ids are 32 hex digits
+    keys_bytes = (
+        None
+        if payload is None
+        else envelope_bytes("evaluation_keys", folder.model_id, id_shape, (payload,))
+    )
     batch_size = report.get("batch_size", 1)  # reports before batching: one row
     max_rows = config.request_rows_cap(batch_size)
     summary = {
@@ -125,6 +152,7 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
         "hidden_neurons": report.get("hidden_neurons"),
         "n_accum_bits": report.get("n_accum_bits"),
         "max_bit_width": report.get("max_bit_width"),
+        "evaluation_keys_bytes": keys_bytes,
         "evaluation_keys_bytes_estimate": report.get("evaluation_keys_bytes_estimate"),
         "input_ciphertext_bytes": report.get("input_ciphertext_bytes"),
         "output_ciphertext_bytes": report.get("output_ciphertext_bytes"),
@@ -132,7 +160,17 @@ def load_model(path: Any, config: ServeConfig) -> ServedModel:
         "concrete_python": manifest.get("versions", {}).get("concrete-python"),
     }
     inputs_limit = envelope_limits(folder, max_rows=max_rows)["inputs"]
-    return ServedModel(server, folder, summary, sizes, max_rows, batch_size, inputs_limit)
+    return ServedModel(
+        server, folder, summary, sizes, max_rows, batch_size, inputs_limit, keys_bytes
+    )
+
+
+def default_body_limit(models: Any) -> int:
+    """The request body limit when none is configured: the largest body the served models
+    imply (their evaluation-key envelope, a ciphertext of their ``max_request_rows``) plus
+    :data:`~fheqnn.serving.config.BODY_LIMIT_MARGIN`."""
+    largest = max(max(m.keys_limit, m.inputs_limit) for m in models)
+    return largest + BODY_LIMIT_MARGIN
 
 
 def _is_secret_key(data: bytes) -> bool:
@@ -158,6 +196,10 @@ class Service:
                 logger.warning("%s is the same compiled model as another one: served once", path)
             self.models[model.model_id] = model
         self.store = KeyStore(config.key_store, max_memory_keys=config.max_cached_keys)
+        #: Largest request body accepted (bytes): configured, or derived from the models.
+        self.max_request_bytes = config.max_request_bytes or default_body_limit(
+            self.models.values()
+        )
         self.workers = config.workers or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
         #: Request bodies are written here as they arrive (owner-only, removed at close).
@@ -223,13 +265,22 @@ class Service:
 
     # ------------------------------------------------------------------ keys
     def _maybe_secret_key(self, path: Path, size: int) -> bool:
-        """Whether the file of ``size`` bytes is a full key set (with the secret key): only a
-        file of a size one of the served models' key sets can have is read and tried."""
+        """Whether the file of ``size`` bytes is a full key set (with the secret key), raw or
+        as the payload of an envelope: only a file of a size one of the served models' key
+        sets can have is read and tried."""
         for model in self.models.values():
             low, high = model.secret_key_bytes
-            if low <= size <= high:
+            if low <= size <= high + _ENVELOPE_ROOM:
                 with self.key_lock:
-                    return _is_secret_key(path.read_bytes())
+                    data = path.read_bytes()
+                    if _is_secret_key(data):
+                        return True
+                    try:
+                        env = Envelope.from_bytes(data, kind="evaluation_keys")
+                    except EnvelopeError:
+                        return False
+                    del data
+                    return len(env.payloads) == 1 and _is_secret_key(env.payloads[0])
         return False
 
     def register_keys(self, path: Path, model_id: str | None) -> tuple[str, str, bool]:
@@ -237,13 +288,17 @@ class Service:
         (model id, key id, new). The file's size is checked before anything is read, only the
         keys are read (never the whole file twice), and keys are deserialized one set at a
         time."""
-        candidates = [self.model(model_id)] if model_id is not None else self.models.values()
-        most = max(m.server.limits["evaluation_keys"] for m in candidates)
+        if model_id is not None:
+            self.model(model_id)
+        # Against every served model: keys of another one get their 409 below.
+        most = max(m.keys_limit for m in self.models.values())
         size = path.stat().st_size
+        if size > most and self._maybe_secret_key(path, size):
+            raise ServiceError(400, "this is a secret key: it never leaves the client")
         if size > most:
             raise ServiceError(
                 413,
-                f"evaluation keys of {size} bytes: the served model's keys take at most {most} "
+                f"evaluation keys of {size} bytes: the served models' keys take at most {most} "
                 "bytes (keys of another model?)",
             )
         try:
@@ -439,7 +494,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    limit = config.max_request_bytes
+    limit = service.max_request_bytes
     _add_error_handlers(app)
     _add_health_route(app, config, service)
     api = APIRouter(dependencies=[Depends(_token_check(config))])
@@ -506,12 +561,14 @@ def _add_health_route(app: FastAPI, config: ServeConfig, service: Service) -> No
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness: backend, replicas and how many models are served (no token needed)."""
+        """Liveness: backend, replicas, how many models are served and the largest request
+        body accepted (no token needed)."""
         return {
             "status": "ok",
             "backend": config.backend,
             "replicas": config.replicas,
             "models": len(service.models),
+            "max_request_bytes": service.max_request_bytes,
         }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from ..errors import InvalidParameterError
 from ..validation import Bounds, bounded, check_choice, check_fields
 
-DEFAULT_MAX_REQUEST_MB = 256.0
+#: Room left above the largest body a served model implies, when the limit is derived (bytes).
+BODY_LIMIT_MARGIN = 1 << 20
 #: Without ``max_request_rows``, a request may hold this many circuit calls' worth of rows (64
 #: rows for a model of one row per call, 64 x its batch size otherwise).
 DEFAULT_MAX_REQUEST_CALLS = 64
@@ -23,6 +24,9 @@ class ServeConfig:
         key_store: folder where uploaded evaluation keys are kept (they survive a restart and are
             shared by replicas); ``None`` keeps them in memory only.
         max_request_mb: largest request body accepted (MB, 10**6 bytes); larger ones get 413.
+            ``None`` (the default): derived from the models served, so that their own
+            evaluation keys and ciphertexts of ``max_request_rows`` rows always fit (see
+            :func:`fheqnn.serving.app.default_body_limit`).
         token: the bearer token every request must carry; ``None`` means no authentication.
         max_cached_keys: deserialized evaluation key sets kept in memory per model (LRU).
         workers: encrypted runs executed at once (threads; default: the machine's cores).
@@ -42,7 +46,7 @@ class ServeConfig:
 
     model_folders: tuple[Path, ...]
     key_store: Path | None = None
-    max_request_mb: float = bounded(DEFAULT_MAX_REQUEST_MB, Bounds(False, 0, low_open=True))
+    max_request_mb: float | None = bounded(None, Bounds(False, 0, low_open=True, optional=True))
     token: str | None = field(default=None, repr=False)
     max_cached_keys: int = bounded(8, Bounds(True, 1))
     workers: int | None = bounded(None, Bounds(True, 1, optional=True))
@@ -63,9 +67,9 @@ class ServeConfig:
             raise InvalidParameterError("the token must not be empty")
 
     @property
-    def max_request_bytes(self) -> int:
-        """Largest request body accepted (bytes)."""
-        return int(self.max_request_mb * 1_000_000)
+    def max_request_bytes(self) -> int | None:
+        """Largest request body accepted (bytes), ``None`` when derived from the models."""
+        return None if self.max_request_mb is None else int(self.max_request_mb * 1_000_000)
 
     def request_rows_cap(self, batch_size: int) -> int:
         """Most rows per predict request for a model of ``batch_size`` rows per circuit call."""
