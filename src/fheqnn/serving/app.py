@@ -208,8 +208,9 @@ class Service:
         self.upload_slots = asyncio.Semaphore(config.max_uploads)
         #: Requests waiting for one of these slots.
         self.uploads_waiting = 0
-        #: Evaluation keys are deserialized one set at a time (each takes its size in memory).
-        self.key_lock = threading.Lock()
+        #: Evaluation keys are read and deserialized one set at a time (each takes its size
+        #: in memory, twice while it is deserialized).
+        self.key_lock = threading.RLock()
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -285,9 +286,9 @@ class Service:
 
     def register_keys(self, path: Path, model_id: str | None) -> tuple[str, str, bool]:
         """Check, cache and store evaluation keys received in the file ``path``; returns
-        (model id, key id, new). The file's size is checked before anything is read, only the
-        keys are read (never the whole file twice), and keys are deserialized one set at a
-        time."""
+        (model id, key id, new). The file's size is checked before anything is read, then one
+        upload at a time (``key_lock``) has its keys read (never the whole file twice),
+        checked and deserialized: one set of keys in memory at once, however many uploads."""
         if model_id is not None:
             self.model(model_id)
         # Against every served model: keys of another one get their 409 below.
@@ -301,6 +302,11 @@ class Service:
                 f"evaluation keys of {size} bytes: the served models' keys take at most {most} "
                 "bytes (keys of another model?)",
             )
+        with self.key_lock:
+            return self._register_keys(path, size, model_id)
+
+    def _register_keys(self, path: Path, size: int, model_id: str | None) -> tuple[str, str, bool]:
+        """:meth:`register_keys` once the size is checked, holding ``key_lock``."""
         try:
             env = Envelope.from_file(path, kind="evaluation_keys", what="evaluation keys")
         except EnvelopeError as exc:
@@ -324,8 +330,7 @@ class Service:
         if self.store.has(model.model_id, env.key_id) and model.server.has_keys(env.key_id):
             return model.model_id, env.key_id, False
         try:
-            with self.key_lock:
-                model.server.register_envelope(env)
+            model.server.register_envelope(env)
         except EnvelopeError as exc:
             if self._payload_is_secret_key(env.payloads[0]):
                 raise ServiceError(400, "this is a secret key: it never leaves the client") from exc
