@@ -4,6 +4,7 @@ key sizes, and a bounded ``fetch``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -21,9 +22,16 @@ import numpy as np
 import pytest
 
 from fheqnn import FheModelClient, FheModelServer
+from fheqnn.cli import main
 from fheqnn.runtime.envelope import Envelope
 from fheqnn.serving.app import create_app
-from fheqnn.serving.client import HttpClient, PayloadTooLargeError
+from fheqnn.serving.client import (
+    DeadlineError,
+    HttpClient,
+    PayloadTooLargeError,
+    ReplyTooLargeError,
+    fetch_client_part,
+)
 from fheqnn.serving.config import ServeConfig
 from fheqnn.serving.runner import BackgroundServer
 
@@ -275,3 +283,82 @@ def test_serve_prints_its_body_limit(tiny_models):
         f"request bodies up to {expected:.1f} MB (derived from the models served)"
     ), lines
     assert " at http://127.0.0.1:" in lines[1], lines
+
+
+class Misbehaving:
+    """A few lines of asyncio HTTP on 127.0.0.1 that answer every request badly: ``trickle``
+    (one byte of a 1000-byte body every 0.1 s), ``flood`` (megabytes, no length declared) or
+    ``declared`` (a length of 10 GB). A context manager; its ``url``."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.url = ""
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if self.mode == "trickle":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                for _ in range(1000):
+                    writer.write(b"x")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+            elif self.mode == "flood":
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                for _ in range(500):  # 32 MB at most
+                    writer.write(b"y" * 65536)
+                    await writer.drain()
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\nzip")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up, as it should
+        finally:
+            writer.close()
+
+    def __enter__(self) -> Misbehaving:
+        self.thread.start()
+        server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._answer, "127.0.0.1", 0), self.loop
+        ).result(timeout=30)
+        self.server = server
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        async def close() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("trickle", DeadlineError, r"did not all arrive within 1 s"),
+        ("flood", ReplyTooLargeError, r"passed 100000 bytes"),
+        ("declared", ReplyTooLargeError, r"is 10000000000 bytes, more than the 100000"),
+    ],
+)
+def test_fetch_is_bounded_in_bytes_and_time(mode, error, message, tmp_path):
+    out = tmp_path / "client"
+    with Misbehaving(mode) as server, pytest.raises(error, match=message):
+        fetch_client_part(server.url, "0" * 32, out, timeout=1.0, max_bytes=100_000)
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_cli_fetch_timeout_gives_one_clear_line(tmp_path, capsys):
+    out = tmp_path / "client"
+    with Misbehaving("trickle") as server:
+        code = main(["fetch", server.url, "0" * 32, "--out", str(out), "--timeout", "0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and not out.exists()
+    assert len(err) == 1 and "did not all arrive within 0.5 s" in err[0], err

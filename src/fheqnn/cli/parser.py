@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..datasets import DATASETS
-from ..serving.config import DEFAULT_MAX_REQUEST_CALLS, ServeConfig
+from ..serving.config import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_REQUEST_CALLS, ServeConfig
 from .bench import cmd_bench
 from .client import cmd_decrypt, cmd_encrypt, cmd_keygen, cmd_predict
 from .compile import cmd_compile, cmd_report
@@ -225,6 +225,29 @@ def _fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_FETCH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up unless the whole client part arrived within this time "
+        f"(default {DEFAULT_FETCH_TIMEOUT:g})",
+    )
+
+
+def _seconds(text: str) -> float:
+    """argparse type of a duration: a number of seconds > 0."""
+    from ..errors import InvalidParameterError
+    from ..validation import check_number
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_number("--timeout", value, 0, low_open=True)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:

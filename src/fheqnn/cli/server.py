@@ -201,7 +201,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from ..serving.client import fetch_client_part
 
     folder = fetch_client_part(
-        args.url, args.model_id, args.out, token=_token(args.token_env), overwrite=args.overwrite
+        args.url,
+        args.model_id,
+        args.out,
+        token=_token(args.token_env),
+        overwrite=args.overwrite,
+        timeout=args.timeout,
     )
     names = ", ".join(sorted(p.name for p in folder.path.iterdir()))
     _say(f"saved the client part of model {folder.model_id} to {folder.path}/ ({names})")

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..errors import InvalidParameterError
 from ..validation import Bounds, bounded, check_choice, check_fields
 
+#: Seconds ``fetch`` waits for a whole client archive by default (``fetch --timeout``).
+DEFAULT_FETCH_TIMEOUT = 120.0
 #: Room left above the largest body a served model implies, when the limit is derived (bytes).
 BODY_LIMIT_MARGIN = 1 << 20
 #: Without ``max_request_rows``, a request may hold this many circuit calls' worth of rows (64
