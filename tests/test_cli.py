@@ -763,6 +763,7 @@ def test_unsupported_input_file_type(
         ("--max-request-mb", "max_request_mb", "0", "0.5"),
         ("--max-uploads", "max_uploads", "0", "3"),
         ("--max-request-rows", "max_request_rows", "0", "16"),
+        ("--upload-seconds", "upload_seconds", "0", "2.5"),
     ],
 )
 def test_serve_options_check_the_bounds_their_config_declares(

@@ -362,3 +362,17 @@ def test_cli_fetch_timeout_gives_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and not out.exists()
     assert len(err) == 1 and "did not all arrive within 0.5 s" in err[0], err
+
+
+def test_a_stalled_upload_loses_its_slot(tiny_models):
+    config = ServeConfig((tiny_models.a,), max_request_mb=64, max_uploads=1, upload_seconds=0.5)
+    app = create_app(config)
+    with BackgroundServer(app) as server:
+        head = "POST /keys HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\nConnection: close\r\n"
+        with raw_request(server.url, head, b"z" * 10) as stalled:
+            reply = read_reply(stalled)  # the client sends nothing more
+        assert reply.startswith(b"HTTP/1.1 408") and b"within 0.5 s" in reply, reply
+        # The only slot is free again.
+        response = httpx.post(f"{server.url}/keys", content=b"garbage")
+        assert response.status_code == 400 and "not an fheqnn" in response.json()["error"]
+        assert not list(app.state.service.body_dir.iterdir())

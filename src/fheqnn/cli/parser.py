@@ -199,6 +199,13 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         f"(default {ServeConfig.max_uploads})",
     )
     p.add_argument(
+        "--upload-seconds",
+        type=_field_type(ServeConfig, "upload_seconds"),
+        default=ServeConfig.upload_seconds,
+        help=f"most seconds a request body may take to arrive (408 beyond; default "
+        f"{ServeConfig.upload_seconds:g})",
+    )
+    p.add_argument(
         "--max-request-rows",
         type=_field_type(ServeConfig, "max_request_rows"),
         default=None,

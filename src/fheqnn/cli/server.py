@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         max_uploads=args.max_uploads,
         max_request_rows=args.max_request_rows,
+        upload_seconds=args.upload_seconds,
     )
     try:
         if args.ray:

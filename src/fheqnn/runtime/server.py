@@ -73,12 +73,15 @@ class FheModelServer:
 
     def register_evaluation_keys(self, evaluation_keys: bytes) -> str:
         """Deserialize and cache a client's evaluation keys; returns their key id."""
+        return self._register_bytes(evaluation_keys)[0]
+
+    def _register_bytes(self, evaluation_keys: bytes) -> tuple[str, Any]:
+        """:meth:`register_evaluation_keys`, returning the key id and the deserialized keys."""
         _check_size(evaluation_keys, self.limits["evaluation_keys"], "evaluation keys")
         env = Envelope.from_bytes(
             evaluation_keys, kind="evaluation_keys", model_id=self.model_id, what="evaluation keys"
         )
-        self.register_envelope(env)
-        return env.key_id
+        return env.key_id, self.register_envelope(env)
 
     def register_envelope(self, env: Envelope) -> Any:
         """:meth:`register_evaluation_keys` of an envelope already parsed (and so verified);
@@ -128,14 +131,13 @@ class FheModelServer:
         env = Envelope.from_bytes(inputs, kind="inputs", model_id=self.model_id, what="inputs")
         keys = None
         if evaluation_keys is not None:
-            key_id = self.register_evaluation_keys(evaluation_keys)
+            # Kept for this run even if other keys push them out of the cache meanwhile.
+            key_id, keys = self._register_bytes(evaluation_keys)
             if key_id != env.key_id:
                 raise EnvelopeError(
                     f"inputs were encrypted with key {env.key_id}, but the evaluation keys given "
                     f"are of key {key_id}"
                 )
-            with self._lock:
-                keys = self._keys.get(env.key_id)
         return self.run_envelope(env, keys=keys)
 
     def cached_keys(self, key_id: str) -> Any:

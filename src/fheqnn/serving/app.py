@@ -232,8 +232,9 @@ class Service:
 
         A declared Content-Length over ``limit`` is refused (413) at once; then the request
         waits for one of the ``max_uploads`` slots, and the body is written to the file as it
-        arrives, refused as soon as it passes ``limit``. The slot is held until the block
-        ends: read what is needed from the file inside it.
+        arrives, refused as soon as it passes ``limit`` or once it has taken more than
+        ``upload_seconds`` (408). The slot is held until the block ends: read what is needed
+        from the file inside it.
         """
         check_declared_length(request, limit)
         self.uploads_waiting += 1
@@ -246,7 +247,16 @@ class Service:
             path = Path(name)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    await receive_into(request, handle, limit)
+                    try:
+                        await asyncio.wait_for(
+                            receive_into(request, handle, limit), self.config.upload_seconds
+                        )
+                    except TimeoutError as exc:
+                        raise ServiceError(
+                            408,
+                            f"the request body did not all arrive within "
+                            f"{self.config.upload_seconds:g} s",
+                        ) from exc
                 yield path
             finally:
                 path.unlink(missing_ok=True)

@@ -40,6 +40,9 @@ class ServeConfig:
             free slot before their body is read (the client's bytes wait in the network
             buffers), so that memory and temporary disk space stay bounded whatever the number
             of clients. Evaluation keys are moreover deserialized one set at a time.
+        upload_seconds: most seconds a request body may take to arrive once it has its upload
+            slot (408 beyond), so that slow or stalled clients cannot hold the ``max_uploads``
+            slots (default 300: 256 MB at under 1 MB/s).
         max_request_rows: most rows a ciphertext of one predict request may hold (413 beyond,
             naming the cap); ``None``: :data:`DEFAULT_MAX_REQUEST_CALLS` circuit calls' worth,
             per model (see :meth:`request_rows_cap`). ``GET /models`` publishes each model's
@@ -56,6 +59,7 @@ class ServeConfig:
     replicas: int = bounded(1, Bounds(True, 1))
     max_uploads: int = bounded(2, Bounds(True, 1))
     max_request_rows: int | None = bounded(None, Bounds(True, 1, optional=True))
+    upload_seconds: float = bounded(300.0, Bounds(False, 0, low_open=True))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
