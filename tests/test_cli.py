@@ -761,6 +761,9 @@ def test_unsupported_input_file_type(
         ("--max-cached-keys", "max_cached_keys", "0", "1"),
         ("--workers", "workers", "-1", "3"),
         ("--max-request-mb", "max_request_mb", "0", "0.5"),
+        ("--max-uploads", "max_uploads", "0", "3"),
+        ("--max-request-rows", "max_request_rows", "0", "16"),
+        ("--upload-seconds", "upload_seconds", "0", "2.5"),
     ],
 )
 def test_serve_options_check_the_bounds_their_config_declares(

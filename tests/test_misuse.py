@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import struct
@@ -1060,9 +1061,16 @@ def small_envelope() -> bytes:
     ).to_bytes()
 
 
+def _envelope_or_error(read: Any) -> Any:
+    try:
+        return read()
+    except FheqnnError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @FUZZ
 @given(data=st.data())
-def test_fuzz_envelope_reader(small_envelope: bytes, data: st.DataObject) -> None:
+def test_fuzz_envelope_reader(small_envelope: bytes, data: st.DataObject, tmp_path: Path) -> None:
     blob = bytearray(small_envelope)
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert", "reseal-flip"]))
@@ -1077,11 +1085,35 @@ def test_fuzz_envelope_reader(small_envelope: bytes, data: st.DataObject) -> Non
             body = bytearray(blob[len(MAGIC) + 32 :])
             body[at % len(body)] ^= 0xFF
             blob = bytearray(reseal(bytes(body)))
-    try:
-        env = Envelope.from_bytes(bytes(blob), kind="inputs")
-    except FheqnnError:
+    # The file reader (request bodies of the service) takes the same decisions, word for word.
+    (tmp_path / "envelope").write_bytes(blob)
+    from_file = _envelope_or_error(lambda: Envelope.from_file(tmp_path / "envelope", kind="inputs"))
+    assert from_file == _envelope_or_error(lambda: Envelope.from_bytes(bytes(blob), kind="inputs"))
+    if not isinstance(from_file, Envelope):
         return
-    assert bytes(blob) == small_envelope or env.to_bytes() == bytes(blob)
+    assert bytes(blob) == small_envelope or from_file.to_bytes() == bytes(blob)
+
+
+def test_file_reader_refuses_what_the_bytes_reader_refuses(small_envelope, tmp_path) -> None:
+    body = small_envelope[len(MAGIC) + 32 :]
+    cases = {
+        r"payload 1: 0 of 2 bytes": reseal(body[:-2]),
+        r"payload 1 length missing": reseal(body[:-10]),
+        r"1 unexpected trailing bytes": reseal(body + b"x"),
+        r"malformed header \(length 4294967295\)": reseal(b"\xff" * 4 + body[4:]),
+        r"wrong magic": b"X" + small_envelope[1:],
+        r"checksum": small_envelope[:-1],
+    }
+    for pattern, blob in cases.items():
+        (tmp_path / "envelope").write_bytes(blob)
+        from_file = _envelope_or_error(
+            lambda: Envelope.from_file(tmp_path / "envelope", kind="inputs")
+        )
+        assert re.search(pattern, from_file), (pattern, from_file)
+        assert from_file == _envelope_or_error(lambda b=blob: Envelope.from_bytes(b, kind="inputs"))
+    (tmp_path / "envelope").write_bytes(small_envelope)
+    with pytest.raises(EnvelopeError, match=f"{len(small_envelope)} bytes, more than the 99"):
+        Envelope.from_file(tmp_path / "envelope", kind="inputs", max_bytes=99)
 
 
 @FUZZ

@@ -114,7 +114,13 @@ def test_runtime_and_cli_do_not_import_the_web_or_ray_stacks() -> None:
 
 def test_health_models_and_openapi(server, ws, client_a) -> None:
     with HttpClient(server.url) as http:
-        assert http.health() == {"status": "ok", "backend": "local", "replicas": 1, "models": 2}
+        assert http.health() == {
+            "status": "ok",
+            "backend": "local",
+            "replicas": 1,
+            "models": 2,
+            "max_request_bytes": 64_000_000,
+        }
         models = {m["name"]: m for m in http.models()}
     assert set(models) == {"a", "b"}
     assert models["a"]["model_id"] == client_a.model_id
@@ -485,7 +491,9 @@ def test_ray_local_two_replicas_share_keys_through_the_store(ws, client_a) -> No
         assert any(line.strip() == "Ray local instance: nodes 127.0.0.1" for line in lines), lines
         rows = ws["x"][:3]
         with HttpClient(url, token=TOKEN, retries=5) as http:
-            assert http.health() == {"status": "ok", "backend": "ray", "replicas": 2, "models": 1}
+            health = http.health()
+            assert health.pop("max_request_bytes") > 20_000_000  # derived: the keys fit
+            assert health == {"status": "ok", "backend": "ray", "replicas": 2, "models": 1}
             assert http.ensure_keys(client_a) is True
             key_id = client_a.key_info.key_id
             # Several requests spread over both replicas, none re-uploads the keys.

@@ -248,6 +248,76 @@ class KeySizes:
     compressed: bool
 
 
+#: Cap'n Proto's first segment (words) and its largest ``Data`` (bytes), which Concrete fills
+#: with whole 64-bit words (``vectorToProtoPayload``: longer payloads are split).
+_CAPNP_FIRST_SEGMENT_WORDS = 1024
+_CAPNP_MAX_DATA_WORDS = ((1 << 29) - 1) // 8
+#: Words of the fixed structures of a serialized evaluation key set (concrete-protocol's
+#: ``ServerKeyset``): the root pointer, the root (3 list pointers) and a tag word per list;
+#: per bootstrap key the list element (2), ``LweBootstrapKeyInfo`` (3), its parameters (6),
+#: ``Modulus`` (2) and ``Payload`` (1), then its list of one pointer per ``Data``; per
+#: key-switching key the same with parameters of 5 words.
+_KEYSET_WORDS = 7
+_BOOTSTRAP_KEY_WORDS = 2 + 3 + 6 + 2 + 1
+_KEYSWITCH_KEY_WORDS = 2 + 3 + 5 + 2 + 1
+#: A seeded (compressed) key's payload starts with its 128-bit seed.
+_SEED_WORDS = 2
+
+
+def serialized_evaluation_keys_bytes(specs: Any) -> int | None:
+    """The exact size of ``EvaluationKeys.serialize()`` for a circuit's ``fhe.ClientSpecs``,
+    with compressed (seeded) evaluation keys as fheqnn compiles them; ``None`` for a key set
+    this layout does not cover (packing key-switching keys, or more keys than fit in Cap'n
+    Proto's first segment), for which only :func:`key_sizes` bounds apply.
+
+    The message is Cap'n Proto's: a segment table (4 bytes per segment and 4, padded to 8
+    bytes), the first segment holding every structure, then each payload ``Data`` (the key's
+    seed and its seeded ciphertext bodies, split at Cap'n Proto's largest ``Data``) with a
+    one-word landing pad, placed as Cap'n Proto's builder places them: in the last segment
+    while it has room, else in a new segment of at least the size of all segments so far.
+    """
+    info = specs.program_info.get_keyset_info()
+    if info.packing_keyswitch_keys():
+        return None
+    secret_dims = [int(k.dimension()) for k in info.secret_keys()]
+    payloads: list[int] = []
+    for b in info.bootstrap_keys():
+        cts = int(b.input_lwe_dimension()) * int(b.level()) * (int(b.glwe_dimension()) + 1)
+        payloads.append(_SEED_WORDS + cts * int(b.polynomial_size()))
+    n_bootstrap = len(payloads)
+    for k in info.keyswitch_keys():
+        payloads.append(_SEED_WORDS + secret_dims[int(k.input_secret_key_id())] * int(k.level()))
+    chunks = [
+        [
+            min(_CAPNP_MAX_DATA_WORDS, words - start)
+            for start in range(0, words, _CAPNP_MAX_DATA_WORDS)
+        ]
+        for words in payloads
+    ]
+    first = _KEYSET_WORDS + sum(
+        (_BOOTSTRAP_KEY_WORDS if i < n_bootstrap else _KEYSWITCH_KEY_WORDS) + len(c)
+        for i, c in enumerate(chunks)
+    )
+    if first > _CAPNP_FIRST_SEGMENT_WORDS or any(
+        w + 1 <= _CAPNP_FIRST_SEGMENT_WORDS - first for c in chunks for w in c
+    ):
+        return None  # a payload small enough to land in the first segment: not modelled
+    used = [first]  # words used per segment
+    room = 0  # words left in the last segment
+    next_size = 2 * _CAPNP_FIRST_SEGMENT_WORDS  # MallocMessageBuilder, GROW_HEURISTICALLY
+    for words in (w + 1 for c in chunks for w in c):  # each Data with its landing pad
+        if len(used) > 1 and words <= room:
+            used[-1] += words
+            room -= words
+            continue
+        size = max(words, next_size)
+        next_size += size
+        used.append(words)
+        room = size - words
+    table = 4 * (len(used) + 1)
+    return table + table % 8 + 8 * sum(used)
+
+
 def key_sizes(specs: Any, *, compressed: bool = True) -> KeySizes:
     """Expected key sizes of a circuit from its ``fhe.ClientSpecs`` (see :class:`KeySizes`).
 

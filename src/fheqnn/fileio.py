@@ -122,3 +122,22 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    """Copy the file ``source`` to ``path`` (in chunks) through a temporary file and a rename,
+    as :func:`atomic_write_bytes`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle, Path(source).open("rb") as src:
+            shutil.copyfileobj(src, handle, 1 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

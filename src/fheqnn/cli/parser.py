@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..datasets import DATASETS
-from ..serving.config import ServeConfig
+from ..serving.config import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_REQUEST_CALLS, ServeConfig
 from .bench import cmd_bench
 from .client import cmd_decrypt, cmd_encrypt, cmd_keygen, cmd_predict
 from .compile import cmd_compile, cmd_report
@@ -174,8 +174,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-request-mb",
         type=_field_type(ServeConfig, "max_request_mb"),
-        default=256.0,
-        help="largest request body (MB, default 256)",
+        default=None,
+        help="largest request body (MB; default: derived from the models served, their "
+        "evaluation keys or a ciphertext of --max-request-rows rows, plus 1 MB)",
     )
     p.add_argument("--token-env", metavar="VAR", help="require the token held by this variable")
     p.add_argument(
@@ -189,6 +190,27 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         type=_field_type(ServeConfig, "workers"),
         default=None,
         help="encrypted runs at once (threads)",
+    )
+    p.add_argument(
+        "--max-uploads",
+        type=_field_type(ServeConfig, "max_uploads"),
+        default=ServeConfig.max_uploads,
+        help=f"request bodies received and checked at once; others wait their turn "
+        f"(default {ServeConfig.max_uploads})",
+    )
+    p.add_argument(
+        "--upload-seconds",
+        type=_field_type(ServeConfig, "upload_seconds"),
+        default=ServeConfig.upload_seconds,
+        help=f"most seconds a request body may take to arrive (408 beyond; default "
+        f"{ServeConfig.upload_seconds:g})",
+    )
+    p.add_argument(
+        "--max-request-rows",
+        type=_field_type(ServeConfig, "max_request_rows"),
+        default=None,
+        help=f"most rows per predict request (default: {DEFAULT_MAX_REQUEST_CALLS} x the "
+        "model's rows per circuit call); GET /models publishes it",
     )
     p.add_argument(
         "--ray", metavar="ADDRESS", help="deploy on Ray Serve: 'local' or a cluster address"
@@ -232,6 +254,29 @@ def _fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_FETCH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up unless the whole client part arrived within this time "
+        f"(default {DEFAULT_FETCH_TIMEOUT:g})",
+    )
+
+
+def _seconds(text: str) -> float:
+    """argparse type of a duration: a number of seconds > 0."""
+    from ..errors import InvalidParameterError
+    from ..validation import check_number
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_number("--timeout", value, 0, low_open=True)
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:

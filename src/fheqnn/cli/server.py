@@ -78,6 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         backend="ray" if args.ray else "local",
         replicas=args.replicas,
+        max_uploads=args.max_uploads,
+        max_request_rows=args.max_request_rows,
+        upload_seconds=args.upload_seconds,
     )
     try:
         if args.ray:
@@ -86,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..serving.runner import serve_foreground
 
         app = create_app(config)
+        _say(_body_limit_line(app.state.service.max_request_bytes, args.max_request_mb))
         serve_foreground(
             app,
             host=args.host,
@@ -121,6 +125,12 @@ def _stopped(exc: KeyboardInterrupt) -> int:
         return 128 + signum  # the parent maps it (SIGTERM: 0) and prints the line
     print("fheqnn: stopped", file=sys.stderr, flush=True)
     return 0 if signum == signal.SIGTERM else 128 + signum
+
+
+def _body_limit_line(limit: int, given: float | None) -> str:
+    """What ``serve`` says of its request body limit at start-up."""
+    how = "--max-request-mb" if given is not None else "derived from the models served"
+    return f"request bodies up to {limit / 1e6:.1f} MB ({how})"
 
 
 def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
@@ -225,7 +235,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from ..serving.client import fetch_client_part
 
     folder = fetch_client_part(
-        args.url, args.model_id, args.out, token=_token(args.token_env), overwrite=args.overwrite
+        args.url,
+        args.model_id,
+        args.out,
+        token=_token(args.token_env),
+        overwrite=args.overwrite,
+        timeout=args.timeout,
     )
     names = ", ".join(sorted(p.name for p in folder.path.iterdir()))
     _say(f"saved the client part of model {folder.model_id} to {folder.path}/ ({names})")

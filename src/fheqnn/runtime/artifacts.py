@@ -447,8 +447,9 @@ class ModelFolder:
 MAX_ENVELOPE_ROWS = 100_000
 
 
-def envelope_limits(folder: ModelFolder) -> dict[str, int]:
-    """The most bytes an envelope of each kind can hold for this model.
+def envelope_limits(folder: ModelFolder, *, max_rows: int = MAX_ENVELOPE_ROWS) -> dict[str, int]:
+    """The most bytes an envelope of each kind can hold for this model (ciphertexts of at
+    most ``max_rows`` rows).
 
     From the sizes the model implies: a ciphertext payload holds ``batch_size`` rows of the
     ciphertext bytes per row in ``report.json`` (with room for Concrete's framing, once per
@@ -467,7 +468,7 @@ def envelope_limits(folder: ModelFolder) -> dict[str, int]:
     )
     batch = report.get("batch_size", 1)
     batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else 1
-    payloads = -(-MAX_ENVELOPE_ROWS // batch)
+    payloads = -(-max_rows // batch)
 
     def per_payload(name: str) -> int:
         value = report.get(name)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import FheqnnError
 
@@ -72,20 +73,7 @@ class Envelope:
                 f"an envelope of {self.kind} needs at least one non-empty bytes payload, got "
                 f"{len(self.payloads)} payload(s)"
             )
-        try:
-            header = json.dumps(
-                {
-                    "kind": self.kind,
-                    "model_id": self.model_id,
-                    "key_id": self.key_id,
-                    "count": len(self.payloads),
-                    "meta": dict(self.meta),
-                },
-                sort_keys=True,
-                allow_nan=False,
-            ).encode()
-        except (TypeError, ValueError) as exc:
-            raise EnvelopeError(f"envelope meta must be plain JSON data: {exc}") from exc
+        header = _header_bytes(self.kind, self.model_id, self.key_id, len(self.payloads), self.meta)
         parts = [struct.pack(">I", len(header)), header]
         for payload in self.payloads:
             parts += [struct.pack(">Q", len(payload)), bytes(payload)]
@@ -126,9 +114,99 @@ class Envelope:
         _check_labels(env, kind, model_id, key_id, what)
         return env
 
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        kind: str,
+        model_id: str | None = None,
+        key_id: str | None = None,
+        what: str = "data",
+        max_bytes: int | None = None,
+    ) -> Envelope:
+        """:meth:`from_bytes` of a file, without ever holding the whole file in memory.
 
-def _verify_checksum(data: bytes, what: str) -> int:
-    """Check the magic bytes and the checksum; returns where the header length starts."""
+        The size is checked first, the checksum is computed over the file in chunks, then
+        each payload is read into its own bytes object: the memory taken is the payloads',
+        not twice or more the file's (a request body of hundreds of MB stays on disk until
+        it is known to be intact, and is never read if it is too large).
+
+        Args:
+            path: the file.
+            max_bytes: the most the file may hold (``None``: no limit).
+            kind, model_id, key_id, what: as in :meth:`from_bytes`.
+
+        Raises:
+            EnvelopeError: as :meth:`from_bytes`, and a file too large or unreadable.
+        """
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise EnvelopeError(
+                        f"{what}: {size} bytes, more than the {max_bytes} this model's data "
+                        "can take"
+                    )
+                head = handle.read(len(MAGIC) + DIGEST_BYTES + 4)
+                pos = _verify_checksum(head, what, rest=handle)
+                handle.seek(pos)
+                (header_len,) = struct.unpack(">I", handle.read(4))
+                if header_len > MAX_HEADER_BYTES or size < pos + 4 + header_len:
+                    raise EnvelopeError(f"{what}: malformed header (length {header_len})")
+                raw = struct.pack(">I", header_len) + handle.read(header_len)
+                header, _ = _read_header(raw, 0, what)
+                payloads = _read_payload_stream(handle, size, header["count"], what)
+        except OSError as exc:
+            raise EnvelopeError(f"{what} cannot be read: {exc.strerror or exc}") from exc
+        env = cls(
+            header["kind"], header["model_id"], header["key_id"], payloads, header.get("meta", {})
+        )
+        _check_labels(env, kind, model_id, key_id, what)
+        return env
+
+
+def envelope_bytes(
+    kind: str,
+    model_id: str,
+    key_id: str,
+    payload_bytes: tuple[int, ...],
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """The exact size of the envelope :meth:`Envelope.to_bytes` writes for payloads of these
+    sizes (e.g. what a model's evaluation keys take on the wire)."""
+    header = _header_bytes(kind, model_id, key_id, len(payload_bytes), meta or {})
+    return len(MAGIC) + DIGEST_BYTES + 4 + len(header) + sum(8 + n for n in payload_bytes)
+
+
+def _header_bytes(kind: str, model_id: str, key_id: str, count: int, meta: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(
+            {
+                "kind": kind,
+                "model_id": model_id,
+                "key_id": key_id,
+                "count": count,
+                "meta": dict(meta),
+            },
+            sort_keys=True,
+            allow_nan=False,
+        ).encode()
+    except (TypeError, ValueError) as exc:
+        raise EnvelopeError(f"envelope meta must be plain JSON data: {exc}") from exc
+
+
+#: Bytes hashed at a time when a file's checksum is verified.
+_HASH_CHUNK = 1 << 20
+
+
+def _verify_checksum(data: bytes, what: str, rest: BinaryIO | None = None) -> int:
+    """Check the magic bytes and the checksum; returns where the header length starts.
+
+    With ``rest``, ``data`` is only the start of the envelope (magic, checksum, 4 bytes) and
+    the checksum covers its last 4 bytes and everything ``rest`` yields until its end.
+    """
     if data.startswith(MAGIC_V1):
         raise EnvelopeError(
             f"{what} is an envelope of format 1, written by an older fheqnn without an "
@@ -145,7 +223,13 @@ def _verify_checksum(data: bytes, what: str) -> int:
         raise EnvelopeError(f"{what} is truncated ({len(data)} bytes: no header)")
     digest = data[pos : pos + DIGEST_BYTES]
     pos += DIGEST_BYTES
-    if hashlib.sha256(memoryview(data)[pos:]).digest() != digest:
+    hasher = hashlib.sha256(memoryview(data)[pos:])
+    if rest is not None:
+        buffer = bytearray(_HASH_CHUNK)
+        view = memoryview(buffer)
+        while count := rest.readinto(buffer):
+            hasher.update(view[:count])
+    if hasher.digest() != digest:
         raise EnvelopeError(
             f"{what} is corrupt: its checksum does not match its content (truncated, "
             "modified, or labels moved from other data); nothing was decrypted or run"
@@ -194,6 +278,27 @@ def _read_payloads(data: bytes, pos: int, count: int, what: str) -> tuple[bytes,
         pos += size
     if pos != len(data):
         raise EnvelopeError(f"{what} has {len(data) - pos} unexpected trailing bytes")
+    return tuple(payloads)
+
+
+def _read_payload_stream(handle: BinaryIO, size: int, count: int, what: str) -> tuple[bytes, ...]:
+    """:func:`_read_payloads` from an open file of ``size`` bytes, at the first payload."""
+    payloads = []
+    for i in range(count):
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise EnvelopeError(f"{what} is truncated (payload {i} length missing)")
+        (length,) = struct.unpack(">Q", raw)
+        left = size - handle.tell()
+        if length == 0 or left < length:
+            raise EnvelopeError(f"{what} is truncated (payload {i}: {left} of {length} bytes)")
+        payload = handle.read(length)
+        if len(payload) != length:
+            raise EnvelopeError(f"{what} changed while it was read")
+        payloads.append(payload)
+    trailing = size - handle.tell()
+    if trailing:
+        raise EnvelopeError(f"{what} has {trailing} unexpected trailing bytes")
     return tuple(payloads)
 
 

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from .artifacts import (
 from .envelope import Envelope, EnvelopeError
 
 logger = logging.getLogger(__name__)
+
+
+class RunCancelledError(Exception):
+    """A run stopped between circuit calls because its ``should_stop`` said so."""
 
 
 class FheModelServer:
@@ -58,6 +63,8 @@ class FheModelServer:
         self.max_cached_keys = max(1, int(max_cached_keys))
         self.workers = workers or os.cpu_count() or 1
         self.last_run_seconds = 0.0
+        #: Circuit calls run so far (one per payload of each inputs envelope).
+        self.calls_run = 0
 
     @property
     def model_id(self) -> str:
@@ -66,10 +73,21 @@ class FheModelServer:
 
     def register_evaluation_keys(self, evaluation_keys: bytes) -> str:
         """Deserialize and cache a client's evaluation keys; returns their key id."""
+        return self._register_bytes(evaluation_keys)[0]
+
+    def _register_bytes(self, evaluation_keys: bytes) -> tuple[str, Any]:
+        """:meth:`register_evaluation_keys`, returning the key id and the deserialized keys."""
         _check_size(evaluation_keys, self.limits["evaluation_keys"], "evaluation keys")
         env = Envelope.from_bytes(
             evaluation_keys, kind="evaluation_keys", model_id=self.model_id, what="evaluation keys"
         )
+        return env.key_id, self.register_envelope(env)
+
+    def register_envelope(self, env: Envelope) -> Any:
+        """:meth:`register_evaluation_keys` of an envelope already parsed (and so verified);
+        returns the deserialized keys (cached, unless a newer set pushes them out)."""
+        if env.kind != "evaluation_keys" or env.model_id != self.model_id:
+            raise EnvelopeError(f"not evaluation keys of compiled model {self.model_id}")
         # The key id is the hash of the keys: a label that does not match is refused, so that
         # nobody can register other keys under a client's id.
         if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
@@ -79,7 +97,7 @@ class FheModelServer:
         with self._lock:
             if env.key_id in self._keys:
                 self._keys.move_to_end(env.key_id)
-                return env.key_id
+                return self._keys[env.key_id]
         try:
             keys = deserialize_evaluation_keys(env.payloads[0])
         except RuntimeError as exc:
@@ -91,7 +109,7 @@ class FheModelServer:
             while len(self._keys) > self.max_cached_keys:
                 self._keys.popitem(last=False)
         logger.info("cached evaluation keys %s", env.key_id)
-        return env.key_id
+        return keys
 
     def has_keys(self, key_id: str) -> bool:
         """Whether the evaluation keys of ``key_id`` are cached."""
@@ -111,15 +129,43 @@ class FheModelServer:
         """
         _check_size(inputs, self.limits["inputs"], "inputs")
         env = Envelope.from_bytes(inputs, kind="inputs", model_id=self.model_id, what="inputs")
+        keys = None
         if evaluation_keys is not None:
-            key_id = self.register_evaluation_keys(evaluation_keys)
+            # Kept for this run even if other keys push them out of the cache meanwhile.
+            key_id, keys = self._register_bytes(evaluation_keys)
             if key_id != env.key_id:
                 raise EnvelopeError(
                     f"inputs were encrypted with key {env.key_id}, but the evaluation keys given "
                     f"are of key {key_id}"
                 )
+        return self.run_envelope(env, keys=keys)
+
+    def cached_keys(self, key_id: str) -> Any:
+        """The deserialized evaluation keys of ``key_id`` if cached, else ``None``."""
         with self._lock:
-            keys = self._keys.get(env.key_id)
+            return self._keys.get(key_id)
+
+    def run_envelope(
+        self,
+        env: Envelope,
+        *,
+        keys: Any = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> bytes:
+        """:meth:`run` on an inputs envelope already parsed (and so verified).
+
+        Args:
+            env: the inputs envelope (checked here to be inputs of this model).
+            keys: deserialized evaluation keys of the envelope's key id (from
+                :meth:`register_envelope`); ``None``: the cached ones.
+            should_stop: asked before each circuit call (one per payload); when it answers
+                ``True`` the calls not started yet are skipped and :class:`RunCancelledError` is
+                raised (a call that has started runs to its end: Concrete cannot stop one).
+        """
+        if env.kind != "inputs" or env.model_id != self.model_id:
+            raise EnvelopeError(f"not inputs of compiled model {self.model_id}")
+        if keys is None:
+            keys = self.cached_keys(env.key_id)
         if keys is None:
             raise EnvelopeError(
                 f"no evaluation keys for key {env.key_id}: send them with the request first"
@@ -130,9 +176,16 @@ class FheModelServer:
         except RuntimeError as exc:
             raise EnvelopeError(f"inputs cannot be deserialized: {exc}") from exc
         start = time.perf_counter()
+        done = [0]
 
         def run_one(value: Any) -> bytes:
-            return self._server.run(value, evaluation_keys=keys).serialize()
+            if should_stop is not None and should_stop():
+                raise RunCancelledError(f"stopped after {done[0]} of {len(values)} circuit call(s)")
+            out = self._server.run(value, evaluation_keys=keys).serialize()
+            with self._lock:
+                self.calls_run += 1
+                done[0] += 1
+            return out
 
         def run_all() -> tuple[bytes, ...]:
             if len(values) > 1 and self.workers > 1:

@@ -19,263 +19,57 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-import time
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..runtime.artifacts import CLIENT_FILES, REPORT_FILE, ModelFolder, key_id_of, open_model_folder
-from ..runtime.envelope import Envelope, EnvelopeError
-from ..runtime.server import FheModelServer
-from .archive import client_archive
+from ..runtime.server import RunCancelledError
 from .config import ServeConfig
-from .keystore import KeyStore, is_id
+from .keystore import is_id
+from .service import (
+    ARCHIVE_MEDIA_TYPE,
+    ENVELOPE_MEDIA_TYPE,
+    KEY_ID_HEADER,
+    RUN_SECONDS_HEADER,
+    ServedModel,
+    Service,
+    ServiceError,
+    default_body_limit,
+    load_model,
+)
 
 logger = logging.getLogger(__name__)
 
-ENVELOPE_MEDIA_TYPE = "application/octet-stream"
-ARCHIVE_MEDIA_TYPE = "application/zip"
-KEY_ID_HEADER = "X-Key-Id"
-RUN_SECONDS_HEADER = "X-Run-Seconds"
-T = TypeVar("T")
+__all__ = [
+    "ARCHIVE_MEDIA_TYPE",
+    "ENVELOPE_MEDIA_TYPE",
+    "KEY_ID_HEADER",
+    "RUN_SECONDS_HEADER",
+    "ServedModel",
+    "Service",
+    "ServiceError",
+    "create_app",
+    "default_body_limit",
+    "load_model",
+]
 
 
-class ServiceError(Exception):
-    """A request the service refuses, with its HTTP status and a message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class ServedModel:
-    """One compiled model as the service holds it."""
-
-    server: FheModelServer
-    folder: ModelFolder
-    summary: dict[str, Any]
-    _archive: bytes | None = field(default=None, repr=False)
-
-    @property
-    def model_id(self) -> str:
-        """The compiled model's identity."""
-        return self.server.model_id
-
-    def archive(self) -> bytes:
-        """The client part as a zip archive (built once)."""
-        if self._archive is None:
-            self._archive = client_archive(self.folder)
-        return self._archive
-
-
-def load_model(path: Any, config: ServeConfig) -> ServedModel:
-    """Load and verify a compiled model folder for serving (server, client and report files)."""
-    server = FheModelServer(path, max_cached_keys=config.max_cached_keys, workers=config.workers)
-    folder = open_model_folder(path, need=(*CLIENT_FILES, REPORT_FILE))
-    report = folder.read_json(REPORT_FILE)
-    manifest = folder.manifest
-    summary = {
-        "model_id": folder.model_id,
-        "name": folder.path.name,
-        "n_features": manifest.get("n_features"),
-        "n_outputs": manifest.get("n_outputs"),
-        "batch_size": report.get("batch_size", 1),  # reports before batching: one row
-        "pbs_count": report.get("pbs_count"),
-        "hidden_neurons": report.get("hidden_neurons"),
-        "n_accum_bits": report.get("n_accum_bits"),
-        "max_bit_width": report.get("max_bit_width"),
-        "evaluation_keys_bytes_estimate": report.get("evaluation_keys_bytes_estimate"),
-        "input_ciphertext_bytes": report.get("input_ciphertext_bytes"),
-        "output_ciphertext_bytes": report.get("output_ciphertext_bytes"),
-        "created": manifest.get("created"),
-        "concrete_python": manifest.get("versions", {}).get("concrete-python"),
-    }
-    return ServedModel(server, folder, summary)
-
-
-def _is_secret_key(data: bytes) -> bool:
-    """Whether ``data`` deserializes as Concrete's full key set (which holds the secret key)."""
-    from ..concrete_seam import fhe
-
-    try:
-        fhe().Keys.deserialize(bytes(data))
-    except Exception:
-        return False
-    return True
-
-
-class Service:
-    """The state behind the app: models, key store, the thread pool of encrypted runs."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        self.models: dict[str, ServedModel] = {}
-        for path in config.model_folders:
-            model = load_model(path, config)
-            if model.model_id in self.models:
-                logger.warning("%s is the same compiled model as another one: served once", path)
-            self.models[model.model_id] = model
-        self.store = KeyStore(config.key_store, max_memory_keys=config.max_cached_keys)
-        self.workers = config.workers or os.cpu_count() or 1
-        self._pool: ThreadPoolExecutor | None = None
-
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        """The thread pool of encrypted runs and key deserialization (made on first use)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fheqnn-run")
-        return self._pool
-
-    def close(self) -> None:
-        """Stop the thread pool: runs not started are dropped; a run in progress (native
-        code, which cannot be stopped) is not waited for.
-
-        The server calls it at shutdown, once requests in progress have finished or been
-        cancelled after the grace period: nothing waits for their answer any more. Key
-        uploads write atomically (a stopped one leaves no file).
-        """
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
-    async def off_loop(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call on the pool, not on the event loop.
-
-        Raises:
-            ServiceError: 503 (retryable) when the server cancels the request because it is
-                stopping and the request ran past the grace period (uvicorn cancels it).
-        """
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args))
-        except asyncio.CancelledError:
-            raise ServiceError(
-                503, "the service stopped before this request finished: send it again"
-            ) from None
-
-    def model(self, model_id: str) -> ServedModel:
-        """The served model of this id (404 if unknown)."""
-        model = self.models.get(model_id)
-        if model is None:
-            raise ServiceError(404, f"unknown model {model_id!r}: GET /models lists the models")
-        return model
-
-    # ------------------------------------------------------------------ keys
-    def register_keys(self, body: bytes, model_id: str | None) -> tuple[str, str, bool]:
-        """Check, cache and store evaluation keys; returns (model id, key id, new)."""
-        try:
-            env = Envelope.from_bytes(body, kind="evaluation_keys", what="evaluation keys")
-        except EnvelopeError as exc:
-            if _is_secret_key(body):
-                raise ServiceError(
-                    400,
-                    "this is a secret key: it never leaves the client; send evaluation.keys",
-                ) from exc
-            raise ServiceError(400, str(exc)) from exc
-        if model_id is not None and env.model_id != model_id:
-            raise ServiceError(
-                409, f"evaluation keys of compiled model {env.model_id}, not of {model_id}"
-            )
-        model = self.model(env.model_id)
-        if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
-            if len(env.payloads) == 1 and _is_secret_key(env.payloads[0]):
-                raise ServiceError(400, "this is a secret key: it never leaves the client")
-            raise ServiceError(
-                400, f"evaluation keys labelled {env.key_id} do not hash to that id (tampered?)"
-            )
-        if self.store.has(model.model_id, env.key_id) and model.server.has_keys(env.key_id):
-            return model.model_id, env.key_id, False
-        try:
-            model.server.register_evaluation_keys(body)
-        except EnvelopeError as exc:
-            if _is_secret_key(env.payloads[0]):
-                raise ServiceError(400, "this is a secret key: it never leaves the client") from exc
-            raise ServiceError(400, str(exc)) from exc
-        new = self.store.put(model.model_id, env.key_id, body)
-        return model.model_id, env.key_id, new
-
-    def knows_keys(self, model_id: str, key_id: str) -> bool:
-        """Whether evaluation keys of ``key_id`` are cached or stored for the model."""
-        model = self.model(model_id)
-        return model.server.has_keys(key_id) or self.store.has(model_id, key_id)
-
-    # ------------------------------------------------------------------ runs
-    def predict(self, model_id: str, key_id: str, body: bytes) -> tuple[bytes, float]:
-        """Run the circuit on a ciphertext envelope; returns the result envelope and seconds."""
-        model = self.model(model_id)
-        try:
-            env = Envelope.from_bytes(body, kind="inputs", what="ciphertext")
-        except EnvelopeError as exc:
-            raise ServiceError(400, str(exc)) from exc
-        if env.model_id != model_id:
-            raise ServiceError(
-                409, f"ciphertext of compiled model {env.model_id}, sent to model {model_id}"
-            )
-        if env.key_id != key_id:
-            raise ServiceError(
-                409, f"ciphertext encrypted with key {env.key_id}, but {KEY_ID_HEADER} is {key_id}"
-            )
-        if not env.payloads:
-            raise ServiceError(400, "the ciphertext holds no rows")
-        keys = None
-        if not model.server.has_keys(key_id):
-            keys = self.store.get(model_id, key_id)
-            if keys is None:
-                raise ServiceError(
-                    404, f"unknown evaluation keys {key_id}: upload them with POST /keys first"
-                )
-        start = time.perf_counter()
-        try:
-            try:
-                out = model.server.run(body, keys)
-            except EnvelopeError:
-                # The keys may have left the bounded cache between the check and the run.
-                if keys is not None or model.server.has_keys(key_id):
-                    raise
-                keys = self.store.get(model_id, key_id)
-                if keys is None:
-                    raise
-                out = model.server.run(body, keys)
-        except EnvelopeError as exc:
-            raise ServiceError(400, str(exc)) from exc
-        except (RuntimeError, ValueError) as exc:
-            # Labels and deserialization were checked: Concrete refusing the values means a
-            # ciphertext that does not fit this circuit (wrong shape or encoding).
-            logger.warning("run refused on model %s: %s", model_id, exc)
-            raise ServiceError(400, f"the circuit cannot run on this ciphertext: {exc}") from exc
-        return out, time.perf_counter() - start
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
-
-    A declared Content-Length is checked before reading; the stream is counted as it arrives,
-    so at most ``limit`` bytes are ever held.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError as exc:
-            raise ServiceError(400, f"malformed Content-Length {declared!r}") from exc
-        if size > limit:
-            raise ServiceError(413, f"request body of {size} bytes, the limit is {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ServiceError(413, f"request body over the limit of {limit} bytes")
-    return bytes(body)
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set ``gone`` when the client of a request whose body was read goes away (ASGI's
+    ``http.disconnect``); cancelled when the answer is ready."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            logger.info("a client went away before its answer")
+            gone.set()
+            return
+        await asyncio.sleep(0.05)  # not expected after the body; never a busy loop
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -311,7 +105,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.service = service
     answering = _Answering()
     app.add_middleware(_Counted, counter=answering)
-    limit = config.max_request_bytes
+    limit = service.max_request_bytes
     _add_error_handlers(app)
     _add_health_route(app, config, service)
     api = APIRouter(dependencies=[Depends(_token_check(config))])
@@ -415,12 +209,14 @@ def _add_health_route(app: FastAPI, config: ServeConfig, service: Service) -> No
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness: backend, replicas and how many models are served (no token needed)."""
+        """Liveness: backend, replicas, how many models are served and the largest request
+        body accepted (no token needed)."""
         return {
             "status": "ok",
             "backend": config.backend,
             "replicas": config.replicas,
             "models": len(service.models),
+            "max_request_bytes": service.max_request_bytes,
         }
 
 
@@ -460,8 +256,8 @@ def _add_key_routes(api: APIRouter, service: Service, limit: int) -> None:
     """Evaluation-key uploads (``POST /keys``, ``POST /models/{model_id}/keys``) and status."""
 
     async def keys_response(request: Request, model_id: str | None) -> JSONResponse:
-        body = await read_body(request, limit)
-        found_model, key_id, new = await service.off_loop(service.register_keys, body, model_id)
+        async with service.received_body(request, limit) as path:
+            found_model, key_id, new = await service.off_loop(service.register_keys, path, model_id)
         return JSONResponse(
             {"key_id": key_id, "model_id": found_model, "new": new},
             status_code=201 if new else 200,
@@ -497,15 +293,27 @@ def _add_predict_route(api: APIRouter, service: Service, limit: int) -> None:
         responses={200: {"content": {ENVELOPE_MEDIA_TYPE: {}}}},
     )
     async def predict(model_id: str, request: Request) -> Response:
-        """Run the circuit on a ciphertext envelope of one or more rows (key id in X-Key-Id)."""
+        """Run the circuit on a ciphertext envelope of one or more rows (key id in X-Key-Id).
+
+        A client that goes away stops the run before its next circuit call (a call that has
+        started runs to its end)."""
         service.model(model_id)
         key_id = request.headers.get(KEY_ID_HEADER)
         if not key_id:
             raise ServiceError(400, f"the {KEY_ID_HEADER} header (the key id) is required")
         if not is_id(key_id):
             raise ServiceError(400, f"malformed {KEY_ID_HEADER} {key_id!r}")
-        body = await read_body(request, limit)
-        out, seconds = await service.off_loop(service.predict, model_id, key_id, body)
+        async with service.received_body(request, limit) as path:
+            env = await service.off_loop(service.read_inputs, model_id, key_id, path)
+        gone = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
+        try:
+            out, seconds = await service.off_loop(service.predict, model_id, env, gone.is_set)
+        except RunCancelledError as exc:
+            logger.info("predict on model %s: the client went away, %s", model_id, exc)
+            return Response(status_code=499)  # nobody reads it
+        finally:
+            watcher.cancel()
         return Response(
             out,
             media_type=ENVELOPE_MEDIA_TYPE,

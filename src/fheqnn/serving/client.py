@@ -7,6 +7,7 @@ Connection failures are retried with exponential backoff; every 4xx becomes a cl
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from ..runtime.artifacts import ModelFolder
 from ..runtime.client import FheModelClient
 from ..runtime.roundtrip import RoundTrip
 from .archive import MAX_ARCHIVE_BYTES, extract_client_archive
+from .config import DEFAULT_FETCH_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +71,25 @@ class ConflictError(ServerResponseError, ValueError):
 
 
 class PayloadTooLargeError(ServerResponseError, ValueError):
-    """413: the body is over the service's ``--max-request-mb``."""
+    """413: the body is over the service's ``--max-request-mb``, or its rows over its
+    ``--max-request-rows``."""
 
 
 class ServiceUnavailableError(FheqnnError, ConnectionError):
     """The service could not be reached (after the retries)."""
+
+
+class ReplyTooLargeError(FheqnnError, ValueError):
+    """A download passed its size limit (counted as the bytes arrive; nothing is kept)."""
+
+
+class DeadlineError(FheqnnError, TimeoutError):
+    """A download did not complete within its overall deadline (a server that trickles bytes
+    cannot hold the client longer)."""
+
+
+#: Most bytes of an error reply read while downloading (the rest is not read).
+_ERROR_REPLY_BYTES = 1 << 16
 
 
 _BY_STATUS: dict[int, type[ServerResponseError]] = {
@@ -128,6 +144,7 @@ class HttpClient:
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
         )
         self._known_keys: set[tuple[str, str]] = set()
+        self._rows_caps: dict[str, int | None] = {}
         self.last_run_seconds = 0.0
 
     def close(self) -> None:
@@ -171,18 +188,104 @@ class HttpClient:
         """The served models' summaries."""
         return list(self._request("GET", "/models").json())
 
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One served model's summary (``GET /models/{model_id}``)."""
+        return dict(self._request("GET", f"/models/{model_id}").json())
+
+    def max_request_rows(self, model_id: str) -> int | None:
+        """Most rows the service takes per predict request for this model (asked once;
+        ``None`` from a service that publishes no cap)."""
+        if model_id not in self._rows_caps:
+            cap = self.model(model_id).get("max_request_rows")
+            ok = isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1
+            self._rows_caps[model_id] = cap if ok else None
+        return self._rows_caps[model_id]
+
+    def fitting_rows(self, client: FheModelClient, wanted: int) -> int:
+        """``wanted`` rows per request, lowered to the service's cap (to a whole number of
+        circuit calls when the cap allows one)."""
+        cap = self.max_request_rows(client.model_id)
+        if cap is None or wanted <= cap:
+            return wanted
+        batch = client.batch_size
+        fitted = cap - cap % batch if cap >= batch else cap
+        logger.info("the service takes at most %d rows per request: sending %d", cap, fitted)
+        return fitted
+
     def fetch_client_part(
-        self, model_id: str, out: str | Path, *, overwrite: bool = False
+        self,
+        model_id: str,
+        out: str | Path,
+        *,
+        overwrite: bool = False,
+        timeout: float = DEFAULT_FETCH_TIMEOUT,
+        max_bytes: int = MAX_ARCHIVE_BYTES,
     ) -> ModelFolder:
         """Save a model's client part into a new folder (atomically, verified).
 
+        The archive is downloaded with :meth:`download`: at most ``max_bytes``, counted as
+        they arrive, within ``timeout`` seconds in all; nothing is written unless it all came.
+
         Raises:
             ArtifactError: ``out`` is not empty (without ``overwrite``), or the archive is bad.
+            ReplyTooLargeError: the archive passed ``max_bytes``.
+            DeadlineError: it did not all arrive within ``timeout`` seconds.
         """
-        response = self._request("GET", f"/models/{model_id}/client")
-        if len(response.content) > MAX_ARCHIVE_BYTES:
-            raise BadRequestError(200, "the client archive is larger than allowed", self.url)
-        return extract_client_archive(response.content, out, model_id=model_id, overwrite=overwrite)
+        path = f"/models/{model_id}/client"
+        data = self.download(path, max_bytes=max_bytes, timeout=timeout, what="client archive")
+        return extract_client_archive(data, out, model_id=model_id, overwrite=overwrite)
+
+    def download(self, path: str, *, max_bytes: int, timeout: float, what: str) -> bytes:
+        """``GET path``'s body, bounded: refused as soon as it passes ``max_bytes`` (or declares
+        more), and abandoned when it has not all arrived ``timeout`` seconds after the start,
+        retries included, however slowly the server sends it.
+
+        Raises:
+            ReplyTooLargeError, DeadlineError, ServiceUnavailableError, ServerResponseError.
+        """
+        deadline = time.monotonic() + timeout
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return self._download_once(path, max_bytes, timeout, deadline, what)
+            except _RETRY_ERRORS as exc:
+                if attempt == self.retries or time.monotonic() + delay >= deadline:
+                    raise ServiceUnavailableError(
+                        f"cannot download the {what} from {self.url}{path}: {exc}"
+                    ) from exc
+                logger.info("GET %s failed (%s); retrying in %.1f s", path, exc, delay)
+            except httpx.TimeoutException as exc:
+                raise DeadlineError(_late(self.url + path, what, timeout)) from exc
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _download_once(
+        self, path: str, max_bytes: int, timeout: float, deadline: float, what: str
+    ) -> bytes:
+        left = max(0.001, deadline - time.monotonic())
+        where = self.url + path
+        # Each network wait is bounded by what is left of the deadline; between chunks the
+        # deadline itself is checked, so a trickle of bytes cannot extend it.
+        with self._http.stream("GET", path, timeout=httpx.Timeout(left)) as response:
+            if not response.is_success:
+                _raise_for_start(response)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ReplyTooLargeError(
+                    f"{where}: the {what} is {declared} bytes, more than the {max_bytes} allowed"
+                )
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ReplyTooLargeError(
+                        f"{where}: the {what} passed {max_bytes} bytes (the most allowed); "
+                        "stopped reading"
+                    )
+                if time.monotonic() > deadline:
+                    raise DeadlineError(_late(where, what, timeout))
+            return bytes(body)
 
     # ------------------------------------------------------------------ keys
     def has_keys(self, model_id: str, key_id: str) -> bool:
@@ -260,7 +363,11 @@ class HttpClient:
         """Encrypt rows, run them on the service, decrypt: float outputs (n_rows, n_outputs).
 
         ``check_range`` as in :meth:`FheModelClient.quantize` (``False`` for the parts of rows
-        already checked as a whole)."""
+        already checked as a whole). More rows than the service takes per request are sent in
+        several requests (:meth:`round_trip`)."""
+        rows = len(x)
+        if self.fitting_rows(client, rows) < rows:
+            return self.round_trip(client, x, rows_per_request=rows).outputs
         blob = client.encrypt(x, check_range=check_range)
         return client.decrypt_raw(self.run_encrypted(client, blob))
 
@@ -279,7 +386,8 @@ class HttpClient:
         """The round trip of :func:`fheqnn.runtime.encrypted_predict`, through the service.
 
         The rows are checked (and warned about) once as a whole, then sent in requests of
-        ``rows_per_request`` rows; ``server_seconds`` is the service's own run time, transfers
+        ``rows_per_request`` rows (fewer if the service takes fewer per request: see
+        :meth:`max_request_rows`); ``server_seconds`` is the service's own run time, transfers
         excluded.
 
         Args:
@@ -290,6 +398,7 @@ class HttpClient:
             progress: called with the number of rows finished after each request.
         """
         x = client.part.check_and_warn(x)  # once for the whole file, not per request
+        rows_per_request = self.fitting_rows(client, rows_per_request)
         outputs, run_s = [], 0.0
         for start in range(0, len(x), rows_per_request):
             part = x[start : start + rows_per_request]
@@ -301,9 +410,44 @@ class HttpClient:
         return RoundTrip(raw, client.part.postprocess(raw), run_s, len(x))
 
 
+def _late(where: str, what: str, timeout: float) -> str:
+    return f"{where}: the {what} did not all arrive within {timeout:g} s; gave up"
+
+
+def _raise_for_start(response: httpx.Response) -> None:
+    """:func:`_raise_for` of a streamed error reply, from its first
+    :data:`_ERROR_REPLY_BYTES` bytes (the rest is not read)."""
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) >= _ERROR_REPLY_BYTES:
+            break
+    try:
+        message = str(json.loads(bytes(data)).get("error", ""))
+    except (ValueError, AttributeError):
+        message = ""
+    text = data[:500].decode("utf-8", "replace")
+    cls = _BY_STATUS.get(response.status_code, ServerResponseError)
+    raise cls(
+        response.status_code,
+        message or text or response.reason_phrase,
+        str(response.request.url),
+    )
+
+
 def fetch_client_part(
-    url: str, model_id: str, out: str | Path, *, token: str | None = None, overwrite: bool = False
+    url: str,
+    model_id: str,
+    out: str | Path,
+    *,
+    token: str | None = None,
+    overwrite: bool = False,
+    timeout: float = DEFAULT_FETCH_TIMEOUT,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
 ) -> ModelFolder:
-    """Save a served model's client part to ``out`` (for ``keygen``); see :class:`HttpClient`."""
-    with HttpClient(url, token=token) as http:
-        return http.fetch_client_part(model_id, out, overwrite=overwrite)
+    """Save a served model's client part to ``out`` (for ``keygen``), within ``timeout``
+    seconds and ``max_bytes`` bytes; see :meth:`HttpClient.fetch_client_part`."""
+    with HttpClient(url, token=token, timeout=timeout) as http:
+        return http.fetch_client_part(
+            model_id, out, overwrite=overwrite, timeout=timeout, max_bytes=max_bytes
+        )

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_copy, atomic_write_bytes
 from ..runtime.artifacts import key_id_of
 from ..runtime.envelope import Envelope, EnvelopeError
 
@@ -81,13 +81,19 @@ class KeyStore:
             return False
         return self._path(model_id, key_id).is_file()
 
-    def put(self, model_id: str, key_id: str, envelope: bytes) -> bool:
+    def put(self, model_id: str, key_id: str, envelope: bytes | Path) -> bool:
         """Store an evaluation-key envelope already checked by the caller.
+
+        Args:
+            envelope: its bytes, or a file holding them (copied in chunks to the folder, read
+                whole only by a store in memory).
 
         Returns:
             ``True`` if the keys were new, ``False`` if they were already stored.
         """
         if self.root is None:
+            if isinstance(envelope, Path):
+                envelope = envelope.read_bytes()
             with self._lock:
                 known = (model_id, key_id) in self._memory
                 self._memory[(model_id, key_id)] = envelope
@@ -99,7 +105,10 @@ class KeyStore:
         if path.is_file():
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, envelope)
+        if isinstance(envelope, Path):
+            atomic_copy(envelope, path)
+        else:
+            atomic_write_bytes(path, envelope)
         logger.info("stored evaluation keys %s of model %s", key_id, model_id)
         return True
 
