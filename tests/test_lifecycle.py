@@ -217,14 +217,18 @@ def _serve(ws: dict[str, Any], grace: float) -> tuple[subprocess.Popen[str], str
         env=dict(os.environ, PYTHONPATH=SRC),
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
-    if match is None:
-        proc.kill()
-        proc.wait()
-        stderr.seek(0)
-        raise AssertionError(f"server did not start: {line!r} {stderr.read()}")
-    return proc, match.group(1), stderr
+    lines = []
+    for _ in range(10):  # a few lines of set-up, then the URL
+        lines.append(proc.stdout.readline())
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)", lines[-1])
+        if match is not None:
+            return proc, match.group(1), stderr
+        if not lines[-1]:
+            break
+    proc.kill()
+    proc.wait()
+    stderr.seek(0)
+    raise AssertionError(f"server did not start: {lines!r} {stderr.read()}")
 
 
 def _finish(proc: subprocess.Popen[str], stderr: Any) -> str:

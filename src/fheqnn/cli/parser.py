@@ -225,7 +225,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
     p.add_argument(
         "--grace",
-        type=_seconds,
+        type=_grace_seconds,
         default=DEFAULT_GRACE_SECONDS,
         metavar="SECONDS",
         help=(
@@ -236,8 +236,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a number of seconds in [0, 3600]."""
+def _grace_seconds(text: str) -> float:
+    """An argparse type: a number of seconds in [0, 3600] (0: cancel at once)."""
     try:
         value = float(text)
     except ValueError:

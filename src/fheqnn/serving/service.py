@@ -37,6 +37,7 @@ from ..runtime.artifacts import (
     key_id_of,
     open_model_folder,
 )
+from ..runtime.client import CLIENT_KEYSET_OVERHEAD
 from ..runtime.envelope import Envelope, EnvelopeError, envelope_bytes
 from ..runtime.server import FheModelServer
 from .archive import client_archive
@@ -91,10 +92,13 @@ class ServedModel:
         return self.server.limits["evaluation_keys"]
 
     @property
-    def secret_key_bytes(self) -> tuple[int, int]:
-        """The least and most bytes a serialized full key set (secret key) of this model has."""
-        low = self.key_sizes.secret + self.key_sizes.evaluation
-        return low, self.key_sizes.secret + self.key_sizes.evaluation_full + (1 << 20)
+    def secret_key_bytes(self) -> tuple[tuple[int, int], ...]:
+        """The least and most bytes a secret key file of this model has: the secret keys alone
+        (``secret.keys`` since key format 3), or Concrete's whole key set (before)."""
+        sizes = self.key_sizes
+        alone = (sizes.secret, sizes.secret + CLIENT_KEYSET_OVERHEAD)
+        whole_low = sizes.secret + sizes.evaluation
+        return alone, (whole_low, sizes.secret + sizes.evaluation_full + (1 << 20))
 
     @property
     def model_id(self) -> str:
@@ -276,12 +280,11 @@ class Service:
 
     # ------------------------------------------------------------------ keys
     def _maybe_secret_key(self, path: Path, size: int) -> bool:
-        """Whether the file of ``size`` bytes is a full key set (with the secret key), raw or
-        as the payload of an envelope: only a file of a size one of the served models' key
-        sets can have is read and tried."""
+        """Whether the file of ``size`` bytes is a secret key file (see ``secret_key_bytes``),
+        raw or as the payload of an envelope: only a file of a size one of the served models'
+        secret key files can have is read and tried."""
         for model in self.models.values():
-            low, high = model.secret_key_bytes
-            if low <= size <= high + _ENVELOPE_ROOM:
+            if any(low <= size <= high + _ENVELOPE_ROOM for low, high in model.secret_key_bytes):
                 with self.key_lock:
                     data = path.read_bytes()
                     if _is_secret_key(data):
