@@ -272,7 +272,7 @@ def _predict_in_background(url: str, ws: dict[str, Any], body: bytes) -> dict[st
     return record
 
 
-@pytest.mark.parametrize("grace", [0.0, 60.0])
+@pytest.mark.parametrize("grace", [0.0, pytest.param(60.0, marks=pytest.mark.slow)])
 def test_serve_drains_at_sigterm_and_exits_0(ws, grace: float) -> None:
     """SIGTERM: the server stops accepting, gives the request in progress ``--grace``
     seconds, answers 503 (retryable) if it is cancelled, and exits 0 with no process left.
@@ -315,6 +315,7 @@ def _run_locally(ws: dict[str, Any]) -> bytes:
     return server.run((ws["root"] / "in_few.bin").read_bytes(), ws["client"].evaluation_keys())
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_serving_worker_stops_the_whole_server(ws) -> None:
     """``kill`` of any PID of ours: the worker drains and exits, its parent follows with 0."""
     proc, _, stderr = _serve(ws, 5.0)

@@ -133,6 +133,7 @@ def two_rows(tiny_models) -> Iterator[tuple[BackgroundServer, object]]:
         yield running, app.state.service
 
 
+@pytest.mark.slow
 def test_rows_per_request_are_capped_and_the_client_fits_its_requests(
     two_rows, client_a, tiny_models
 ):

@@ -283,8 +283,11 @@ def _child_main(
             code = func()
         except KeyboardInterrupt as exc:  # stopped: the parent reports it
             code = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
-        except BaseException as exc:  # the child reports like the parent would
-            code = exit_code(exc)
+        except BaseException as exc:
+            # An error after a stop is its consequence (an import the stop cut short fails
+            # with ImportError): the parent reports the stop. Else the child reports the error
+            # as the parent would.
+            code = 128 + _stop_signal if _stop_signal is not None else exit_code(exc)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
