@@ -1188,6 +1188,25 @@ def test_a_client_contract_with_an_integer_too_large_for_numpy_is_malformed(
         ClientContract.from_dict(original)
 
 
+@pytest.mark.parametrize("where", ["zero_point", "offset"])
+@pytest.mark.parametrize("value", [2.0**63, 1e19, -1e19, 1.5, float("nan"), float("inf")])
+def test_a_client_contract_with_a_float_that_is_no_int64_is_malformed(
+    fuzz_root: Path, where: str, value: float
+) -> None:
+    # Found by the fuzzer below: a float zero point of about 9.2e18 (2**63) made numpy warn (an
+    # error in the suite) and wrap around, instead of the reader refusing the contract.
+    from fheqnn.contract import ClientContract
+    from fheqnn.errors import InvalidParameterError
+
+    original = json.loads((fuzz_root / "m" / "client.json").read_text())
+    if where == "offset":
+        original["output_layer"]["offset"] = value
+    else:
+        original["input_quantizer"]["zero_point"] = value
+    with pytest.raises(InvalidParameterError, match="malformed client contract"):
+        ClientContract.from_dict(original)
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_client_contract_reader(fuzz_root: Path, data: st.DataObject) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .compiler.ir import Elementwise, Program, Quantizer, accumulator_value
+from .compiler.ir import Elementwise, Program, Quantizer, accumulator_value, int64_array
 from .compiler.serialize import (
     chain_from_dict,
     chain_to_dict,
@@ -569,7 +569,7 @@ class ClientContract:
                 n_outputs=int(d["n_outputs"]),
                 input_quantizer=quantizer,
                 output_shift=int(out["shift"]),
-                output_offset=np.asarray(out["offset"], dtype=np.int64),
+                output_offset=int64_array(out["offset"]),
                 output_acc_scale=np.asarray(out["acc_scale"], dtype=np.float64),
                 output_bias=np.asarray(out["bias"], dtype=np.float64),
                 output_activation=chain_from_dict(out["activation"]),

@@ -18,8 +18,9 @@ SYSTEMS = {
     "reference": ("Concrete ML 1.9", "^", "tab:red"),
 }
 
-#: The pick per data set is the fastest cell whose mean accuracy is within this of the best.
-PICK_TOLERANCE = 0.005
+#: The pick per data set is the fastest cell whose mean accuracy is within this of the best
+#: (one point: about one and a half of breast cancer's 143 test rows, one of iris' 38 is 2.6).
+PICK_TOLERANCE = 0.01
 
 _SUMMARY_HEAD = (
     "data set",
@@ -197,7 +198,7 @@ def plot_pruning(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("encrypted latency per row (s)" if timed else "PBS per row")
-    axes[-1].legend(fontsize=7)
+    axes[-1].legend(fontsize=6, loc="best")
     _save(fig, plt, path)
 
 
@@ -225,7 +226,14 @@ def plot_tradeoff(records: list[dict[str, Any]], path: Path) -> None:
                 continue
             ax.scatter(*zip(*points, strict=True), marker=marker, color=color, alpha=0.5, s=18)
             front = pareto_front(points)
-            ax.step(*zip(*front, strict=True), where="post", color=color, label=name)
+            ax.step(
+                *zip(*front, strict=True),
+                where="post",
+                color=color,
+                marker=marker,
+                markersize=7,
+                label=f"{name} (front)",
+            )
         ax.set_title(dataset)
         ax.set_xscale("log")
         ax.set_xlabel("encrypted latency per row (s)" if timed else "PBS per row")
@@ -265,7 +273,7 @@ def _comparison(rows: list[dict]) -> str:
 
 
 def write_sweep_report(rows: list[dict], folder: Path, stem: str) -> list[Path]:
-    """``<stem>.md`` (picks, the per-cell summary, every row), ``<stem>_pruning.png`` and
+    """``<stem>.md`` (picks, the per-cell summary, every row), ``<stem>_latency.png`` and
     ``<stem>_tradeoff.png`` in ``folder``; returns their paths."""
     from ..fileio import atomic_write_bytes
     from .report import markdown_table
@@ -283,7 +291,7 @@ def write_sweep_report(rows: list[dict], folder: Path, stem: str) -> list[Path]:
         "changed over 10 simulation passes (worst seed).\n\n"
         f"## Pick per data set\n\nThe fastest cell within {100 * PICK_TOLERANCE:.1f} point of "
         f"each system's best mean accuracy:\n\n{picks_text(records)}\n\n"
-        f"![latency against pruning]({stem}_pruning.png)\n\n"
+        f"![latency against pruning]({stem}_latency.png)\n\n"
         f"![accuracy against latency]({stem}_tradeoff.png)\n\n"
         f"## Per cell (worst / mean over seeds)\n\n{summary_table(records)}\n\n"
         f"{_comparison(rows)}"
@@ -292,7 +300,7 @@ def write_sweep_report(rows: list[dict], folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / f"{stem}.md"
     atomic_write_bytes(md, text.encode())
-    pruning, tradeoff = folder / f"{stem}_pruning.png", folder / f"{stem}_tradeoff.png"
+    pruning, tradeoff = folder / f"{stem}_latency.png", folder / f"{stem}_tradeoff.png"
     plot_pruning(records, pruning)
     plot_tradeoff(records, tradeoff)
     return [md, pruning, tradeoff]

@@ -26,8 +26,21 @@ from .kernels import ELEMENTWISE_KERNELS, kernel
 # ----------------------------------------------------------------------------- quantizers
 
 
+def int64_array(value: Any) -> np.ndarray:
+    """``value`` as int64, refusing what the cast would change silently (``ValueError``):
+    floats that are not whole or not finite, or out of int64's range (numpy would only warn,
+    and wrap). Values read from files come this way."""
+    raw = np.asarray(value)
+    if raw.dtype.kind == "f" and raw.size:
+        whole = np.all(np.isfinite(raw)) and np.all(raw == np.rint(raw))
+        if not (whole and raw.min() >= -(2.0**63) and raw.max() < 2.0**63):
+            raise ValueError(f"not whole numbers within int64's range: {raw.ravel()[:4]}")
+        return raw.astype(np.int64)
+    return np.asarray(value, dtype=np.int64)  # Python ints past int64: OverflowError
+
+
 def _as_array(value: Any, dtype: Any) -> np.ndarray:
-    arr = np.asarray(value, dtype=dtype)
+    arr = int64_array(value) if np.dtype(dtype) == np.int64 else np.asarray(value, dtype=dtype)
     arr.setflags(write=False)
     return arr
 

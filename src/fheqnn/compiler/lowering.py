@@ -101,32 +101,15 @@ def noise_text(p_error: float | None, global_p_error: float | None = None) -> st
     return shown
 
 
-def speak(
+def _guard_problems(
     choice: RoundingChoice,
     options: CompileOptions,
     n_rows: int,
     min_agreement: float,
-    noise: str | None = None,
-    distinct_rows: int | None = None,
-) -> str | None:
-    """What the accuracy guard has to say about a rounding choice; warns or (strict) raises.
-
-    ``min_agreement``: the guard's threshold (``options.min_agreement``, or its default for
-    the kind of output). ``noise``: the circuit noise it was judged under (:func:`noise_text`),
-    named in the message. ``distinct_rows``: different quantized inputs among the ``n_rows``
-    calibration rows (default: all of them), which a lossy rounding needs
-    :data:`~fheqnn.compiler.guard.MIN_GUARD_ROWS` of.
-
-    A fallback to lossless rounding is logged (it costs speed, not accuracy); a choice that
-    breaks the guard, or that too few rows cannot check, is a
-    :class:`~fheqnn.errors.CompileAccuracyWarning`, or with ``strict`` an
-    :class:`~fheqnn.errors.AccuracyLossError`.
-    """
-    if choice.fallback is not None:
-        logger.warning("rounding: %s", choice.fallback)
-        if choice.guard_ok:
-            return choice.fallback
-    problems = []
+    distinct_rows: int | None,
+) -> list[str]:
+    """The criteria of the accuracy guard that ``choice`` breaks, one phrase each."""
+    problems: list[str] = []
     if choice.score is not None and choice.reference_score is not None:
         loss = choice.reference_score - choice.score
         # guard_ok: within max_accuracy_loss, or one calibration row for a classifier.
@@ -162,6 +145,35 @@ def speak(
             f"only {rows_text(n_rows, distinct)}: too few to check a lossy rounding "
             f"(at least {MIN_GUARD_ROWS} distinct)"
         )
+    return problems
+
+
+def speak(
+    choice: RoundingChoice,
+    options: CompileOptions,
+    n_rows: int,
+    min_agreement: float,
+    noise: str | None = None,
+    distinct_rows: int | None = None,
+) -> str | None:
+    """What the accuracy guard has to say about a rounding choice; warns or (strict) raises.
+
+    ``min_agreement``: the guard's threshold (``options.min_agreement``, or its default for
+    the kind of output). ``noise``: the circuit noise it was judged under (:func:`noise_text`),
+    named in the message. ``distinct_rows``: different quantized inputs among the ``n_rows``
+    calibration rows (default: all of them), which a lossy rounding needs
+    :data:`~fheqnn.compiler.guard.MIN_GUARD_ROWS` of.
+
+    A fallback to lossless rounding is logged (it costs speed, not accuracy); a choice that
+    breaks the guard, or that too few rows cannot check, is a
+    :class:`~fheqnn.errors.CompileAccuracyWarning`, or with ``strict`` an
+    :class:`~fheqnn.errors.AccuracyLossError`.
+    """
+    if choice.fallback is not None:
+        logger.warning("rounding: %s", choice.fallback)
+        if choice.guard_ok:
+            return choice.fallback
+    problems = _guard_problems(choice, options, n_rows, min_agreement, distinct_rows)
     if not problems:
         return None
     if any(choice.lsbs):

@@ -135,21 +135,11 @@ class SparseQuantNeuralNetwork(nn.Module):
                 layer is allocated.
         """
         super().__init__()
-        _check_arguments(
-            input_dim,
-            n_layers,
-            n_outputs,
-            n_hidden_neurons_multiplier,
-            n_w_bits,
-            n_a_bits,
-            n_accum_bits,
-            n_prune_neurons_percentage,
-            activation_function,
-            quant_narrow,
-            quant_signed,
-        )
-        # Before any layer exists: the widths grow with the features, the weights with their
-        # square.
+        shape = (input_dim, n_layers, n_outputs, n_hidden_neurons_multiplier)
+        bits = (n_w_bits, n_a_bits, n_accum_bits)
+        _check_arguments(*shape, *bits, n_prune_neurons_percentage, activation_function,
+                         quant_narrow, quant_signed)  # fmt: skip
+        # Before any layer exists (the weights grow with the square of the features).
         check_training_fits(input_dim, n_layers, n_outputs, n_hidden_neurons_multiplier)
 
         self.input_dim = input_dim
