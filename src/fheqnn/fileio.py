@@ -8,13 +8,16 @@ no longer runs and remove them, without touching those of a writer that is still
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +101,10 @@ def clean_stale(target: Path) -> list[Path]:
     return done
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    Args:
-        path: destination; its parent folder must exist.
-        data: the bytes to write.
-        mode: permission bits for the new file (e.g. ``0o600`` for a secret key).
-    """
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A file to write that becomes ``path`` (temporary file in the same folder, flushed to
+    disk, renamed) when the block ends without error; removed otherwise."""
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
@@ -113,7 +112,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         if mode is not None:
@@ -124,20 +123,20 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Args:
+        path: destination; its parent folder must exist.
+        data: the bytes to write.
+        mode: permission bits for the new file (e.g. ``0o600`` for a secret key).
+    """
+    with _atomic_file(path, mode) as handle:
+        handle.write(data)
+
+
 def atomic_copy(source: Path, path: Path) -> None:
     """Copy the file ``source`` to ``path`` (in chunks) through a temporary file and a rename,
     as :func:`atomic_write_bytes`."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
-    clean_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle, Path(source).open("rb") as src:
-            shutil.copyfileobj(src, handle, 1 << 20)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as handle, Path(source).open("rb") as src:
+        shutil.copyfileobj(src, handle, 1 << 20)
