@@ -39,8 +39,8 @@ class _Step:
     open = False
 
     def __enter__(self) -> _Step:
+        _Step.open = True  # before the line: a stop as soon as it shows must end it
         print(f"{self.title} ...", end="", flush=True)
-        _Step.open = True
         self.start = time.perf_counter()
         return self
 
