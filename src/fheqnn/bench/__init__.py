@@ -9,7 +9,7 @@ the encrypted throughput (rows/s) of circuits that take 1, 8 or 32 rows per call
 
 Models are trained, compiled, saved and run through the public API (estimators, compiled-model
 folders, client and server); the lookup-cost floor builds its own small circuits through our
-Concrete seam. ``report`` turns the rows into a markdown table and a PNG plot.
+Concrete seam. ``summary`` turns the rows into a markdown report and two PNG plots.
 
 One job per module:
 
@@ -21,7 +21,7 @@ One job per module:
 - ``cell``: one configuration trained, compiled and measured (:func:`bench_one`);
 - ``sweep``: every cell (data set x width x pruning x compile profile x seed, and the
   reference's cells), rows appended to a JSON lines file, resumable;
-- ``report``: the per-row markdown table (and the older one-seed plot);
+- ``report``: the per-row markdown table;
 - ``summary``: the sweep summed up per cell over seeds, the pick per data set, and the two
   plots (latency against pruning; accuracy against latency with Pareto fronts);
 - ``reference``: the comparison with Concrete ML.
@@ -38,10 +38,9 @@ from .reference import (
     COMPARED,
     DEFAULT_REFERENCE_PYTHON,
     comparison_table,
-    plot_comparison,
     reference_row,
 )
-from .report import markdown_table, plot, write_report
+from .report import markdown_table
 from .summary import aggregate, pareto_front, picks, picks_text, summary_table, write_sweep_report
 from .sweep import REFERENCE, Cell, cells, read_rows, run_bench
 
@@ -64,13 +63,10 @@ __all__ = [
     "pareto_front",
     "picks",
     "picks_text",
-    "plot",
-    "plot_comparison",
     "read_rows",
     "reference_row",
     "run_bench",
     "summary_table",
     "throughput",
-    "write_report",
     "write_sweep_report",
 ]

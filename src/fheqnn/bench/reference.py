@@ -88,27 +88,3 @@ def comparison_table(pairs: list[tuple[dict, dict]]) -> str:
             f"| {ours['seed']} | ratio | " + " | ".join(ratios) + " | |"
         )
     return "\n".join(lines)
-
-
-def plot_comparison(pairs: list[tuple[dict, dict]], path: Path) -> None:
-    """Latency per row against lookups (PBS) per row, both systems (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for index, name in ((0, "fheqnn default"), (1, "Concrete ML 1.9")):
-        points = [(p[index]["pbs"], p[index].get("latency_single_s")) for p in pairs]
-        points = [pt for pt in points if pt[1] is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o", label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("table lookups (PBS) per row")
-    ax.set_ylabel("encrypted latency per row (s)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
