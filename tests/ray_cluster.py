@@ -46,10 +46,13 @@ def ray_env() -> dict[str, str]:
 
 
 @contextmanager
-def local_cluster(worker_nodes: int = 2, *, cpus_per_node: int = 1) -> Iterator[LocalCluster]:
+def local_cluster(
+    worker_nodes: int = 2, *, cpus_per_node: int = 1, head_cpus: int | None = None
+) -> Iterator[LocalCluster]:
     """Start a head and ``worker_nodes`` worker nodes, connect this process, and stop it all
     on exit. Each worker node carries a custom resource ``node<i>`` (1 unit) so that a test can
-    place work on it; the head carries ``head``."""
+    place work on it; the head carries ``head``. ``head_cpus`` (default ``cpus_per_node``): 0
+    keeps work that needs a CPU off the head, on the worker nodes."""
     if "ray" in sys.modules and os.environ.get(LOOPBACK_ENV) != "0":
         raise RuntimeError(f"ray was imported before {LOOPBACK_ENV}=0 was set")
     os.environ.update(ray_env())
@@ -60,7 +63,7 @@ def local_cluster(worker_nodes: int = 2, *, cpus_per_node: int = 1) -> Iterator[
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": cpus_per_node,
+            "num_cpus": cpus_per_node if head_cpus is None else head_cpus,
             "object_store_memory": store,
             "include_dashboard": False,
             "resources": {"head": 1},

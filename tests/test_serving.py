@@ -465,7 +465,7 @@ def test_fuzzed_request_bodies_never_get_a_5xx(server, client_a, body, key_id, e
 
 
 @pytest.mark.slow
-def test_ray_local_two_replicas_share_keys_through_the_store(ws, client_a) -> None:
+def test_ray_local_two_replicas_share_keys_through_the_registry(ws, client_a) -> None:
     proc, url, lines = _start_cli_server(
         [
             str(ws["a"]),
@@ -493,7 +493,15 @@ def test_ray_local_two_replicas_share_keys_through_the_store(ws, client_a) -> No
         with HttpClient(url, token=TOKEN, retries=5) as http:
             health = http.health()
             assert health.pop("max_request_bytes") > 20_000_000  # derived: the keys fit
-            assert health == {"status": "ok", "backend": "ray", "replicas": 2, "models": 1}
+            assert len(health.pop("node_id")) == 56  # the answering replica's node
+            assert health == {
+                "status": "ok",
+                "backend": "ray",
+                "replicas": 2,
+                "models": 1,
+                "nodes": 1,
+                "replica_states": {"RUNNING": 2},
+            }
             assert http.ensure_keys(client_a) is True
             key_id = client_a.key_info.key_id
             # Several requests spread over both replicas, none re-uploads the keys.
@@ -514,6 +522,8 @@ def test_ray_local_two_replicas_share_keys_through_the_store(ws, client_a) -> No
     np.testing.assert_array_equal(remote, local_result(ws, client_a, rows))
     assert code == 0, err
     assert "Traceback" not in err, err
+    # The registry keeps the keys in its folder too (a restarted cluster finds them there).
+    assert (ws["root"] / "ray-store" / client_a.model_id / f"{key_id}.keys").is_file()
     # Once measured: twelve processes stayed alive (and kept serving) after SIGTERM.
     deadline = time.monotonic() + 10
     while any(_running(pid) for pid in ours) and time.monotonic() < deadline:

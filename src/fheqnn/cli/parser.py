@@ -221,6 +221,14 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="Ray Serve replicas (default 1)",
     )
+    p.add_argument(
+        "--autoscale",
+        type=_replica_bounds,
+        default=None,
+        metavar="MIN:MAX",
+        help="let Ray Serve run between MIN and MAX replicas, by requests in flight (instead "
+        "of --replicas)",
+    )
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance")
     p.add_argument(
@@ -234,6 +242,20 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
             "your supervisor's kill timeout)"
         ),
     )
+
+
+def _replica_bounds(text: str) -> tuple[int, int]:
+    """An argparse type: ``MIN:MAX`` replicas, 0 <= MIN <= MAX, MAX >= 1."""
+    low, sep, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high))
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not 0 <= bounds[0] <= bounds[1] or bounds[1] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected MIN:MAX replicas with 0 <= MIN <= MAX and MAX >= 1, got {text!r}"
+        )
+    return bounds
 
 
 def _grace_seconds(text: str) -> float:

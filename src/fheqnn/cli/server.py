@@ -65,8 +65,10 @@ def _free_port(host: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..serving.config import ServeConfig
 
-    if args.replicas != 1 and not args.ray:
-        raise CliError("--replicas needs --ray (one process serves without Ray)")
+    if (args.replicas != 1 or args.autoscale is not None) and not args.ray:
+        raise CliError("--replicas and --autoscale need --ray (one process serves without Ray)")
+    if args.autoscale is not None and args.replicas != 1:
+        raise CliError("give --replicas or --autoscale, not both")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in [0, 65535], got {args.port}")
     config = ServeConfig(
@@ -143,16 +145,26 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
         where = "local instance" if args.ray == "local" else f"cluster {args.ray}"
         _say(f"Ray {where}: nodes {', '.join(nodes)}")
         url, _ = ray_backend.deploy_service(
-            config, host=args.host, port=port, replica_cpus=args.replica_cpus
+            config,
+            host=args.host,
+            port=port,
+            replica_cpus=args.replica_cpus,
+            autoscale=args.autoscale,
+        )
+        replicas = (
+            f"{config.replicas}" if args.autoscale is None else "{} to {}".format(*args.autoscale)
         )
         _say(
-            f"serving {len(config.model_folders)} model(s) at {url} on {config.replicas} Ray "
+            f"serving {len(config.model_folders)} model(s) at {url} on {replicas} Ray "
             f"Serve replica(s) (API docs: {url}/docs); Ctrl-C or SIGTERM stops"
         )
         while True:
             time.sleep(3600)
     finally:
-        ray_backend.shutdown(serve_too=True)
+        if args.ray == "local":
+            ray_backend.shutdown(serve_too=True)
+        else:
+            ray_backend.stop_service()
 
 
 def _take_back_stop_signals() -> None:

@@ -206,18 +206,48 @@ def _token_check(config: ServeConfig) -> Callable[[Request], Awaitable[None]]:
 
 def _add_health_route(app: FastAPI, config: ServeConfig, service: Service) -> None:
     """``GET /health``, on the app itself: no token needed."""
+    cluster = _ClusterStatus() if config.key_registry else None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness: backend, replicas, how many models are served and the largest request
-        body accepted (no token needed)."""
-        return {
+        body accepted (no token needed). On Ray: also the cluster's live nodes and the
+        service's replicas by state, as Ray Serve sees them."""
+        answer = {
             "status": "ok",
             "backend": config.backend,
             "replicas": config.replicas,
             "models": len(service.models),
             "max_request_bytes": service.max_request_bytes,
         }
+        if cluster is not None:
+            answer.update(await service.off_loop(cluster.get))
+        return answer
+
+
+class _ClusterStatus:
+    """The Ray cluster's status for ``/health``, asked at most once per ``SECONDS``."""
+
+    SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = -1e9
+        self._status: dict[str, Any] = {}
+
+    def get(self) -> dict[str, Any]:
+        import time
+
+        from .ray_backend import cluster_status
+
+        with self._lock:
+            if time.monotonic() - self._at > self.SECONDS:
+                status = cluster_status()
+                running = status["replica_states"].get("RUNNING")
+                if running is not None:
+                    status["replicas"] = running
+                self._status, self._at = status, time.monotonic()
+            return dict(self._status)
 
 
 def _add_model_routes(api: APIRouter, service: Service) -> None:
@@ -314,8 +344,17 @@ def _add_predict_route(api: APIRouter, service: Service, limit: int) -> None:
             return Response(status_code=499)  # nobody reads it
         finally:
             watcher.cancel()
-        return Response(
-            out,
-            media_type=ENVELOPE_MEDIA_TYPE,
-            headers={RUN_SECONDS_HEADER: f"{seconds:.6f}"},
-        )
+        headers = {RUN_SECONDS_HEADER: f"{seconds:.6f}"}
+        if service.config.key_registry:
+            headers[NODE_HEADER] = _ray_node_id()
+        return Response(out, media_type=ENVELOPE_MEDIA_TYPE, headers=headers)
+
+
+#: On Ray: the id of the node whose replica answered a predict (for operators and tests).
+NODE_HEADER = "X-Ray-Node"
+
+
+def _ray_node_id() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())

@@ -30,6 +30,8 @@ KEY_ID_HEADER = "X-Key-Id"
 RUN_SECONDS_HEADER = "X-Run-Seconds"
 # Worth another attempt: the server is starting, restarting, or its replicas are busy.
 _RETRY_STATUS = (502, 503, 504)
+#: Longest wait a Retry-After header may ask for between two attempts (s).
+MAX_RETRY_AFTER = 30.0
 _RETRY_ERRORS = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -112,6 +114,31 @@ def _raise_for(response: httpx.Response) -> None:
     raise cls(response.status_code, message, str(response.request.url))
 
 
+def _worth_retrying(response: httpx.Response) -> bool:
+    """A 502/503/504, or a 500 that is not the service's own answer: Ray Serve's proxy answers
+    a bare 500 when the replica running a request dies (Ray 2.60 maps a dead replica to 500,
+    not to 503). Every request of this client can be sent again: a key upload stores the
+    same keys, a predict computes the same function of the same ciphertext."""
+    if response.status_code in _RETRY_STATUS:
+        return True
+    if response.status_code != 500:
+        return False
+    try:
+        ours = isinstance(response.json(), dict) and "error" in response.json()
+    except ValueError:
+        ours = False
+    return not ours
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The wait a Retry-After header asks for, in seconds (0 without one; at most
+    :data:`MAX_RETRY_AFTER`)."""
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(response.headers.get("retry-after", 0))))
+    except ValueError:
+        return 0.0
+
+
 class HttpClient:
     """Client of an ``fheqnn serve`` service.
 
@@ -120,7 +147,9 @@ class HttpClient:
         token: bearer token, when the service was started with ``--token-env``.
         timeout: seconds to wait for an answer (encrypted runs of large batches are slow).
         connect_timeout: seconds to wait for a connection.
-        retries: further attempts after a connection failure or a 502/503/504.
+        retries: further attempts after a connection failure, a 502/503/504, or a 500 that
+            is not the service's own error (a Ray Serve replica that died); a Retry-After
+            header lengthens the wait.
         backoff: first wait between attempts (s), doubled each time.
     """
 
@@ -171,10 +200,11 @@ class HttpClient:
             except httpx.TimeoutException as exc:
                 raise ServiceUnavailableError(f"{self.url}{path} did not answer in time") from exc
             else:
-                if response.status_code not in _RETRY_STATUS or attempt == self.retries:
+                if not _worth_retrying(response) or attempt == self.retries:
                     _raise_for(response)
                     return response
                 logger.info("%s %s: HTTP %d; retrying", method, path, response.status_code)
+                delay = max(delay, _retry_after(response))
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover

@@ -47,6 +47,9 @@ class ServeConfig:
             naming the cap); ``None``: :data:`DEFAULT_MAX_REQUEST_CALLS` circuit calls' worth,
             per model (see :meth:`request_rows_cap`). ``GET /models`` publishes each model's
             cap and :class:`~fheqnn.serving.client.HttpClient` splits rows to fit it.
+        key_registry: keep evaluation keys in the Ray cluster's key registry
+            (:mod:`fheqnn.serving.ray_keys`) instead of ``key_store``: what replicas on Ray
+            Serve do, so that keys uploaded to one replica reach every replica on every node.
     """
 
     model_folders: tuple[Path, ...]
@@ -60,6 +63,7 @@ class ServeConfig:
     max_uploads: int = bounded(2, Bounds(True, 1))
     max_request_rows: int | None = bounded(None, Bounds(True, 1, optional=True))
     upload_seconds: float = bounded(300.0, Bounds(False, 0, low_open=True))
+    key_registry: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import replace
@@ -27,6 +28,7 @@ from typing import Any
 from ..errors import InvalidParameterError
 from ..runtime.artifacts import (
     MANIFEST,
+    REQUIRED_FILES,
     SERVER_FILES,
     ArtifactError,
     key_id_of,
@@ -35,6 +37,7 @@ from ..runtime.artifacts import (
 from ..runtime.envelope import Envelope, EnvelopeError
 from .app import create_app
 from .config import ServeConfig
+from .ray_keys import DEFAULT_MAX_KEYS, start_registry, stop_registry
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +113,68 @@ def shutdown(*, serve_too: bool = True) -> None:
             ray.shutdown()
 
 
+def stop_service() -> None:
+    """Remove this service from the cluster it joined (its application and its key registry;
+    the registry's folder stays), leaving Ray Serve and other applications running, then
+    disconnect."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.delete(APP_NAME)
+            stop_registry()
+        finally:
+            ray.shutdown()
+
+
 # ---------------------------------------------------------------------------- Ray Serve
+
+#: What a replica needs of a compiled model folder: shipped with the deployment.
+SHIPPED_FILES = (MANIFEST, *REQUIRED_FILES)
+
+
+def pack_models(folders: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """The compiled model folders as plain data (name and file bytes), verified here first:
+    replicas on other nodes get them with the deployment, not from a shared disk."""
+    packed = []
+    for path in folders:
+        folder = open_model_folder(path)
+        files = {name: folder.file(name).read_bytes() for name in SHIPPED_FILES}
+        packed.append({"name": folder.path.name, "files": files})
+    return packed
+
+
+def unpack_models(packed: list[dict[str, Any]], root: Path) -> tuple[Path, ...]:
+    """Write packed models under ``root`` (one folder each, under its own name); their
+    manifests' checksums are verified when the service loads them."""
+    paths = []
+    for i, model in enumerate(packed):
+        folder = root / str(i) / Path(str(model["name"])).name
+        folder.mkdir(parents=True)
+        for name, data in model["files"].items():
+            if name not in SHIPPED_FILES:
+                raise ArtifactError(f"unexpected file {name!r} in a shipped model")
+            (folder / name).write_bytes(data)
+        paths.append(folder)
+    return tuple(paths)
 
 
 class FheqnnReplica:
-    """One replica of the service: builds the app (loads the circuits) on its Ray worker."""
+    """One replica of the service: unpacks the shipped models into its own temporary folder and
+    builds the app on its Ray worker (keys come from the cluster's registry)."""
 
-    def __init__(self, config: ServeConfig) -> None:
-        self._config = config
+    def __init__(self, config: ServeConfig, packed: list[dict[str, Any]]) -> None:
+        self._root = Path(tempfile.mkdtemp(prefix="fheqnn-replica-"))
+        self._config = replace(config, model_folders=unpack_models(packed, self._root))
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self._config)
+
+    def __del__(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
 
 
 def replica_deployment() -> Any:
@@ -130,41 +184,103 @@ def replica_deployment() -> Any:
     return serve.deployment(name="fheqnn")(serve.ingress()(FheqnnReplica))
 
 
+def application(
+    config: ServeConfig, *, max_keys: int = DEFAULT_MAX_KEYS, options: dict[str, Any] | None = None
+) -> Any:
+    """The Serve application of ``config``: the key registry started (``config.key_store``, if
+    any, is its folder on the head node), the models packed into the deployment's arguments
+    (``options``: the deployment's, e.g. ``num_replicas``)."""
+    start_registry(config.key_store, max_keys=max_keys)
+    packed = pack_models(config.model_folders)
+    config = replace(config, backend="ray", key_registry=True, key_store=None)
+    return replica_deployment().options(**(options or {})).bind(config, packed)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Ray Serve application builder, for ``serve run`` / ``serve deploy`` config files
+    (``import_path: fheqnn.serving.ray_backend:build_app``).
+
+    ``args``: ``models`` (compiled model folders, readable where the application is built),
+    and optionally ``key_store`` (a folder on the head node), ``token_env`` (the environment
+    variable holding the bearer token), ``max_request_mb``, ``max_request_rows``,
+    ``max_uploads``, ``upload_seconds``, ``max_cached_keys``, ``workers``, ``max_keys`` (key
+    sets the registry keeps in memory). Replicas, autoscaling and resources are the
+    deployment's own settings in the same file (deployment name ``fheqnn``).
+    """
+    args = dict(args)
+    models = args.pop("models", None)
+    if not models or isinstance(models, str):
+        raise InvalidParameterError("args.models: give a list of compiled model folders")
+    token_env = args.pop("token_env", None)
+    token = None
+    if token_env is not None:
+        token = os.environ.get(str(token_env))
+        if not token:
+            raise InvalidParameterError(f"args.token_env: {token_env} is not set or empty")
+    max_keys = int(args.pop("max_keys", DEFAULT_MAX_KEYS))
+    known = {"key_store", "max_request_mb", "max_request_rows", "max_uploads"}
+    known |= {"upload_seconds", "max_cached_keys", "workers"}
+    if unknown := sorted(set(args) - known):
+        raise InvalidParameterError(f"unknown args {unknown}; known: {sorted(known)}")
+    config = ServeConfig(model_folders=tuple(models), token=token, backend="ray", **args)
+    return application(config, max_keys=max_keys)
+
+
 def deploy_service(
     config: ServeConfig,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     replica_cpus: float = 1.0,
+    autoscale: tuple[int, int] | None = None,
 ) -> tuple[str, ServeConfig]:
-    """Deploy the app as ``config.replicas`` Ray Serve replicas behind Serve's HTTP proxy.
+    """Deploy the app as ``config.replicas`` Ray Serve replicas behind Serve's HTTP proxy
+    (``autoscale``: between ``(min, max)`` replicas instead, by requests in flight).
 
-    Ray must be initialized (:func:`init_ray`). Without a key store, a temporary folder is
-    made: replicas share keys through it (on a multi-machine cluster give a shared folder).
+    Ray must be initialized (:func:`init_ray`). Models travel with the deployment and keys
+    through the cluster's registry: no folder needs to be shared between nodes.
 
     Returns:
         The service URL and the configuration the replicas run.
     """
-    if config.key_store is None:
-        store = Path(tempfile.mkdtemp(prefix="fheqnn-keys-"))
-        logger.warning(
-            "no key store given: replicas share keys through %s (lost at exit; give "
-            "--key-store a shared folder on a multi-machine cluster)",
-            store,
-        )
-        config = replace(config, key_store=store)
     workers = config.workers or max(1, int(replica_cpus))
     config = replace(config, backend="ray", workers=workers)
     from ray import serve
 
     serve.start(http_options={"host": host, "port": port})
-    deployment = replica_deployment().options(
-        num_replicas=config.replicas,
-        ray_actor_options={"num_cpus": replica_cpus},
-    )
-    serve.run(deployment.bind(config), name=APP_NAME, route_prefix="/", blocking=False)
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": replica_cpus}}
+    if autoscale is None:
+        options["num_replicas"] = config.replicas
+    else:
+        low, high = autoscale
+        options["autoscaling_config"] = {
+            "min_replicas": low,
+            "initial_replicas": max(low, 1),
+            "max_replicas": high,
+            "target_ongoing_requests": config.workers,
+        }
+    serve.run(application(config, options=options), name=APP_NAME, route_prefix="/", blocking=False)
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}", config
+
+
+def cluster_status() -> dict[str, Any]:
+    """What ``GET /health`` of a replica says of the cluster: live nodes, the replicas of the
+    service by state (``RUNNING``, ``STARTING``, ...), and the node of the replica answering."""
+    import ray
+    from ray import serve
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    states: dict[str, int] = {}
+    try:
+        app = serve.status().applications[APP_NAME]
+        for deployment in app.deployments.values():
+            for state, count in deployment.replica_states.items():
+                states[str(getattr(state, "value", state))] = count
+    except (KeyError, AttributeError) as exc:  # pragma: no cover - Serve's status changed
+        logger.info("no Serve status: %s", exc)
+    node = ray.get_runtime_context().get_node_id()
+    return {"nodes": nodes, "replica_states": states, "node_id": str(node)}
 
 
 # ---------------------------------------------------------------------------- offline batches

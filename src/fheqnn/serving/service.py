@@ -172,6 +172,16 @@ def _is_secret_key(data: bytes) -> bool:
     return True
 
 
+def _key_store(config: ServeConfig) -> Any:
+    """Where uploaded keys are kept: the Ray cluster's registry (replicas), or a folder or
+    memory (one process)."""
+    if config.key_registry:
+        from .ray_keys import RayKeyStore
+
+        return RayKeyStore()
+    return KeyStore(config.key_store, max_memory_keys=config.max_cached_keys)
+
+
 class Service:
     """The state behind the app: models, key store, the thread pool of encrypted runs."""
 
@@ -183,7 +193,7 @@ class Service:
             if model.model_id in self.models:
                 logger.warning("%s is the same compiled model as another one: served once", path)
             self.models[model.model_id] = model
-        self.store = KeyStore(config.key_store, max_memory_keys=config.max_cached_keys)
+        self.store = _key_store(config)
         #: Largest request body accepted (bytes): configured, or derived from the models.
         self.max_request_bytes = config.max_request_bytes or default_body_limit(
             self.models.values()
