@@ -103,7 +103,7 @@ def test_the_registry_checks_keys_and_survives_a_restart_with_its_folder(
     keys, model, key = client_a.evaluation_keys(), client_a.model_id, client_a.key_info.key_id
     assert ray.get(handle.put.remote(model, key, keys)) is True
     assert ray.get(handle.put.remote(model, key, keys)) is False
-    with pytest.raises(EnvelopeError, match="not with key 0{32}"):
+    with pytest.raises(EnvelopeError, match=r"not with key 0{32}"):
         ray.get(handle.put.remote(model, "0" * 32, keys))  # keys under another id
     assert ray.get(handle.key_ids.remote(model)) == [key]
     # The registry's process dies: Ray restarts it, and it finds the keys in its folder.

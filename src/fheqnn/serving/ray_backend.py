@@ -198,18 +198,41 @@ def application(
 
 def build_app(args: dict[str, Any]) -> Any:
     """Ray Serve application builder, for ``serve run`` / ``serve deploy`` config files
-    (``import_path: fheqnn.serving.ray_backend:build_app``).
+    (``import_path: fheqnn.serving.ray_backend:build_app``; an example is
+    ``examples/ray-serve.yaml``).
 
     ``args``: ``models`` (compiled model folders, readable where the application is built),
-    and optionally ``key_store`` (a folder on the head node), ``token_env`` (the environment
-    variable holding the bearer token), ``max_request_mb``, ``max_request_rows``,
+    and optionally ``key_store`` (the registry's folder, on the head node), ``token_env`` (the
+    environment variable holding the bearer token), ``max_request_mb``, ``max_request_rows``,
     ``max_uploads``, ``upload_seconds``, ``max_cached_keys``, ``workers``, ``max_keys`` (key
-    sets the registry keeps in memory). Replicas, autoscaling and resources are the
+    sets the registry keeps in the object store). Replicas, autoscaling and resources are the
     deployment's own settings in the same file (deployment name ``fheqnn``).
     """
+    config, max_keys = config_from_args(args)
+    return application(config, max_keys=max_keys)
+
+
+#: ``build_app`` arguments that are :class:`ServeConfig` fields of the same name.
+_CONFIG_ARGS = (
+    "key_store",
+    "max_request_mb",
+    "max_request_rows",
+    "max_uploads",
+    "upload_seconds",
+    "max_cached_keys",
+    "workers",
+)
+
+
+def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, int]:
+    """The service configuration and the registry's ``max_keys`` from a Serve config file's
+    ``args`` (see :func:`build_app`), checked: models are a list, no unknown key, the token
+    read from its environment variable, every limit validated by :class:`ServeConfig`."""
+    if not isinstance(args, dict):
+        raise InvalidParameterError(f"args: expected a mapping, got {type(args).__name__}")
     args = dict(args)
     models = args.pop("models", None)
-    if not models or isinstance(models, str):
+    if not isinstance(models, list | tuple) or not models:
         raise InvalidParameterError("args.models: give a list of compiled model folders")
     token_env = args.pop("token_env", None)
     token = None
@@ -217,13 +240,14 @@ def build_app(args: dict[str, Any]) -> Any:
         token = os.environ.get(str(token_env))
         if not token:
             raise InvalidParameterError(f"args.token_env: {token_env} is not set or empty")
-    max_keys = int(args.pop("max_keys", DEFAULT_MAX_KEYS))
-    known = {"key_store", "max_request_mb", "max_request_rows", "max_uploads"}
-    known |= {"upload_seconds", "max_cached_keys", "workers"}
-    if unknown := sorted(set(args) - known):
-        raise InvalidParameterError(f"unknown args {unknown}; known: {sorted(known)}")
+    max_keys = args.pop("max_keys", DEFAULT_MAX_KEYS)
+    if not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1:
+        raise InvalidParameterError(f"args.max_keys: a positive integer, got {max_keys!r}")
+    if unknown := sorted(set(args) - set(_CONFIG_ARGS)):
+        known = sorted({"models", "token_env", "max_keys", *_CONFIG_ARGS})
+        raise InvalidParameterError(f"unknown args {unknown}; known: {known}")
     config = ServeConfig(model_folders=tuple(models), token=token, backend="ray", **args)
-    return application(config, max_keys=max_keys)
+    return config, max_keys
 
 
 def deploy_service(

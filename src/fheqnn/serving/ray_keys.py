@@ -49,7 +49,12 @@ class KeyRegistry:
     def __init__(self, folder: str | None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._refs: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._max_keys = max(1, int(max_keys))
+        self._folder = folder
         self._disk = None if folder is None else KeyStore(folder)
+
+    def settings(self) -> tuple[str | None, int]:
+        """The folder and ``max_keys`` it was started with."""
+        return self._folder, self._max_keys
 
     def has(self, model_id: str, key_id: str) -> bool:
         """Whether keys of this id are known for this model."""
@@ -122,6 +127,17 @@ def start_registry(folder: str | Path | None, *, max_keys: int = DEFAULT_MAX_KEY
     """
     import ray
 
+    folder = None if folder is None else str(Path(folder).resolve())
+    try:
+        running = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+    except ValueError:
+        running = None
+    if running is not None and ray.get(running.settings.remote()) != (folder, max_keys):
+        # Another deployment's registry (other folder): replaced, so that keys go where this
+        # service was told to keep them. Keys only it held in memory are uploaded again.
+        logger.warning("replacing the cluster's key registry: it kept keys elsewhere")
+        ray.kill(running, no_restart=True)
+        _wait_gone()
     actor = ray.remote(KeyRegistry).options(
         name=REGISTRY_NAME,
         namespace=NAMESPACE,
@@ -132,9 +148,25 @@ def start_registry(folder: str | Path | None, *, max_keys: int = DEFAULT_MAX_KEY
         max_restarts=-1,
         max_task_retries=3,
     )
-    handle = actor.remote(None if folder is None else str(folder), max_keys)
+    handle = actor.remote(folder, max_keys)
     ray.get(handle.key_ids.remote("0" * 32))  # started and answering
     return handle
+
+
+def _wait_gone(seconds: float = 30.0) -> None:
+    """Until the registry's name is free again (a killed actor's name is released
+    asynchronously)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
 
 
 def stop_registry() -> None:
