@@ -6,9 +6,11 @@ HTTP overhead per request against the in-process server. Traffic goes to 127.0.0
 
     PYTHONPATH=src python benchmarks/serving.py                # breast cancer at the defaults
     PYTHONPATH=src python benchmarks/serving.py --quick        # tiny settings, a smoke run
+    PYTHONPATH=src python benchmarks/serving.py --cluster      # replicas x nodes on Ray
 
 Writes ``benchmarks/results/serving.jsonl`` (one JSON object per measurement) and
-``benchmarks/results/serving.md``.
+``benchmarks/results/serving.md``; ``--cluster`` (``serving_cluster.py``) writes its own
+section of that file.
 """
 
 from __future__ import annotations
@@ -129,7 +131,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--per-client", type=int, default=None, help="requests per client")
     parser.add_argument("--backends", nargs="+", default=["local", "ray1", "ray2"])
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="rows/s with 1, 2, 4 replicas over 1 and 2 Ray nodes (serving_cluster.py)",
+    )
     args = parser.parse_args()
+    if args.cluster:
+        from serving_cluster import run_cluster
+
+        run_cluster(args.quick, args.per_client)
+        return
     per_client = args.per_client or (2 if args.quick else 5)
     RESULTS.mkdir(exist_ok=True)
     rows = []

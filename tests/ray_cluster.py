@@ -47,7 +47,11 @@ def ray_env() -> dict[str, str]:
 
 @contextmanager
 def local_cluster(
-    worker_nodes: int = 2, *, cpus_per_node: int = 1, head_cpus: int | None = None
+    worker_nodes: int = 2,
+    *,
+    cpus_per_node: int = 1,
+    head_cpus: int | None = None,
+    object_store_mb: int = OBJECT_STORE_MB,
 ) -> Iterator[LocalCluster]:
     """Start a head and ``worker_nodes`` worker nodes, connect this process, and stop it all
     on exit. Each worker node carries a custom resource ``node<i>`` (1 unit) so that a test can
@@ -59,7 +63,7 @@ def local_cluster(
     import ray
     from ray.cluster_utils import Cluster
 
-    store = OBJECT_STORE_MB * 1024**2
+    store = object_store_mb * 1024**2
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
