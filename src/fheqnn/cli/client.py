@@ -13,6 +13,7 @@ import numpy as np
 from .common import EXIT_OK, CliError, _read_envelope, _rows, _say, _Step, _write_bytes
 from .compile import _by_name
 from .outputs import _check_output_file, _check_predictions_output, _give_predictions
+from .ray_predict import check_ray_options, predict_on_ray
 from .server import _remote_round_trip
 
 
@@ -94,6 +95,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--id {args.id} copies that column into the table of predictions: give --out "
             "FILE.csv too"
         )
+    check_ray_options(args, out)
     client = FheModelClient(args.model, args.keys)
     x, y, ids = _prediction_data(args, client.part)
     if y is not None and len(y) != len(x):
@@ -105,21 +107,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         x = x[: args.rows]
         y = None if y is None else y[: args.rows]
         ids = None if ids is None else (ids[0][: args.rows], ids[1])
-    if args.server:
-        trip = _remote_round_trip(args, client, x)
+    if args.ray:
+        assert out is not None  # check_ray_options refused --ray without --out
+        score = predict_on_ray(
+            args, client, x, out, lambda p: _give_predictions(out, p, check_out, ids=ids)
+        )
+        pred = np.asarray(score.predictions)
     else:
-        trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
-    pred = np.asarray(trip.predictions)
-    _give_predictions(
-        out,
-        pred,
-        check_out,
-        ids=ids,
-    )
-    _say(
-        f"{_rows(len(x))}, server time {trip.server_seconds:.2f} s "
-        f"({trip.seconds_per_row:.3f} s per row)"
-    )
+        if args.server:
+            trip = _remote_round_trip(args, client, x)
+        else:
+            trip = _encrypted_predict(client, FheModelServer(args.model), x, args.quiet)
+        pred = np.asarray(trip.predictions)
+        _give_predictions(out, pred, check_out, ids=ids)
+        _say(
+            f"{_rows(len(x))}, server time {trip.server_seconds:.2f} s "
+            f"({trip.seconds_per_row:.3f} s per row)"
+        )
     if y is not None:
         _say_score(pred, y, client.part.output_spec.kind)
     return EXIT_OK

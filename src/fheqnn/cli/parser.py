@@ -163,6 +163,31 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
         help=f"rows per request with --server (default: the smallest multiple of the model's "
         f"rows per circuit call that is at least {DEFAULT_REQUEST_ROWS})",
     )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="a batch job over Ray ('local' or a cluster address; needs --out): chunks of rows "
+        "are encrypted here, run on Ray workers, decrypted here and saved in <out>.partial/ as "
+        "they finish; the same command resumes an interrupted job (--overwrite discards a "
+        "journal of another job)",
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="rows per Ray task with --ray (default: 64 x the model's rows per circuit call)",
+    )
+    p.add_argument(
+        "--ray-tasks",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="chunks in flight at once with --ray (default: the cluster's CPUs)",
+    )
+    p.add_argument(
+        "--ray-cpus", type=_positive_int, default=None, help="CPUs of a local Ray instance"
+    )
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -449,7 +474,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "predict",
-        "encrypt -> run -> decrypt locally",
+        "encrypt -> run -> decrypt (locally, on an 'fheqnn serve' service, or over Ray)",
         cmd_predict,
         _predict_arguments,
         native=True,

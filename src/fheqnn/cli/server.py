@@ -219,7 +219,7 @@ def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> 
 
 def _run_on_ray(args: argparse.Namespace) -> int:
     from ..runtime.artifacts import envelope_limits, open_model_folder
-    from ..serving import ray_backend
+    from ..serving import ray_backend, ray_batch
 
     target = _check_output_file(
         args.out,
@@ -235,7 +235,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
         _take_back_stop_signals()
         _say(f"Ray: nodes {', '.join(nodes)}")
         with _Step("running on ciphertexts over Ray workers"):
-            out = ray_backend.run_batch(args.model, inputs, keys, tasks=args.ray_tasks)
+            out = ray_batch.run_batch(args.model, inputs, keys, tasks=args.ray_tasks)
     finally:
         ray_backend.shutdown(serve_too=False)
     _write_bytes(target, out)

@@ -1,12 +1,12 @@
 """Scale-out on Ray: the service as Ray Serve replicas, and offline batches over Ray workers.
 
-- :func:`deploy_service`: Ray Serve runs the app of :func:`~.app.create_app` as N replicas,
-  each holding the compiled circuits and its own cache of deserialized keys. Evaluation keys
-  reach every replica through the shared key store (a folder), never by a second upload.
-- :func:`run_batch`: the rows of one ciphertext envelope are split over Ray tasks; the compiled
-  server program and the evaluation keys are put once in Ray's object store, and each worker
-  process keeps the deserialized circuit and keys for later tasks. The result is the same
-  envelope as :meth:`FheModelServer.run` gives (rows are independent).
+- :func:`deploy_service` (and :func:`build_app`, for Serve config files): Ray Serve runs the
+  app of :func:`~.app.create_app` as N replicas (or between autoscaling bounds). The compiled
+  models travel in the deployment's arguments and evaluation keys through the cluster's key
+  registry (:mod:`.ray_keys`): replicas on any node need no shared folder, and a key uploaded
+  to one replica is never uploaded again.
+- Offline batches over Ray tasks (:func:`run_batch`, and the resumable ``predict --ray`` jobs)
+  are in :mod:`.ray_batch`; ``run_batch`` is importable from here too.
 
 ``init_ray("local")`` starts a private local instance on the loopback interface; any other
 address joins that cluster. Ray reads its network setting once, when it is first imported, so
@@ -15,7 +15,6 @@ this module imports ray only inside its functions, after :func:`init_ray` has se
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
@@ -26,17 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError
-from ..runtime.artifacts import (
-    MANIFEST,
-    REQUIRED_FILES,
-    SERVER_FILES,
-    ArtifactError,
-    key_id_of,
-    open_model_folder,
-)
-from ..runtime.envelope import Envelope, EnvelopeError
+from ..runtime.artifacts import MANIFEST, REQUIRED_FILES, ArtifactError, open_model_folder
 from .app import create_app
 from .config import ServeConfig
+from .ray_batch import run_batch  # noqa: F401 (re-exported: it used to live here)
 from .ray_keys import DEFAULT_MAX_KEYS, start_registry, stop_registry
 
 logger = logging.getLogger(__name__)
@@ -305,95 +297,3 @@ def cluster_status() -> dict[str, Any]:
         logger.info("no Serve status: %s", exc)
     node = ray.get_runtime_context().get_node_id()
     return {"nodes": nodes, "replica_states": states, "node_id": str(node)}
-
-
-# ---------------------------------------------------------------------------- offline batches
-
-# Per Ray worker process: compiled servers by model id (loaded once, reused by later tasks).
-_WORKER_SERVERS: dict[str, Any] = {}
-
-
-def _worker_server(model_id: str, files: dict[str, bytes]) -> Any:
-    from ..runtime.server import FheModelServer
-
-    server = _WORKER_SERVERS.get(model_id)
-    if server is None:
-        folder = Path(tempfile.mkdtemp(prefix=f"fheqnn-{model_id[:8]}-"))
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        # One circuit call per task at a time: Ray spreads the parallelism over tasks.
-        server = FheModelServer(folder, workers=1)
-        _WORKER_SERVERS[model_id] = server
-    return server
-
-
-def _run_rows(model_id: str, files: dict[str, bytes], keys: bytes, inputs: bytes) -> bytes:
-    server = _worker_server(model_id, files)
-    server.register_evaluation_keys(keys)  # cached after the first task: a hash check
-    return bytes(server.run(inputs))
-
-
-def run_batch(
-    model_folder: str | Path,
-    inputs: bytes,
-    evaluation_keys: bytes,
-    *,
-    tasks: int | None = None,
-) -> bytes:
-    """Run a ciphertext batch over Ray workers; the same result envelope as a local run.
-
-    Ray must be initialized (:func:`init_ray`). Labels are checked here before anything is
-    shipped, so a ciphertext or keys of another model fail as they would locally.
-
-    Args:
-        model_folder: the compiled model (its server program is shipped to the workers).
-        inputs: an inputs envelope of one or more ciphertexts (each a chunk of the model's
-            ``batch_size`` rows).
-        evaluation_keys: the client's evaluation-key envelope.
-        tasks: how many Ray tasks to split the ciphertexts into (default: the cluster's CPUs).
-
-    Raises:
-        ArtifactError: the model folder is bad.
-        EnvelopeError: inputs or keys are malformed or belong to another model or key.
-    """
-    import ray
-
-    folder = open_model_folder(model_folder, need=SERVER_FILES)
-    model_id = folder.model_id
-    env = Envelope.from_bytes(inputs, kind="inputs", model_id=model_id, what="inputs")
-    keys_env = Envelope.from_bytes(
-        evaluation_keys,
-        kind="evaluation_keys",
-        model_id=model_id,
-        key_id=env.key_id,
-        what="evaluation keys",
-    )
-    if len(keys_env.payloads) != 1 or key_id_of(keys_env.payloads[0]) != keys_env.key_id:
-        raise EnvelopeError(f"evaluation keys labelled {keys_env.key_id} do not hash to that id")
-    if not env.payloads:
-        return Envelope("outputs", model_id, env.key_id, (), env.meta).to_bytes()
-    if tasks is None:
-        tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    tasks = max(1, min(int(tasks), len(env.payloads)))
-    files = {name: folder.file(name).read_bytes() for name in (MANIFEST, *SERVER_FILES)}
-    files_ref, keys_ref = ray.put(files), ray.put(evaluation_keys)
-    bounds = [round(i * len(env.payloads) / tasks) for i in range(tasks + 1)]
-    run_rows = ray.remote(_run_rows)
-    futures = [
-        run_rows.remote(
-            model_id,
-            files_ref,
-            keys_ref,
-            Envelope("inputs", model_id, env.key_id, env.payloads[a:b], env.meta).to_bytes(),
-        )
-        for a, b in itertools.pairwise(bounds)
-    ]
-    outputs: list[bytes] = []
-    for blob in ray.get(futures):
-        part = Envelope.from_bytes(blob, kind="outputs", model_id=model_id, key_id=env.key_id)
-        outputs.extend(part.payloads)
-    if len(outputs) != len(env.payloads):
-        raise ArtifactError(
-            f"Ray returned {len(outputs)} results for {len(env.payloads)} ciphertexts"
-        )
-    return Envelope("outputs", model_id, env.key_id, tuple(outputs), env.meta).to_bytes()
