@@ -143,6 +143,46 @@ def test_keys_uploaded_once_answer_replicas_on_both_worker_nodes(
     assert nodes == workers  # answered by a replica on each worker node, keys uploaded once
 
 
+def _registry_pid(handle: Any, timeout: float = 60.0) -> int:
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(ray.get(handle.__ray_call__.remote(lambda self: os.getpid())))
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline, "the registry did not come back"
+            time.sleep(0.5)
+
+
+def test_the_service_s_registry_comes_back_after_its_process_dies(
+    cluster, service, tiny_models, client_a
+) -> None:
+    import ray
+
+    from fheqnn.serving.ray_keys import NAMESPACE, REGISTRY_NAME
+
+    registry = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+    model, key = client_a.model_id, client_a.key_info.key_id
+    with HttpClient(service) as http:
+        http.ensure_keys(client_a)
+    assert ray.get(registry.has.remote(model, key))
+    pid = _registry_pid(registry)
+    os.kill(pid, signal.SIGKILL)
+    assert _registry_pid(registry) != pid  # Ray restarted it (on the head node)
+    # Without a folder it lost the keys; replicas still answer (their own cache, or the
+    # client's upload after a 404), and the answers stay right.
+    assert not ray.get(registry.has.remote(model, key))
+    rows = tiny_models.x[:2]
+    expected = _expected(tiny_models, client_a, rows)
+    with HttpClient(service) as http:
+        for _ in range(4):
+            result = http.run_encrypted(client_a, client_a.encrypt(rows))
+            np.testing.assert_array_equal(client_a.decrypt_integers(result), expected)
+        assert http.upload_keys(client_a) is True  # new to the restarted registry
+    assert ray.get(registry.has.remote(model, key))
+
+
 def _load(url: str, client: FheModelClient, ciphertext: bytes, n: int, out: list) -> None:
     """``n`` predicts through :class:`HttpClient` (which retries a lost replica's request)."""
     with HttpClient(url, retries=6, backoff=0.5) as http:

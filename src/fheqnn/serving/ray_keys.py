@@ -218,10 +218,20 @@ class RayKeyStore:
         """The envelope from the object store (checked against its ids), or ``None``."""
         import ray
 
-        refs = self._call("get", model_id, key_id)
-        if refs is None:
+        blob = None
+        for _ in range(2):
+            refs = self._call("get", model_id, key_id)
+            if refs is None:
+                return None
+            try:
+                blob = ray.get(refs[0])
+                break
+            except ray.exceptions.RayError as exc:
+                # The registry restarted after giving this reference (its objects died with
+                # its process): ask again, it reloads from its folder or says it lost them.
+                logger.warning("evaluation keys %s lost in the object store: %s", key_id, exc)
+        if blob is None:
             return None
-        blob = ray.get(refs[0])
         try:
             _check(blob, model_id, key_id)
         except EnvelopeError as exc:
