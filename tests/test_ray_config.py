@@ -37,7 +37,7 @@ def test_the_example_config_is_a_valid_serve_config_for_our_builder(example, tin
     args = {**app.args, "models": [str(tiny_models.a)]}  # the example's folder is a placeholder
     config, max_keys = ray_backend.config_from_args(args)
     assert config.model_folders == (tiny_models.a,)
-    assert config.key_store == Path("fheqnn-keys") and config.backend == "ray"
+    assert config.key_store == Path("/srv/fheqnn/keys") and config.backend == "ray"
     assert max_keys == ray_backend.DEFAULT_MAX_KEYS
 
 
@@ -46,10 +46,13 @@ def test_the_example_config_is_a_valid_serve_config_for_our_builder(example, tin
     [
         ({}, "args.models: give a list"),
         ({"models": "circuits/bc"}, "args.models: give a list"),
-        ({"models": ["m"], "replicas": 2}, r"unknown args \['replicas'\]"),
-        ({"models": ["m"], "max_keys": 0}, "args.max_keys: a positive integer"),
-        ({"models": ["m"], "token_env": "FHEQNN_TEST_UNSET_TOKEN"}, "is not set or empty"),
-        ({"models": ["m"], "max_uploads": 0}, "max_uploads"),
+        ({"models": ["/m"], "replicas": 2}, r"unknown args \['replicas'\]"),
+        ({"models": ["/m"], "max_keys": 0}, "args.max_keys: a positive integer"),
+        ({"models": ["/m"], "token_env": "FHEQNN_TEST_UNSET_TOKEN"}, "is not set or empty"),
+        ({"models": ["/m"], "max_uploads": 0}, "max_uploads"),
+        ({"models": ["circuits/bc"]}, "args.models: give absolute folder paths"),
+        ({"models": [1]}, "args.models: give absolute folder paths"),
+        ({"models": ["/m"], "key_store": "keys"}, "args.key_store: give absolute folder paths"),
     ],
 )
 def test_builder_arguments_are_checked_before_anything_starts(args, message) -> None:
@@ -77,3 +80,22 @@ def test_replica_options_are_checked(tiny_models, capsys, extra, message) -> Non
         code = exc.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_shipped_models_unpack_once_per_node_and_repair_a_damaged_copy(tiny_models, tmp_path):
+    from fheqnn.runtime.artifacts import ArtifactError, open_model_folder
+    from fheqnn.serving.ray_backend import SHIPPED_FILES
+    from fheqnn.serving.shipped_models import pack, unpack
+
+    packed = pack(open_model_folder(tiny_models.a), SHIPPED_FILES)
+    first = unpack(packed, tmp_path)
+    assert first == tmp_path / packed["model_id"] / tiny_models.a.name
+    assert open_model_folder(first).model_id == packed["model_id"]  # checksums verified
+    assert unpack(packed, tmp_path) == first  # a second process of the node reuses it
+    (first / "server.zip").write_bytes(b"damaged")
+    assert unpack(packed, tmp_path) == first
+    assert open_model_folder(first).model_id == packed["model_id"]  # rewritten whole
+    assert sorted(p.name for p in (tmp_path / packed["model_id"]).iterdir()) == [first.name]
+    for bad in ({"model_id": "../x"}, {"files": {"../evil": b""}}, {"files": {".hidden": b""}}):
+        with pytest.raises(ArtifactError, match="shipped model"):
+            unpack({**packed, **bad}, tmp_path)

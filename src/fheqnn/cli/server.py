@@ -139,6 +139,7 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
     from ..serving import ray_backend
 
     port = args.port or _free_port(args.host)
+    deployed = False
     try:
         nodes = ray_backend.init_ray(args.ray, num_cpus=args.ray_cpus)
         _take_back_stop_signals()  # ray.init installs its own SIGTERM handler
@@ -151,6 +152,7 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
             replica_cpus=args.replica_cpus,
             autoscale=args.autoscale,
         )
+        deployed = True
         replicas = (
             f"{config.replicas}" if args.autoscale is None else "{} to {}".format(*args.autoscale)
         )
@@ -163,8 +165,10 @@ def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
     finally:
         if args.ray == "local":
             ray_backend.shutdown(serve_too=True)
+        elif deployed:
+            ray_backend.stop_service()  # ours only: Serve and other applications keep running
         else:
-            ray_backend.stop_service()
+            ray_backend.shutdown(serve_too=False)  # refused or failed: disconnect, touch nothing
 
 
 def _take_back_stop_signals() -> None:

@@ -221,7 +221,8 @@ def _add_health_route(app: FastAPI, config: ServeConfig, service: Service) -> No
             "max_request_bytes": service.max_request_bytes,
         }
         if cluster is not None:
-            answer.update(await service.off_loop(cluster.get))
+            # Not on the pool of encrypted runs: liveness must not wait behind them.
+            answer.update(await asyncio.to_thread(cluster.get))
         return answer
 
 

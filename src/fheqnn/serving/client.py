@@ -30,7 +30,7 @@ KEY_ID_HEADER = "X-Key-Id"
 RUN_SECONDS_HEADER = "X-Run-Seconds"
 # Worth another attempt: the server is starting, restarting, or its replicas are busy.
 _RETRY_STATUS = (502, 503, 504)
-#: Longest wait a Retry-After header may ask for between two attempts (s).
+#: Longest wait between two attempts (s), whatever a Retry-After header asks for.
 MAX_RETRY_AFTER = 30.0
 _RETRY_ERRORS = (
     httpx.ConnectError,
@@ -206,7 +206,7 @@ class HttpClient:
                 logger.info("%s %s: HTTP %d; retrying", method, path, response.status_code)
                 delay = max(delay, _retry_after(response))
             time.sleep(delay)
-            delay *= 2
+            delay = min(delay * 2, MAX_RETRY_AFTER)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ service

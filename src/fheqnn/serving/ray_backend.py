@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError
-from ..runtime.artifacts import MANIFEST, REQUIRED_FILES, ArtifactError, open_model_folder
+from ..runtime.artifacts import MANIFEST, REQUIRED_FILES, open_model_folder
 from .app import create_app
 from .config import ServeConfig
 from .ray_batch import run_batch  # noqa: F401 (re-exported: it used to live here)
 from .ray_keys import DEFAULT_MAX_KEYS, start_registry, stop_registry
+from .shipped_models import pack, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -129,44 +128,32 @@ SHIPPED_FILES = (MANIFEST, *REQUIRED_FILES)
 
 
 def pack_models(folders: tuple[Path, ...]) -> list[dict[str, Any]]:
-    """The compiled model folders as plain data (name and file bytes), verified here first:
-    replicas on other nodes get them with the deployment, not from a shared disk."""
-    packed = []
-    for path in folders:
-        folder = open_model_folder(path)
-        files = {name: folder.file(name).read_bytes() for name in SHIPPED_FILES}
-        packed.append({"name": folder.path.name, "files": files})
-    return packed
-
-
-def unpack_models(packed: list[dict[str, Any]], root: Path) -> tuple[Path, ...]:
-    """Write packed models under ``root`` (one folder each, under its own name); their
-    manifests' checksums are verified when the service loads them."""
-    paths = []
-    for i, model in enumerate(packed):
-        folder = root / str(i) / Path(str(model["name"])).name
-        folder.mkdir(parents=True)
-        for name, data in model["files"].items():
-            if name not in SHIPPED_FILES:
-                raise ArtifactError(f"unexpected file {name!r} in a shipped model")
-            (folder / name).write_bytes(data)
-        paths.append(folder)
-    return tuple(paths)
+    """The compiled model folders as plain data (:func:`.shipped_models.pack`), verified here
+    first: replicas on other nodes get them with the deployment, not from a shared disk."""
+    return [pack(open_model_folder(path), SHIPPED_FILES) for path in folders]
 
 
 class FheqnnReplica:
-    """One replica of the service: unpacks the shipped models into its own temporary folder and
-    builds the app on its Ray worker (keys come from the cluster's registry)."""
+    """One replica of the service: unpacks the shipped models on its node
+    (:func:`.shipped_models.unpack`) and builds the app on its Ray worker (keys come from the
+    cluster's registry). Without a configured number of workers, it runs as many encrypted
+    runs at once as Ray gave it CPUs."""
 
     def __init__(self, config: ServeConfig, packed: list[dict[str, Any]]) -> None:
-        self._root = Path(tempfile.mkdtemp(prefix="fheqnn-replica-"))
-        self._config = replace(config, model_folders=unpack_models(packed, self._root))
+        folders = tuple(unpack(model) for model in packed)
+        workers = config.workers or _assigned_cpus()
+        self._config = replace(config, model_folders=folders, workers=workers)
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self._config)
 
-    def __del__(self) -> None:
-        shutil.rmtree(self._root, ignore_errors=True)
+
+def _assigned_cpus() -> int:
+    """The CPUs Ray assigned to this actor (at least 1)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
 
 
 def replica_deployment() -> Any:
@@ -226,6 +213,16 @@ def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, int]:
     models = args.pop("models", None)
     if not isinstance(models, list | tuple) or not models:
         raise InvalidParameterError("args.models: give a list of compiled model folders")
+    # The application may be built on another machine than the one the file was written on
+    # (`serve deploy` builds it on the cluster): a relative path would be relative to where.
+    for name, value in [*(("models", m) for m in models), ("key_store", args.get("key_store"))]:
+        if value is None and name == "key_store":
+            continue
+        if not isinstance(value, str) or not Path(value).is_absolute():
+            raise InvalidParameterError(
+                f"args.{name}: give absolute folder paths (the application is built where Ray "
+                f"runs the builder), got {value!r}"
+            )
     token_env = args.pop("token_env", None)
     token = None
     if token_env is not None:
@@ -264,6 +261,12 @@ def deploy_service(
     from ray import serve
 
     serve.start(http_options={"host": host, "port": port})
+    if APP_NAME in serve.status().applications:
+        # Deploying would replace it, and stopping this one would remove it with its keys.
+        raise InvalidParameterError(
+            f"a Ray Serve application named {APP_NAME!r} already runs on this cluster: stop it "
+            f"first (`serve delete {APP_NAME}`, or stop the fheqnn serve that started it)"
+        )
     options: dict[str, Any] = {"ray_actor_options": {"num_cpus": replica_cpus}}
     if autoscale is None:
         options["num_replicas"] = config.replicas

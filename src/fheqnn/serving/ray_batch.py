@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from ..runtime.artifacts import (
 )
 from ..runtime.envelope import Envelope, EnvelopeError
 from .batch_journal import ChunkJournal, JournalError, rows_digest
+from .shipped_models import unpack
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ def _worker_server(model_id: str, files: dict[str, bytes]) -> Any:
 
     server = _WORKER_SERVERS.get(model_id)
     if server is None:
-        folder = Path(tempfile.mkdtemp(prefix=f"fheqnn-{model_id[:8]}-"))
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
+        folder = unpack({"model_id": model_id, "name": "server", "files": files})
         # One circuit call per task at a time: Ray spreads the parallelism over tasks.
         server = FheModelServer(folder, workers=1)
         _WORKER_SERVERS[model_id] = server

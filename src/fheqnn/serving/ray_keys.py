@@ -19,6 +19,7 @@ Ray is imported only inside functions: the module can be imported where Ray is n
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ REGISTRY_NAME = "fheqnn-keys"
 NAMESPACE = "fheqnn"
 #: Envelopes the registry keeps in the object store (each is megabytes to hundreds of MB).
 DEFAULT_MAX_KEYS = 32
+#: Calls the registry answers at once (threads of the actor).
+CONCURRENT_CALLS = 8
 #: The resource only the head node has (Ray 2.x): where the registry is placed.
 HEAD_RESOURCE = "node:__internal_head__"
 
@@ -47,6 +50,9 @@ class KeyRegistry:
     """
 
     def __init__(self, folder: str | None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        # The actor answers several calls at once (a large upload being checked must not hold
+        # up every replica's reads): its table is guarded by a lock.
+        self._lock = threading.Lock()
         self._refs: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._max_keys = max(1, int(max_keys))
         self._folder = folder
@@ -58,8 +64,9 @@ class KeyRegistry:
 
     def has(self, model_id: str, key_id: str) -> bool:
         """Whether keys of this id are known for this model."""
-        if (model_id, key_id) in self._refs:
-            return True
+        with self._lock:
+            if (model_id, key_id) in self._refs:
+                return True
         return self._disk is not None and self._disk.has(model_id, key_id)
 
     def put(self, model_id: str, key_id: str, envelope: bytes) -> bool:
@@ -67,7 +74,9 @@ class KeyRegistry:
         returns whether it was new."""
         _check(envelope, model_id, key_id)
         new = not self.has(model_id, key_id)
-        self._hold(model_id, key_id, envelope)
+        # Put again even if known: the client uploads after a 404, which a reference whose
+        # object was lost would otherwise repeat.
+        self._hold(model_id, key_id, envelope, replace=True)
         if self._disk is not None:
             self._disk.put(model_id, key_id, envelope)
         if new:
@@ -77,34 +86,37 @@ class KeyRegistry:
     def get(self, model_id: str, key_id: str) -> list[Any] | None:
         """``[object ref]`` of the envelope (a list, so that Ray hands over the reference,
         not the bytes), or ``None`` if unknown."""
-        ref = self._refs.get((model_id, key_id))
+        with self._lock:
+            ref = self._refs.get((model_id, key_id))
+            if ref is not None:
+                self._refs.move_to_end((model_id, key_id))
         if ref is None and self._disk is not None:
             blob = self._disk.get(model_id, key_id)  # checked by the folder store
             if blob is not None:
                 ref = self._hold(model_id, key_id, blob)
-        if ref is None:
-            return None
-        self._refs.move_to_end((model_id, key_id))
-        return [ref]
+        return None if ref is None else [ref]
 
     def key_ids(self, model_id: str) -> list[str]:
         """Ids of the keys known for a model."""
-        held = {k for m, k in self._refs if m == model_id}
+        with self._lock:
+            held = {k for m, k in self._refs if m == model_id}
         if self._disk is not None:
             held.update(self._disk.key_ids(model_id))
         return sorted(held)
 
-    def _hold(self, model_id: str, key_id: str, envelope: bytes) -> Any:
+    def _hold(self, model_id: str, key_id: str, envelope: bytes, *, replace: bool = False) -> Any:
         import ray
 
-        ref = self._refs.get((model_id, key_id))
+        with self._lock:
+            ref = None if replace else self._refs.get((model_id, key_id))
         if ref is None:
             ref = ray.put(envelope)  # owned by this actor: outlives the uploading replica
+        with self._lock:
             self._refs[(model_id, key_id)] = ref
-        self._refs.move_to_end((model_id, key_id))
-        while len(self._refs) > self._max_keys:
-            (model, key), _ = self._refs.popitem(last=False)
-            logger.info("dropped evaluation keys %s of model %s from memory", key, model)
+            self._refs.move_to_end((model_id, key_id))
+            while len(self._refs) > self._max_keys:
+                (model, key), _ = self._refs.popitem(last=False)
+                logger.info("dropped evaluation keys %s of model %s from memory", key, model)
         return ref
 
 
@@ -147,6 +159,7 @@ def start_registry(folder: str | Path | None, *, max_keys: int = DEFAULT_MAX_KEY
         resources={HEAD_RESOURCE: 0.001},
         max_restarts=-1,
         max_task_retries=3,
+        max_concurrency=CONCURRENT_CALLS,
     )
     handle = actor.remote(folder, max_keys)
     ray.get(handle.key_ids.remote("0" * 32))  # started and answering
@@ -202,7 +215,13 @@ class RayKeyStore:
     def _call(self, method: str, *args: Any) -> Any:
         import ray
 
-        return ray.get(getattr(self._registry(), method).remote(*args))
+        try:
+            return ray.get(getattr(self._registry(), method).remote(*args))
+        except ray.exceptions.RayActorError:
+            # The registry was replaced (another folder) or removed and started again: look
+            # it up by name once more.
+            self._handle = None
+            return ray.get(getattr(self._registry(), method).remote(*args))
 
     def has(self, model_id: str, key_id: str) -> bool:
         """Whether the registry knows keys of this id for this model."""
