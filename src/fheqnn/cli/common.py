@@ -76,3 +76,24 @@ def _read_envelope(path: str | Path, what: str, max_bytes: int) -> bytes:
     from ..runtime.envelope import read_envelope_file
 
     return read_envelope_file(path, max_bytes=max_bytes, what=what)
+
+
+def rows_per_part(
+    batch_size: int, requested: int | None, *, default: int, option: str, part: str
+) -> int:
+    """Rows per ``part`` (a request, a chunk) for a model of ``batch_size`` rows per circuit
+    call: ``default`` when none is requested; a requested count that is not a multiple of the
+    batch size is kept, with a note on what the padding costs (a part-filled call is padded:
+    paid for, then dropped)."""
+    if requested is None:
+        return default
+    if requested < 1:
+        raise CliError(f"{option} must be >= 1, got {requested}")
+    if requested % batch_size:
+        padded = batch_size * -(-requested // batch_size)
+        _say(
+            f"note: this model runs {batch_size} rows per circuit call; {option} "
+            f"{requested} pads every {part} to {padded} rows (a multiple of {batch_size} "
+            "wastes nothing)"
+        )
+    return requested

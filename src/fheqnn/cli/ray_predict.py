@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import CliError, _rows, _say
+from .common import CliError, _rows, _say, rows_per_part
 from .server import _take_back_stop_signals
 
 #: Circuit calls per chunk of ``predict --ray`` by default: a chunk of 64 x the model's batch
@@ -48,16 +48,13 @@ def chunk_rows(batch_size: int, requested: int | None) -> int:
     """Rows per chunk (one Ray task) for a model of ``batch_size`` rows per circuit call:
     :data:`DEFAULT_CHUNK_CALLS` calls by default; a requested count that is not a multiple of
     the batch size is kept, with a note on what the padding costs."""
-    if requested is None:
-        return DEFAULT_CHUNK_CALLS * batch_size
-    if requested % batch_size:
-        padded = batch_size * -(-requested // batch_size)
-        _say(
-            f"note: this model runs {batch_size} rows per circuit call; --chunk-rows "
-            f"{requested} pads every chunk to {padded} rows (a multiple of {batch_size} "
-            "wastes nothing)"
-        )
-    return requested
+    return rows_per_part(
+        batch_size,
+        requested,
+        default=DEFAULT_CHUNK_CALLS * batch_size,
+        option="--chunk-rows",
+        part="chunk",
+    )
 
 
 def _ray_connected() -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import EXIT_OK, CliError, _read_envelope, _say, _Step, _write_bytes
+from .common import EXIT_OK, CliError, _read_envelope, _say, _Step, _write_bytes, rows_per_part
 from .outputs import _check_output_file
 
 #: Least rows per request of `predict --server` (rounded up to whole circuit calls).
@@ -191,18 +191,13 @@ def request_rows(batch_size: int, requested: int | None) -> int:
     least :data:`DEFAULT_REQUEST_ROWS` rows. A requested count that is not a multiple of the
     batch size is kept, with a note on what the padding costs.
     """
-    if requested is None:
-        return batch_size * -(-DEFAULT_REQUEST_ROWS // batch_size)
-    if requested < 1:
-        raise CliError(f"--batch-rows must be >= 1, got {requested}")
-    if requested % batch_size:
-        padded = batch_size * -(-requested // batch_size)
-        _say(
-            f"note: this model runs {batch_size} rows per circuit call; --batch-rows "
-            f"{requested} pads every request to {padded} rows (a multiple of {batch_size} "
-            "wastes nothing)"
-        )
-    return requested
+    return rows_per_part(
+        batch_size,
+        requested,
+        default=batch_size * -(-DEFAULT_REQUEST_ROWS // batch_size),
+        option="--batch-rows",
+        part="request",
+    )
 
 
 def _remote_round_trip(args: argparse.Namespace, client: Any, x: np.ndarray) -> Any:

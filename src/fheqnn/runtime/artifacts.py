@@ -85,6 +85,21 @@ def key_id_of(evaluation_keys: bytes) -> str:
     return sha256_bytes(evaluation_keys)[:32]
 
 
+def check_keys_id(env: Any) -> None:
+    """Refuse an evaluation-key envelope whose key id is not the hash of its one payload, so
+    that nobody can store or register other keys under a client's id.
+
+    Raises:
+        EnvelopeError: the label does not match.
+    """
+    from .envelope import EnvelopeError
+
+    if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
+        raise EnvelopeError(
+            f"evaluation keys labelled {env.key_id} do not hash to that id (tampered?)"
+        )
+
+
 def model_id_of(files: dict[str, dict[str, Any]]) -> str:
     """Identity of a compiled model: a hash of its files' checksums."""
     joined = "\n".join(f"{name}:{files[name]['sha256']}" for name in sorted(files))

@@ -24,8 +24,8 @@ from .artifacts import (
     SERVER_FILES,
     ArtifactError,
     ModelFolder,
+    check_keys_id,
     envelope_limits,
-    key_id_of,
     open_model_folder,
 )
 from .envelope import Envelope, EnvelopeError
@@ -88,12 +88,7 @@ class FheModelServer:
         returns the deserialized keys (cached, unless a newer set pushes them out)."""
         if env.kind != "evaluation_keys" or env.model_id != self.model_id:
             raise EnvelopeError(f"not evaluation keys of compiled model {self.model_id}")
-        # The key id is the hash of the keys: a label that does not match is refused, so that
-        # nobody can register other keys under a client's id.
-        if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != env.key_id:
-            raise EnvelopeError(
-                f"evaluation keys labelled {env.key_id} do not hash to that id (tampered?)"
-            )
+        check_keys_id(env)
         with self._lock:
             if env.key_id in self._keys:
                 self._keys.move_to_end(env.key_id)

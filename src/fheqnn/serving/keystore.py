@@ -21,7 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..fileio import atomic_copy, atomic_write_bytes
-from ..runtime.artifacts import key_id_of
+from ..runtime.artifacts import check_keys_id
 from ..runtime.envelope import Envelope, EnvelopeError
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ class KeyStore:
             env = Envelope.from_bytes(
                 blob, kind="evaluation_keys", model_id=model_id, key_id=key_id, what=str(path)
             )
-            if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != key_id:
-                raise EnvelopeError(f"{path} does not hash to its key id")
+            check_keys_id(env)
         except EnvelopeError as exc:
             logger.warning("ignoring damaged evaluation keys: %s", exc)
             return None

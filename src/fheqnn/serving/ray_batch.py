@@ -37,10 +37,10 @@ from ..runtime.artifacts import (
     SERVER_FILES,
     ArtifactError,
     ModelFolder,
-    key_id_of,
+    check_keys_id,
     open_model_folder,
 )
-from ..runtime.envelope import Envelope, EnvelopeError
+from ..runtime.envelope import Envelope
 from .batch_journal import ChunkJournal, JournalError, rows_digest
 from .shipped_models import unpack
 
@@ -106,8 +106,7 @@ def ship(folder: ModelFolder, evaluation_keys: bytes, key_id: str) -> Shipped:
         key_id=key_id,
         what="evaluation keys",
     )
-    if len(keys_env.payloads) != 1 or key_id_of(keys_env.payloads[0]) != keys_env.key_id:
-        raise EnvelopeError(f"evaluation keys labelled {keys_env.key_id} do not hash to that id")
+    check_keys_id(keys_env)
     files = {name: folder.file(name).read_bytes() for name in (MANIFEST, *SERVER_FILES)}
     return Shipped(folder.model_id, key_id, ray.put(files), ray.put(evaluation_keys))
 

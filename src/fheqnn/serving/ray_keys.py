@@ -24,7 +24,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ..runtime.artifacts import key_id_of
+from ..runtime.artifacts import check_keys_id
 from ..runtime.envelope import Envelope, EnvelopeError
 from .keystore import KeyStore, is_id
 
@@ -127,8 +127,7 @@ def _check(envelope: bytes, model_id: str, key_id: str) -> None:
     env = Envelope.from_bytes(
         envelope, kind="evaluation_keys", model_id=model_id, key_id=key_id, what="evaluation keys"
     )
-    if len(env.payloads) != 1 or key_id_of(env.payloads[0]) != key_id:
-        raise EnvelopeError(f"evaluation keys labelled {key_id} do not hash to that id")
+    check_keys_id(env)
 
 
 def start_registry(folder: str | Path | None, *, max_keys: int = DEFAULT_MAX_KEYS) -> Any:
