@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ from fheqnn.serving.client import HttpClient
 pytestmark = pytest.mark.slow
 
 #: Encrypted rows per request in the load tests: long enough for a kill to land mid-run.
-LOAD_ROWS = 6
+LOAD_ROWS = 12
 #: Seconds any wait of these tests may take.
 WAIT_SECONDS = 180.0
 
@@ -238,6 +239,25 @@ def _replica_pids() -> list[int]:
     ]
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _busiest(pids: list[int]) -> int:
+    """The replica that is running a request now: the one that used the most CPU in the last
+    0.3 s (a request of LOAD_ROWS rows keeps its replica busy for longer than that)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        before = {pid: _cpu_ticks(pid) for pid in pids}
+        time.sleep(0.3)
+        used = {pid: _cpu_ticks(pid) - before[pid] for pid in pids}
+        pid = max(used, key=used.get)
+        if used[pid] > 0:
+            return pid
+        assert time.monotonic() < deadline, "no replica is busy under load"
+
+
 def test_a_replica_killed_mid_load_loses_no_request(
     cluster, service, tiny_models, client_a, caplog
 ) -> None:
@@ -248,7 +268,7 @@ def test_a_replica_killed_mid_load_loses_no_request(
     assert len(pids) == 2
     with caplog.at_level(logging.INFO, logger="fheqnn.serving.client"):
         results = _under_load(
-            service, client_a, ciphertext, lambda: os.kill(pids[0], signal.SIGKILL)
+            service, client_a, ciphertext, lambda: os.kill(_busiest(pids), signal.SIGKILL)
         )
     # The kill hit requests in flight (the replicas are never idle under this load): Ray
     # Serve's proxy answered them 500, and the client sent them again.
