@@ -16,10 +16,8 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from fheqnn import FheModelClient
@@ -34,25 +32,12 @@ CLIENTS = 4
 BEGIN, END = "<!-- cluster: begin -->", "<!-- cluster: end -->"
 
 
-def _wait_running(url: str, replicas: int, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            states = httpx.get(f"{url}/health", timeout=10).json().get("replica_states", {})
-        except (httpx.HTTPError, ValueError):
-            states = {}
-        if states.get("RUNNING") == replicas and len(states) == 1:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{replicas} replicas not running after {timeout} s")
-
-
 def _measure_cluster(
     model: Path, client: FheModelClient, x: np.ndarray, per_client: int
 ) -> list[dict]:
     sys.path.insert(0, str(TESTS))
     from fheqnn.serving import ray_backend
-    from ray_cluster import local_cluster
+    from ray_cluster import local_cluster, wait_for_replicas
 
     rows = []
     for nodes in (1, 2):
@@ -66,7 +51,7 @@ def _measure_cluster(
                 cpus = min(NODE_CPUS, nodes * NODE_CPUS / replicas)  # a replica fits a node
                 config = ServeConfig((model,), replicas=replicas, workers=max(1, round(cpus)))
                 url, _ = ray_backend.deploy_service(config, port=port, replica_cpus=cpus)
-                _wait_running(url, replicas)
+                wait_for_replicas(url, replicas)
                 one = measure(url, client, x, 1, 2 * per_client)
                 many = measure(url, client, x, CLIENTS, per_client)
                 row = {"mode": "cluster", "nodes": nodes, "replicas": replicas}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,3 +96,21 @@ def local_cluster(
                 serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+def wait_for_replicas(url: str, replicas: int, timeout: float = 300.0) -> dict[str, Any]:
+    """Until the service at ``url`` reports ``replicas`` replicas running and none in another
+    state (its ``/health``); returns that health answer."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{url}/health", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
+            health = {}
+        if health.get("replica_states") == {"RUNNING": replicas}:
+            return health
+        time.sleep(0.5)
+    raise RuntimeError(f"{replicas} replicas not running after {timeout} s: {health}")

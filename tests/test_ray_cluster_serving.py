@@ -25,6 +25,7 @@ import pytest
 
 from fheqnn import FheModelClient, FheModelServer
 from fheqnn.serving.client import HttpClient
+from ray_cluster import wait_for_replicas
 
 pytestmark = pytest.mark.slow
 
@@ -61,22 +62,8 @@ def service(cluster, tiny_models) -> str:
 
     config = ServeConfig((tiny_models.a, tiny_models.b), replicas=2)
     url, _ = ray_backend.deploy_service(config, host="127.0.0.1", port=_free_port())
-    _wait_running(url, 2)
+    wait_for_replicas(url, 2)
     return url
-
-
-def _wait_running(url: str, replicas: int, timeout: float = 180.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    health: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            health = httpx.get(f"{url}/health", timeout=10).json()
-        except (httpx.HTTPError, ValueError):
-            health = {}
-        if health.get("replica_states", {}).get("RUNNING") == replicas:
-            return health
-        time.sleep(0.5)
-    raise AssertionError(f"{replicas} replicas not running after {timeout} s: {health}")
 
 
 def _expected(tiny_models, client: FheModelClient, rows: np.ndarray) -> np.ndarray:
@@ -279,7 +266,7 @@ def test_a_replica_killed_mid_load_loses_no_request(
         assert isinstance(result, bytes), result
         np.testing.assert_array_equal(client_a.decrypt_integers(result), expected)
     # Ray Serve replaces the replica; it reads the keys from the registry (no upload).
-    _wait_running(service, 2)
+    wait_for_replicas(service, 2)
     for _ in range(6):
         response = _predict(service, client_a, ciphertext)
         assert response.status_code == 200, response.text
