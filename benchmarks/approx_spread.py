@@ -5,7 +5,7 @@ Concrete's approximate rounding (a modulus switch on the noisy ciphertext) somet
 up. This compiles one approximate ``round_bit_pattern`` (4 of 8 bits) followed by a lookup, per
 ``p_error``, simulates each value many times and prints how often it flipped, with the spread
 (standard deviation, as a fraction of a step) of the normal noise that would flip as often. The
-compiler models this noise with ``fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD`` (accuracy guard)
+compiler models this noise with ``fheqnn.compiler.rounding.APPROX_ROUNDING_SPREAD`` (accuracy guard)
 and ``fheqnn.compiler.passes.ALIGN_ROUNDING_SPREAD`` (grid alignment); the accuracy and
 stability guard takes the spread at the circuit's error probability from the table this writes
 (``--write``), ``src/fheqnn/compiler/approx_spread.json``, read by ``fheqnn.compiler.noise``:

@@ -2,7 +2,7 @@
 
 This compiles one identity lookup on ``--bits``-bit encrypted integers per ``p_error``,
 simulates it on random inputs and prints how often the output was off, by how many steps. The
-compiler's noise model (``fheqnn.compiler.ir.bootstrap_error_steps``) draws an error with the
+compiler's noise model (``fheqnn.compiler.rounding.bootstrap_error_steps``) draws an error with the
 error probability and its size from the normal noise that errs that often; this checks it,
 chiefly at the large error probabilities (0.1-0.5) that ``p_error`` accepts:
 

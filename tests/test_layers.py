@@ -10,7 +10,7 @@ layer; components of one layer do not import each other):
     2  runtime (model folders, keys, envelopes, client, server) with the client contract
     1  concrete_seam: the one module that imports Concrete
     0  base: errors, validation, intervals, files, interrupts, and the integer IR (ir, kernels,
-       serialize), which the runtime reads and the compiler writes
+       linear_ops, rounding, serialize), which the runtime reads and the compiler writes
 
 ``fheqnn/__init__.py`` is the lazy facade over all of them; ``from fheqnn import X`` inside the
 package counts as an import of the module that defines ``X``.
@@ -35,6 +35,8 @@ LAYERS: tuple[tuple[tuple[str, ...], ...], ...] = (
             "fheqnn.interrupts",
             "fheqnn.compiler.ir",
             "fheqnn.compiler.kernels",
+            "fheqnn.compiler.linear_ops",
+            "fheqnn.compiler.rounding",
             "fheqnn.compiler.serialize",
         ),
     ),

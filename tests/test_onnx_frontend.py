@@ -793,16 +793,19 @@ def test_unsupported_op_between_layers_names_op_node_and_supported_list() -> Non
     assert isinstance(info.value, InvalidModelError) and isinstance(info.value, ValueError)
 
 
-def test_unsupported_conv_is_reported_with_its_node_name() -> None:
-    b = GraphBuilder(n_in=4)
+def test_a_max_pool_before_the_quantizer_is_reported_with_its_node_name_and_why() -> None:
+    b = GraphBuilder(n_in=16)
     x = b.qdq("x", 0.3, np.int8(0), (-8, 7), stem="in")
-    shape = b.const(np.array([-1, 1, 2, 2], dtype=np.int64), "shape")
+    shape = b.const(np.array([-1, 1, 4, 4], dtype=np.int64), "shape")
     img = b.node("Reshape", [x, shape], name="to_image")
-    kernel = b.int_weight(np.ones((1, 1, 2, 2)), 0.1)
+    kernel = b.int_weight(np.ones((2, 1, 2, 2)), 0.1)
     y = b.node("Conv", [img, kernel], name="conv_1")
-    flat = b.node("Flatten", [y], name="flatten")
+    pooled = b.node("MaxPool", [y], name="pool_1", kernel_shape=[2, 2])
+    flat = b.node("Flatten", [pooled], name="flatten")
     model = b.build(flat)
-    with pytest.raises(UnsupportedOperatorError, match=r"Conv.*'conv_1'.*Supported operators"):
+    with pytest.raises(
+        UnsupportedOperatorError, match=r"MaxPool.*'pool_1'.*on a quantizer's output only"
+    ):
         program_from_onnx(model)
 
 
@@ -913,7 +916,7 @@ def _three_d_input(model: onnx.ModelProto) -> None:
     [
         (_mismatched_dequant_scale, UnsupportedOperatorError, "must use its QuantizeLinear"),
         (_per_channel_activation_scale, UnsupportedOperatorError, "must be per-tensor"),
-        (_three_d_input, InvalidModelError, "must be 2-D"),
+        (_three_d_input, InvalidModelError, r"must be \(batch, features\) or \(batch, channels"),
     ],
 )
 def test_malformed_quantizers_and_inputs_are_rejected(edit, error, match) -> None:

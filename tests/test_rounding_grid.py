@@ -122,8 +122,8 @@ def test_saved_programs_keep_their_grid_and_old_ones_load_unmoved() -> None:
         del layer["grid_offset"]  # a program saved before grids could move
     saved["format"] = 1
     np.testing.assert_array_equal(program_from_dict(saved).layers[0].grid_offset, [0])
-    with pytest.raises(ValueError, match="unsupported program format 3"):
-        program_from_dict({**saved, "format": 3})
+    with pytest.raises(ValueError, match="unsupported program format 4"):
+        program_from_dict({**saved, "format": 4})
     with pytest.raises(ValueError, match="outside"):
         _steps_mid_cell_program().with_rounding([3], grid_offsets=[np.array([8])])
 

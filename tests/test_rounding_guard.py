@@ -18,9 +18,9 @@ from fheqnn.compiler.guard import (
     _agreement,
     boundary_rows,
 )
-from fheqnn.compiler.ir import round_lsbs, round_lsbs_approx
 from fheqnn.compiler.lowering import lower_onnx
 from fheqnn.compiler.options import P_ERROR_CANDIDATES
+from fheqnn.compiler.rounding import round_lsbs, round_lsbs_approx
 from helpers import blobs, tiny_classifier
 
 

@@ -364,6 +364,8 @@ class ClientContract:
         feature_range: the per-feature range of the calibration rows (raw units), when the
             compiler recorded it; rows far outside it are warned about before quantization
             (``None``: contracts saved before it existed, no check).
+        input_shape: the shape of one row for a model that takes images (rows of it are
+            flattened before anything else); ``None``: flat rows only.
     """
 
     n_features: int
@@ -379,6 +381,7 @@ class ClientContract:
     batch_size: int = 1
     feature_names: tuple[str, ...] | None = None
     feature_range: FeatureRange | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -424,6 +427,7 @@ class ClientContract:
             output_activation=out.activation,
             output_spec=output_spec or OutputSpec(),
             standardizer=standardizer,
+            input_shape=program.input_shape,
         )
 
     # ------------------------------------------------------------------ before encryption
@@ -435,8 +439,9 @@ class ClientContract:
         return align_columns(x, names, self.feature_names, what)
 
     def check(self, x: Any, what: str = "X") -> np.ndarray:
-        """Validate float rows: 2-D, numeric, finite, ``n_features`` wide (float64)."""
-        return check_features(x, self.n_features, what=what)
+        """Validate float rows: 2-D (or rows of ``input_shape``, flattened), numeric, finite,
+        ``n_features`` wide (float64)."""
+        return check_features(x, self.n_features, what=what, row_shape=self.input_shape)
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
         """Validated rows, standardized when the model learned a standardization."""
@@ -519,6 +524,8 @@ class ClientContract:
         named = {} if self.feature_names is None else {"feature_names": list(self.feature_names)}
         if self.feature_range is not None:
             named["feature_range"] = self.feature_range.to_dict()
+        if self.input_shape is not None:
+            named["input_shape"] = list(self.input_shape)
         return {
             "format": CLIENT_FORMAT if batched else _ONE_ROW_FORMAT,
             **batched,
@@ -582,6 +589,7 @@ class ClientContract:
                 feature_range=None
                 if d.get("feature_range") is None
                 else FeatureRange.from_dict(d["feature_range"]),
+                input_shape=None if d.get("input_shape") is None else tuple(d["input_shape"]),
             )
         except InvalidParameterError:
             raise

@@ -18,12 +18,21 @@ import numpy as np
 from .errors import InvalidInputError, InvalidParameterError
 
 
-def check_features(x: Any, n_features: int | None = None, *, what: str = "X") -> np.ndarray:
+def check_features(
+    x: Any,
+    n_features: int | None = None,
+    *,
+    what: str = "X",
+    row_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
     """Validate a feature matrix and return it as float64, shape ``(n_rows, n_features)``.
 
+    ``row_shape``: the shape of one row for a model that takes images (e.g. ``(1, 8, 8)``);
+    rows of exactly that shape are flattened (C order), and flat rows are accepted too.
+
     Raises:
-        InvalidInputError: not 2-D, empty, non-numeric dtype, NaN or infinite values, or a
-            feature count other than ``n_features``.
+        InvalidInputError: not 2-D (nor rows of ``row_shape``), empty, non-numeric dtype, NaN
+            or infinite values, or a feature count other than ``n_features``.
     """
     try:
         arr = np.asarray(x)
@@ -35,8 +44,17 @@ def check_features(x: Any, n_features: int | None = None, *, what: str = "X") ->
         or arr.dtype == np.bool_
     ):
         raise InvalidInputError(f"{what} must hold numbers (int or float), got dtype {arr.dtype}")
+    if row_shape is not None and arr.ndim == 1 + len(row_shape) and arr.ndim > 2:
+        if tuple(arr.shape[1:]) != tuple(row_shape):
+            raise InvalidInputError(
+                f"{what} has rows of shape {arr.shape[1:]}, expected {tuple(row_shape)}"
+            )
+        arr = arr.reshape(arr.shape[0], -1)
     if arr.ndim != 2:
-        raise InvalidInputError(f"{what} must be 2-D (n_rows, n_features), got shape {arr.shape}")
+        expected = "(n_rows, n_features)"
+        if row_shape is not None:
+            expected += f" or (n_rows, {', '.join(map(str, row_shape))})"
+        raise InvalidInputError(f"{what} must be {expected}, got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise InvalidInputError(f"{what} has no rows")
     if n_features is not None and arr.shape[1] != n_features:

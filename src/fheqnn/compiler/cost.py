@@ -30,7 +30,8 @@ def lookup_cost_s(bits: int) -> float:
 
 
 def layer_cost_s(layer: Layer) -> float:
-    """Estimated seconds of a hidden layer's lookups per row.
+    """Estimated seconds of a layer's lookups per row (a hidden layer's, and the maxima of
+    an input max pool).
 
     Exact rounding of ``r`` bits costs ``r`` extra bootstraps per neuron (Concrete clears the
     bits one bootstrap at a time), each about as dear as the lookup itself: measured on breast
@@ -38,12 +39,17 @@ def layer_cost_s(layer: Layer) -> float:
     approximately (220 bootstraps against 44; 7.1 ms per extra one, 7.5 ms per lookup);
     approximate rounding costs none (the bootstrap's own modulus switch rounds).
     """
+    pool = 0.0
+    if layer.input_pool is not None:
+        # About one lookup per window value, on one bit more than the inputs (differences).
+        lookups = layer.input_pool.n_out * layer.input_pool.lookups_per_output
+        pool = lookups * lookup_cost_s(layer.input_range.bits + 1)
     if not layer.is_hidden:
-        return 0.0
+        return pool
     cost = lookup_cost_s(layer.lookup_bits())
     if layer.round_lsbs and layer.rounding_exact:
         cost += layer.round_lsbs * lookup_cost_s(layer.lookup_bits())
-    return layer.n_outputs * cost
+    return pool + layer.n_outputs * cost
 
 
 def estimated_cost_s(program: Program) -> float:

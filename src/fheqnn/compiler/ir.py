@@ -15,13 +15,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from ..intervals import IntRange, bits_for_range
 from .kernels import ELEMENTWISE_KERNELS, kernel
+from .linear_ops import Conv2d, LinearPlan, MaxPool2d
+from .rounding import APPROX_ROUNDING_SPREAD, CircuitNoise, round_lsbs
+
+__all__ = [
+    "APPROX_ROUNDING_SPREAD",
+    "CircuitNoise",
+    "Elementwise",
+    "ElementwiseNode",
+    "Layer",
+    "Program",
+    "Quantizer",
+    "accumulator_value",
+    "int64_array",
+    "round_lsbs",
+]
 
 # ----------------------------------------------------------------------------- quantizers
 
@@ -154,136 +168,8 @@ class Elementwise:
         return " -> ".join(node.op_type for node in self.nodes) or "identity"
 
 
-# ----------------------------------------------------------------------------- rounding
-
-
-def round_lsbs(acc: np.ndarray, lsbs: int) -> np.ndarray:
-    """Round integers to the nearest multiple of ``2**lsbs``, ties upward.
-
-    This is the arithmetic of Concrete's exact ``round_bit_pattern``: add half a step, clear the
-    low bits.
-    """
-    if lsbs <= 0:
-        return acc
-    acc = np.asarray(acc, dtype=np.int64)
-    return ((acc + (1 << (lsbs - 1))) >> lsbs) << lsbs
-
-
 #: Integers below this are exact in float64 (with a factor 2 of margin).
 _FLOAT_EXACT_BOUND = 2**52
-
-#: Spread of Concrete's approximate rounding, as a fraction of the rounding step, when no error
-#: probability is known: it rounds ``acc + e`` to the nearest step, ``e`` about normal with this
-#: standard deviation. The spread grows with the error probability per lookup; the compiler
-#: takes it from the measured table (``fheqnn.compiler.noise``) through :class:`CircuitNoise`.
-APPROX_ROUNDING_SPREAD = 0.1
-
-_STANDARD_NORMAL = NormalDist()
-
-
-def round_lsbs_approx(
-    acc: np.ndarray,
-    lsbs: int,
-    rng: np.random.Generator,
-    spread: float = APPROX_ROUNDING_SPREAD,
-) -> np.ndarray:
-    """A random draw of Concrete's approximate rounding (``spread``: the noise's standard
-    deviation, as a fraction of the step; see :data:`APPROX_ROUNDING_SPREAD`).
-
-    Values near the middle of a step may land one step up or down, as in the encrypted run;
-    the compiler's accuracy guard runs several draws of it.
-    """
-    if lsbs <= 0:
-        return acc
-    acc = np.asarray(acc, dtype=np.int64)
-    noise = rng.normal(0.0, spread * (1 << lsbs), size=acc.shape)
-    step = float(1 << lsbs)
-    return (np.floor((acc + noise) / step + 0.5) * step).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class CircuitNoise:
-    """A model of the encrypted circuit's randomness: one draw per call of
-    :meth:`Program.run_integer`, from ``rng``.
-
-    Attributes:
-        rng: the generator of the draws (seeded by the caller: the draws are reproducible).
-        approx_spread: standard deviation of approximate rounding's noise, as a fraction of
-            the rounding step (:func:`round_lsbs_approx`).
-        lookup_error: probability that a lookup reads another entry of its table than the
-            right one (a bootstrap error, which Concrete bounds per lookup by the error
-            probability it compiled for): up or down, each half the time, by one step or more
-            (:func:`bootstrap_error_steps`).
-    """
-
-    rng: np.random.Generator
-    approx_spread: float = APPROX_ROUNDING_SPREAD
-    lookup_error: float = 0.0
-
-    def round(
-        self, acc: np.ndarray, lsbs: int, exact: bool, table: tuple[int, int] | None = None
-    ) -> np.ndarray:
-        """``acc`` rounded ``lsbs`` bits, then moved by a bootstrap error where one is drawn.
-
-        ``table``: ``(shift, bits)`` of the lookup the result indexes, whose input is
-        ``(acc + shift) >> lsbs`` in ``[0, 2**bits)``: an error that leaves that range wraps
-        around to the table's other end, as Concrete's simulation showed (0.7 % of uniformly
-        spread 6-bit lookups at 0.5, 6.5 % of 3-bit ones; ``benchmarks/bootstrap_error.py``).
-        ``None``: no wrapping."""
-        if exact or lsbs <= 0:
-            rounded = round_lsbs(acc, lsbs)
-        else:
-            rounded = round_lsbs_approx(acc, lsbs, self.rng, self.approx_spread)
-        if self.lookup_error <= 0:
-            return rounded
-        # Exact rounding clears the bits with one more bootstrap per bit, each of which may
-        # err too: a neuron then errs about (1 + lsbs) times as often.
-        bootstraps = 1 + (lsbs if exact and lsbs > 0 else 0)
-        chance = 1.0 - (1.0 - self.lookup_error) ** bootstraps
-        # One uniform draw per lookup: below chance / 2 down, below chance up; where it fell
-        # inside its half sets how many steps (bootstrap_error_steps).
-        u = self.rng.random(rounded.shape)
-        hit = u < chance
-        if not hit.any():
-            return rounded
-        step = 1 << max(lsbs, 0)
-        half = chance / 2
-        steps = bootstrap_error_steps(np.where(u < half, u, u - half) / half, chance)
-        moved = rounded + np.where(hit, np.where(u < half, -step, step) * steps, 0)
-        if table is None:
-            return moved
-        shift, bits = table
-        index = (moved + shift) // step
-        return np.where(hit, (index % (1 << bits)) * step - shift, moved)
-
-
-def bootstrap_error_steps(position: np.ndarray, chance: float) -> np.ndarray:
-    """How many table steps a bootstrap error moves a lookup, by ``position`` (uniform in
-    [0, 1), the draw's place within its half of the error probability ``chance``).
-
-    Concrete's bootstrap noise is normal: a lookup errs when it exceeds half a step, with the
-    circuit's error probability. That fixes the noise's standard deviation (0.30 step at 0.1,
-    0.74 at 0.5) and so how often an error is two steps or more: never below an error
-    probability of ~1e-2, 4 % of the lookups at 0.5. Concrete's simulation of a 7-bit identity
-    lookup (256 x 40 lookups per error probability, ``benchmarks/bootstrap_error.py``) agreed:
-    +-2 steps in 0.04 % of lookups at 0.2, 0.2 % at 0.3, 1.1 % at 0.4 and 4.4 % at 0.5.
-    (It also showed errors that wrap around the table, where the noise pushes a value at
-    either end of the encoded range past it: :meth:`CircuitNoise.round` draws them with
-    ``table``.)
-    """
-    position = np.asarray(position, dtype=np.float64)
-    chance = min(float(chance), 0.99)  # beyond it the noise spans the table anyway
-    sigma = 0.5 / _STANDARD_NORMAL.inv_cdf(1.0 - chance / 2)
-    steps = np.ones(position.shape, dtype=np.int64)
-    # Given an error (|noise| > 0.5 step), it is m steps or more with odds
-    # P(|noise| > m - 0.5) / P(|noise| > 0.5).
-    m = 2
-    while True:
-        odds = (1.0 - _STANDARD_NORMAL.cdf((m - 0.5) / sigma)) / (chance / 2)
-        if odds < 1e-12:
-            return steps
-        steps += position < odds
-        m += 1
 
 
 # ----------------------------------------------------------------------------- layers
@@ -318,6 +204,12 @@ class Layer:
             lookup. It moves the rounding grid of each neuron so that rounding changes the
             fewest lookups (chosen on calibration rows by
             :func:`fheqnn.compiler.passes.align_rounding_grid`); all zero without rounding.
+        plan: how the circuit computes the accumulators when ``weight`` is the composition of
+            structured maps (convolutions, sum pools; :mod:`fheqnn.compiler.linear_ops`);
+            ``None``: one dense product by ``weight``. Everything but the back end reads
+            ``weight``, which must equal ``plan.matrix()``.
+        input_pool: a max pool of the layer's input integers, before ``weight`` (whose
+            columns are then the pool's outputs); ``None``: none.
     """
 
     name: str
@@ -331,10 +223,22 @@ class Layer:
     round_lsbs: int = 0
     rounding_exact: bool = True
     grid_offset: np.ndarray | int = 0
+    plan: LinearPlan | None = None
+    input_pool: MaxPool2d | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight", _as_array(self.weight, np.int64))
         n_out = self.weight.shape[0]
+        if self.input_pool is not None and self.input_pool.n_out != self.weight.shape[1]:
+            raise ValueError(
+                f"layer {self.name!r}: its max pool gives {self.input_pool.n_out} values but its "
+                f"weights take {self.weight.shape[1]}"
+            )
+        if self.plan is not None and (self.plan.n_out, self.plan.n_in) != self.weight.shape:
+            raise ValueError(
+                f"layer {self.name!r}: its linear plan maps {self.plan.n_in} -> "
+                f"{self.plan.n_out} values but its weights are {self.weight.shape[::-1]}"
+            )
         for attr, dtype in (
             ("offset", np.int64),
             ("acc_scale", np.float64),
@@ -346,7 +250,9 @@ class Layer:
 
     @property
     def n_inputs(self) -> int:
-        """Number of input neurons."""
+        """Number of input neurons (before the input pool, if any)."""
+        if self.input_pool is not None:
+            return self.input_pool.n_in
         return int(self.weight.shape[1])
 
     @property
@@ -370,6 +276,29 @@ class Layer:
         hi = pos.sum(axis=1) * hi_in + neg.sum(axis=1) * lo_in
         lo = pos.sum(axis=1) * lo_in + neg.sum(axis=1) * hi_in
         return lo, hi
+
+    def output_units(self) -> tuple[str, np.ndarray]:
+        """What each neuron belongs to, for messages: ``("channel", channel of each neuron)``
+        for a layer whose accumulators end in a convolution or pool, ``("neuron", index)``
+        otherwise."""
+        last = None if self.plan is None else self.plan.ops[-1]
+        if isinstance(last, Conv2d):
+            rows = np.arange(last.n_out) if self.plan.rows is None else self.plan.rows
+            return "channel", rows // (last.n_out // last.out_shape[0])
+        return "neuron", np.arange(self.n_outputs)
+
+    def units_over(self, n_bits: int) -> str | None:
+        """The channels (or neurons) whose proven accumulator needs more than ``n_bits`` bits,
+        in words (``None``: none)."""
+        lo, hi = self.neuron_ranges()
+        over = [i for i in range(self.n_outputs) if bits_for_range(int(lo[i]), int(hi[i])) > n_bits]
+        if not over:
+            return None
+        kind, unit = self.output_units()
+        names = sorted({int(unit[i]) for i in over})
+        shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+        total = len(np.unique(unit))
+        return f"{kind}{'s' if len(names) > 1 else ''} {shown} ({len(names)} of {total})"
 
     def proven_range(self) -> IntRange:
         """Worst-case accumulator interval of the whole layer."""
@@ -423,6 +352,8 @@ class Layer:
         exact; in int64 otherwise. The result is the same either way.
         """
         q = np.asarray(q, dtype=np.int64)
+        if self.input_pool is not None:
+            q = self.input_pool.apply(q)
         if q.size and int(np.abs(q).max()) * self._weight_abs_row_sum < _FLOAT_EXACT_BOUND:
             return (q.astype(np.float64) @ self._weight_float.T).astype(np.int64)
         return q @ self.weight.T
@@ -478,11 +409,15 @@ class Program:
         input_quantizer: client-side quantization of the float features.
         layers: the linear layers, input to output (the last one has no lookup).
         source: where the program came from (e.g. the ONNX file), for messages.
+        input_shape: the shape of one input row as the model takes it (e.g. ``(1, 8, 8)``
+            for an image), flattened in C order into the ``n_features`` the program reads;
+            ``None``: a flat row of features.
     """
 
     input_quantizer: Quantizer
     layers: tuple[Layer, ...]
     source: str = "<program>"
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def n_features(self) -> int:
@@ -581,6 +516,14 @@ class Program:
                 f"max {layer.max_nonzeros()} non-zeros/neuron, input {layer.input_range}, "
                 f"proven acc {proven} ({proven.bits} bits)"
             )
+            if layer.input_pool is not None:
+                pool = layer.input_pool
+                lines.append(
+                    f"    input first: {pool.describe()}, "
+                    f"{pool.lookups_per_output * pool.n_out} lookups"
+                )
+            if layer.plan is not None:
+                lines.append(f"    computed as: {layer.plan.describe()}")
             activation = layer.activation.describe() if layer.activation else "identity"
             if layer.output_quantizer is not None:
                 mode = "exact" if layer.rounding_exact else "approx"

@@ -28,7 +28,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from .ir import CircuitNoise
+from .rounding import CircuitNoise
 
 #: Draws of the circuit's randomness per candidate when stability is judged: a row is unstable
 #: when its prediction is not the same in all of them (the figure the issue tracker asks for is
@@ -119,7 +119,7 @@ class NoiseSpec:
         circuit run (see :func:`per_lookup_p_error`).
 
         A lookup errs with that probability, by one table step or more (the normal noise's
-        tail: :func:`fheqnn.compiler.ir.bootstrap_error_steps`), so the model holds up to the
+        tail: :func:`fheqnn.compiler.rounding.bootstrap_error_steps`), so the model holds up to the
         largest error probability accepted, 0.5 (a lookup wrong half the time).
         """
         per_lookup = per_lookup_p_error(p_error, global_p_error)

@@ -29,6 +29,7 @@ def _keep_neurons(layer: Layer, keep: np.ndarray) -> Layer:
         output_quantizer=None
         if layer.output_quantizer is None
         else layer.output_quantizer.select(keep),
+        plan=None if layer.plan is None else layer.plan.keep_rows(keep),
     )
 
 
@@ -39,6 +40,11 @@ def drop_dead_neurons(program: Program) -> tuple[Program, int]:
       next layer's offsets and the neuron is removed.
     * A neuron that no next-layer weight reads is removed.
 
+    A next layer computed by a plan (a convolution) must still receive whole input channels:
+    neurons it would not read, or that are constant, are removed only as whole channels
+    (:meth:`~fheqnn.compiler.linear_ops.LinearPlan.droppable_inputs`); a layer computed by a
+    plan drops any of its own outputs.
+
     Repeats until nothing changes. Returns the new program and the number of neurons removed.
     """
     layers = list(program.layers)
@@ -48,9 +54,14 @@ def drop_dead_neurons(program: Program) -> tuple[Program, int]:
         changed = False
         for i in range(len(layers) - 1):
             layer, nxt = layers[i], layers[i + 1]
+            if nxt.input_pool is not None:
+                # Every input of a max pool may be a window's maximum: none is dropped.
+                continue
             constant = ~(layer.weight != 0).any(axis=1)
             unread = ~(nxt.weight != 0).any(axis=0)
             drop = constant | unread
+            if nxt.plan is not None:
+                drop &= nxt.plan.droppable_inputs(drop)
             if not drop.any() or drop.all():
                 # Keep at least one neuron so the program keeps its shape.
                 continue
@@ -63,7 +74,12 @@ def drop_dead_neurons(program: Program) -> tuple[Program, int]:
                 values = layer.round_and_lookup(zero_acc)[0]
                 offset = offset + nxt.weight[:, const_index] @ values[const_index]
             layers[i] = _keep_neurons(layer, keep)
-            layers[i + 1] = replace(nxt, weight=nxt.weight[:, keep], offset=offset)
+            layers[i + 1] = replace(
+                nxt,
+                weight=nxt.weight[:, keep],
+                offset=offset,
+                plan=None if nxt.plan is None else nxt.plan.keep_inputs(keep),
+            )
             removed += int(drop.sum())
             changed = True
     if removed:
@@ -143,7 +159,7 @@ MAX_GRID_OFFSETS = 16
 
 
 #: Spread (fraction of a step) of approximate rounding as grid alignment models it. Larger
-#: than :data:`fheqnn.compiler.ir.APPROX_ROUNDING_SPREAD` (0.1, the guard's model): in
+#: than :data:`fheqnn.compiler.rounding.APPROX_ROUNDING_SPREAD` (0.1, the guard's model): in
 #: Concrete's simulation at p_error 1e-3 (bootstrap errors included), grids aligned with
 #: 0.1 lost 0.8 point on breast cancer held-out folds where unmoved ones did not; 0.17 and
 #: 0.25 gained on both breast cancer and digits, 0.17 more on digits (accuracy.md, session 4).
@@ -159,7 +175,7 @@ def _expected_lookup_change(
     Each accumulator lands on the cell below or above it: exact rounding picks the nearer (ties
     upward); approximate rounding picks the upper one with the probability of a normal noise
     of :data:`ALIGN_ROUNDING_SPREAD` of a step (the shape of
-    :func:`fheqnn.compiler.ir.round_lsbs_approx`, wider).
+    :func:`fheqnn.compiler.rounding.round_lsbs_approx`, wider).
     """
     step = 1 << lsbs
     moved = acc + offset

@@ -29,6 +29,8 @@ class LayerWidths:
         round_lsbs: accumulator bits rounded away before the lookup.
         lookup_bits: precision of the lookup input after rounding (``None``: output layer).
         allowed_bits: ``n_accum_bits`` (``None``: no budget).
+        over_budget: the channels (convolutional layers) or neurons whose proven accumulator
+            exceeds ``allowed_bits``, in words (``None``: none).
     """
 
     layer: str
@@ -44,6 +46,7 @@ class LayerWidths:
     round_lsbs: int
     lookup_bits: int | None
     allowed_bits: int | None
+    over_budget: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -161,6 +164,9 @@ def analyse(
                 round_lsbs=layer.round_lsbs,
                 lookup_bits=layer.lookup_bits() if layer.is_hidden else None,
                 allowed_bits=n_accum_bits,
+                over_budget=None
+                if n_accum_bits is None or proven.bits <= n_accum_bits
+                else layer.units_over(n_accum_bits),
             )
         )
     return BitWidthReport(tuple(rows), n_accum_bits)
@@ -187,8 +193,9 @@ def check(report: BitWidthReport) -> None:
         w = bad[0]
         measured = "" if w.measured_bits is None else f", measured {w.measured_bits} bits"
         others = f" ({len(bad) - 1} more layer(s) over budget)" if len(bad) > 1 else ""
+        where = f" in {w.over_budget}" if w.over_budget else ""
         raise AccumulatorOverflowError(
-            f"layer {w.layer!r}: accumulator needs {w.proven_bits} bits in the worst case "
+            f"layer {w.layer!r}: accumulator needs {w.proven_bits} bits in the worst case{where} "
             f"(range [{w.proven_lo}, {w.proven_hi}]{measured}) but n_accum_bits="
             f"{w.allowed_bits}{others}. Its neurons have up to {w.max_nonzeros} non-zero weights: "
             "keep fewer active weights per neuron (pruning), use fewer weight or activation bits, "

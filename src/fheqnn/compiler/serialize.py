@@ -9,11 +9,26 @@ import numpy as np
 from ..intervals import IntRange
 from .ir import Elementwise, ElementwiseNode, Layer, Program, Quantizer
 from .kernels import ELEMENTWISE_KERNELS
+from .linear_ops import LinearPlan, MaxPool2d
 
 FORMAT = 1
 #: Programs with moved rounding grids (``Layer.grid_offset``): a reader that ignored the
 #: offsets would round on the wrong grid, so versions that know only format 1 must refuse them.
 FORMAT_MOVED_GRIDS = 2
+#: Programs with layers computed by structured maps (``Layer.plan``: convolutions, pools) or
+#: with an input shape: a reader that ignored the plan would compile a dense product instead.
+FORMAT_PLANS = 3
+_FORMATS = (FORMAT, FORMAT_MOVED_GRIDS, FORMAT_PLANS)
+
+
+def _format(program: Program) -> int:
+    if program.input_shape is not None or any(
+        layer.plan or layer.input_pool for layer in program.layers
+    ):
+        return FORMAT_PLANS
+    if any(layer.grid_offset.any() for layer in program.layers):
+        return FORMAT_MOVED_GRIDS
+    return FORMAT
 
 
 def _arr(value: np.ndarray) -> Any:
@@ -79,10 +94,8 @@ def chain_from_dict(d: dict | None) -> Elementwise | None:
 
 def program_to_dict(program: Program) -> dict[str, Any]:
     """JSON-ready description of ``program`` (exact: integers stay integers)."""
-    return {
-        "format": FORMAT_MOVED_GRIDS
-        if any(layer.grid_offset.any() for layer in program.layers)
-        else FORMAT,
+    d: dict[str, Any] = {
+        "format": _format(program),
         "source": program.source,
         "input_quantizer": quantizer_to_dict(program.input_quantizer),
         "layers": [
@@ -98,18 +111,23 @@ def program_to_dict(program: Program) -> dict[str, Any]:
                 "round_lsbs": layer.round_lsbs,
                 "rounding_exact": layer.rounding_exact,
                 "grid_offset": _arr(layer.grid_offset),
+                **({} if layer.plan is None else {"plan": layer.plan.to_dict()}),
+                **({} if layer.input_pool is None else {"input_pool": layer.input_pool.to_dict()}),
             }
             for layer in program.layers
         ],
     }
+    if program.input_shape is not None:
+        d["input_shape"] = list(program.input_shape)
+    return d
 
 
 def program_from_dict(d: dict[str, Any]) -> Program:
     """Inverse of :func:`program_to_dict`."""
-    if d.get("format") not in (FORMAT, FORMAT_MOVED_GRIDS):
+    if d.get("format") not in _FORMATS:
         raise ValueError(
-            f"unsupported program format {d.get('format')!r} (expected {FORMAT} or "
-            f"{FORMAT_MOVED_GRIDS}): written by another version of fheqnn?"
+            f"unsupported program format {d.get('format')!r} (expected one of {_FORMATS}): "
+            "written by another version of fheqnn?"
         )
     layers = tuple(
         Layer(
@@ -125,9 +143,26 @@ def program_from_dict(d: dict[str, Any]) -> Program:
             rounding_exact=bool(layer["rounding_exact"]),
             # Programs saved before grid offsets existed round on the unmoved grid.
             grid_offset=np.asarray(layer.get("grid_offset", 0), dtype=np.int64),
+            plan=_plan_from_dict(layer.get("plan"), layer["name"], layer["weight"]),
+            input_pool=None
+            if layer.get("input_pool") is None
+            else MaxPool2d.from_dict(layer["input_pool"]),
         )
         for layer in d["layers"]
     )
     quantizer = quantizer_from_dict(d["input_quantizer"])
     assert quantizer is not None
-    return Program(quantizer, layers, source=d["source"])
+    shape = d.get("input_shape")
+    return Program(
+        quantizer, layers, source=d["source"], input_shape=None if shape is None else tuple(shape)
+    )
+
+
+def _plan_from_dict(d: dict | None, name: str, weight: Any) -> LinearPlan | None:
+    """A saved plan, checked against the saved weights it must compute."""
+    if d is None:
+        return None
+    plan = LinearPlan.from_dict(d)
+    if not np.array_equal(plan.matrix(), np.asarray(weight, dtype=np.int64)):
+        raise ValueError(f"layer {name!r}: its saved plan does not compute its saved weights")
+    return plan

@@ -90,9 +90,18 @@ def export_module_to_onnx(
         # Live masks export as zero integer weights (the module keeps the masked copy current);
         # make_pruning_permanent() would also drop the neurons removed by structured pruning.
         logger.info("exporting with live pruning masks; pruned neurons stay as all-zero rows")
+    return export_qcdq(module, torch.zeros(1, module.input_dim), path)
+
+
+def export_qcdq(
+    module: torch.nn.Module, example: torch.Tensor, path: str | Path | None = None
+) -> onnx.ModelProto:
+    """Export any brevitas module (an MLP or a convolutional network, ours or not) to QCDQ
+    ONNX, as :func:`export_module_to_onnx` does; ``example``: one input of the right shape
+    (e.g. ``torch.zeros(1, 1, 8, 8)`` for 8x8 one-channel images)."""
     with warnings.catch_warnings():
         # brevitas.export imports its deprecated brevitas.fx module and warns that an optional
-        # GPU kernel package is missing; neither matters for exporting an MLP.
+        # GPU kernel package is missing; neither matters for exporting.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", "fast_hadamard_transform", UserWarning)
         from brevitas.export import export_onnx_qcdq
@@ -101,11 +110,11 @@ def export_module_to_onnx(
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), _native_output_to_log():
-            # The exporter warns about tracing details that do not affect a fixed MLP.
+            # The exporter warns about tracing details that do not affect a fixed network.
             warnings.simplefilter("ignore")
             export_onnx_qcdq(
                 module,
-                args=torch.zeros(1, module.input_dim),
+                args=example,
                 export_path=buffer,
                 opset_version=EXPORT_OPSET,
                 dynamo=False,
