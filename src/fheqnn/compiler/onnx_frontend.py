@@ -120,9 +120,9 @@ class _Reader(LinearReader):
     # ------------------------------------------------------------------ activations
     def read_activation_chain(
         self, start: str, shape: tuple[int, ...] = ()
-    ) -> tuple[Elementwise | None, onnx.NodeProto | None]:
+    ) -> tuple[Elementwise | None, onnx.NodeProto | None, tuple[int, ...]]:
         """Element-wise nodes from ``start`` (rows of ``shape``) up to the next QuantizeLinear
-        or the graph output."""
+        or the graph output; returns the chain, that quantizer and the rows' shape there."""
         nodes: list[ElementwiseNode] = []
         constants: dict[str, np.ndarray] = {}
         produced = {start}
@@ -153,6 +153,16 @@ class _Reader(LinearReader):
                         "of the activation chain"
                     )
                 break
+            if node.op_type in ("Flatten", "Reshape"):
+                # Rows stay flat in C order: a reshape between the activation and its quantizer
+                # (brevitas puts nn.Flatten there) moves no value.
+                shape = self.reshaped(node, shape)
+                nodes.append(
+                    ElementwiseNode("Identity", node_label(node), node.input[:1], node.output[0])
+                )
+                produced.add(node.output[0])
+                frontier = node.output[0]
+                continue
             if node.op_type not in ELEMENTWISE_KERNELS:
                 raise unsupported(node, "not an element-wise activation op")
             for inp in node.input:
@@ -183,9 +193,9 @@ class _Reader(LinearReader):
             produced.add(node.output[0])
             frontier = node.output[0]
         if not nodes:
-            return None, end_node
+            return None, end_node, shape
         chain = Elementwise(tuple(nodes), start, frontier, constants)
-        return chain, end_node
+        return chain, end_node, shape
 
     def read(self) -> Program:
         if len(self.g.inputs) != 1:
@@ -219,7 +229,7 @@ class _Reader(LinearReader):
             part, out, shape = self.read_linear_part(x, shape)
             assert part.scale is not None and part.bias is not None
             w = part.weight()
-            chain, quant_node = self.read_activation_chain(out, shape)
+            chain, quant_node, shape = self.read_activation_chain(out, shape)
             # The accumulator sums w * q; the real input is (q - zp) * s, so the zero point
             # contributes a constant per neuron, folded into the lookup as an offset.
             offset = -in_zp * w.sum(axis=1)

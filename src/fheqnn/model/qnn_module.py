@@ -17,6 +17,7 @@ from ..errors import InvalidParameterError
 from ..intervals import IntRange, max_terms_within, quantizer_range
 from ..validation import check_bool, check_int, check_number
 from .memory import check_training_fits, hidden_width
+from .sparse_base import SparseQuantBase
 
 __all__ = ["MAX_BITWIDTH_BACKWARD_COMPATIBLE", "SparseQuantNeuralNetwork"]
 
@@ -80,7 +81,7 @@ def _check_arguments(
     check_bool("quant_signed", quant_signed)
 
 
-class SparseQuantNeuralNetwork(nn.Module):
+class SparseQuantNeuralNetwork(SparseQuantBase):
     """Sparse Quantized Neural Network.
 
     This class implements an MLP that is compatible with FHE constraints. The weights and
@@ -156,14 +157,7 @@ class SparseQuantNeuralNetwork(nn.Module):
 
         self.features = self._build_features()
         self._check_budget()
-        self._pruning_enabled = False
-        # Straight-through masks: while masks follow the weights, pruned weights still get a
-        # gradient, so that they can grow back and be chosen again.
-        self._ste_masks = True
-        self._masks_frozen = False
-        # Structured (whole-neuron) pruning is applied once; after make_pruning_permanent the
-        # removed neurons are gone and enabling pruning again must not remove more.
-        self._neurons_pruned = False
+        self._init_pruning_state()
         self.set_calibration_steps(DEFAULT_CALIBRATION_STEPS)
         # As in the reference: whatever loop trains this module, it trains within the budget.
         self.enable_pruning()
@@ -279,16 +273,17 @@ class SparseQuantNeuralNetwork(nn.Module):
         return min(bounds)
 
     # ---------------------------------------------------------------- pruning
-    @property
-    def pruning_enabled(self) -> bool:
-        """Whether pruning masks are currently applied in ``forward`` (True from construction
-        until ``make_pruning_permanent``)."""
-        return self._pruning_enabled
+    def masked_layers(self) -> list[nn.Module]:
+        """The linear layers (every one is masked)."""
+        return list(self.linear_layers())
 
-    @property
-    def pruning_masks_frozen(self) -> bool:
-        """Whether the masks stay fixed in training-mode forward passes."""
-        return self._masks_frozen
+    def max_active_weights(self, index: int) -> int:
+        """``max_active_neurons()``, the same for every layer (the seed's bound)."""
+        return self.max_active_neurons()
+
+    def allowed_inputs(self, index: int, kept: torch.Tensor) -> torch.Tensor:
+        """The columns of the previous layer's kept neurons."""
+        return kept[None, :]
 
     def enable_pruning(self) -> None:
         """Enable pruning in the network. Pruning must be made permanent to recover pruned weights.
@@ -311,131 +306,8 @@ class SparseQuantNeuralNetwork(nn.Module):
             )
         if self._pruning_enabled:
             return
-        for layer in self.linear_layers():
-            layer.register_buffer("weight_mask", torch.ones_like(layer.weight, dtype=torch.bool))
-            # brevitas quantizes `weight_orig` when it exists and the quantizer is disabled, and
-            # `weight` otherwise: we keep the dense values in `weight_orig` and the masked ones
-            # in `weight`, recomputed before each forward.
-            layer.weight_orig = layer.weight
-            del layer._parameters["weight"]
-            layer.weight = layer.weight_orig.detach()
-            layer._fheqnn_hook = layer.register_forward_pre_hook(self._apply_mask_hook)
-        self._pruning_enabled = True
-        self._masks_frozen = False
+        self._install_masks()
         self.update_pruning_masks()
-
-    def freeze_pruning_masks(self, frozen: bool = True) -> None:
-        """Stop (or, with ``frozen=False``, resume) re-choosing the masks in training passes.
-
-        Frozen masks let the last epochs fine-tune a fixed topology; the weights then keep
-        training under the masks in force, which ``make_pruning_permanent`` folds in.
-        """
-        self._masks_frozen = bool(frozen)
-        if self._pruning_enabled:
-            self._refresh_masked_weights()
-
-    def set_straight_through_masks(self, enabled: bool) -> None:
-        """Let gradients reach masked weights (straight-through), so that they can grow back.
-
-        On by default; it only acts while the masks follow the weights (not frozen). ``forward``
-        still uses only the masked weights; the gradient of each dense weight is the gradient of
-        its masked copy, pruned or not.
-        """
-        self._ste_masks = bool(enabled)
-        if self._pruning_enabled:
-            self._refresh_masked_weights()
-
-    def train(self, mode: bool = True) -> SparseQuantNeuralNetwork:
-        """Set training mode; the masked weights are refreshed so that anything reading
-        ``weight`` next (an exporter, ``quant_weight()``) sees the current values."""
-        super().train(mode)
-        if getattr(self, "_pruning_enabled", False):
-            self._refresh_masked_weights()
-        return self
-
-    def _refresh_masked_weights(self) -> None:
-        """Recompute each layer's masked ``weight`` now (the hook does it before each forward)."""
-        for layer in self.linear_layers():
-            self._apply_mask_hook(layer, ())
-
-    def _apply_mask_hook(self, layer: nn.Module, _inputs: Any) -> None:
-        mask = layer.weight_mask.to(layer.weight_orig.dtype)
-        dense = layer.weight_orig
-        if torch.is_grad_enabled() and dense.requires_grad:
-            if self._ste_masks and not self._masks_frozen:
-                layer.weight = dense + (dense * mask - dense).detach()
-            else:
-                layer.weight = dense * mask
-            return
-        # Without gradients the masked weights are written into one persistent tensor: brevitas'
-        # exporter finds a layer's integer weights by the address of its weight tensor, which
-        # must therefore not change between its preparation and its trace.
-        with torch.no_grad():
-            stable = layer.__dict__.get("_fheqnn_masked_weight")
-            if stable is None or stable.shape != dense.shape:
-                stable = torch.empty_like(dense, requires_grad=False)
-                layer.__dict__["_fheqnn_masked_weight"] = stable
-            stable.copy_(dense * mask)
-        layer.weight = stable
-
-    @torch.no_grad()
-    def neuron_masks(self) -> list[torch.Tensor]:
-        """Which neurons of each hidden layer survive structured pruning (bool vectors).
-
-        While pruning is enabled: the masks in force (a neuron is kept iff its weight mask keeps
-        at least one input, which every kept neuron does). Otherwise: the masks the current
-        weights would give (see ``_choose_neuron_masks``).
-        """
-        if self._pruning_enabled:
-            return [layer.weight_mask.any(dim=1) for layer in self.linear_layers()[:-1]]
-        return self._choose_neuron_masks()
-
-    @torch.no_grad()
-    def _choose_neuron_masks(self) -> list[torch.Tensor]:
-        """The ``round(n_prune_neurons_percentage * width)`` neurons of each hidden layer with
-        the smallest L2 norm of incoming (dense) weights are removed, never all of them."""
-        masks = []
-        for layer in self.linear_layers()[:-1]:
-            dense = layer.weight_orig if self._pruning_enabled else layer.weight
-            width = dense.shape[0]
-            fraction = 0.0 if self._neurons_pruned else self.n_prune_neurons_percentage
-            n_removed = min(width - 1, round(fraction * width))
-            keep = torch.ones(width, dtype=torch.bool)
-            if n_removed > 0:
-                norms = dense.norm(dim=1)
-                keep[torch.topk(norms, n_removed, largest=False).indices] = False
-            masks.append(keep)
-        return masks
-
-    @torch.no_grad()
-    def update_pruning_masks(self) -> None:
-        """Recompute every mask from the current dense weights (largest magnitudes survive).
-
-        Training-mode forward passes call it while the masks are not frozen; it can also be
-        called by hand (even on frozen masks).
-        """
-        if not self._pruning_enabled:
-            raise InvalidParameterError(
-                "pruning is not enabled (it was made permanent): call enable_pruning() first"
-            )
-        k = self.max_active_neurons()
-        neurons = self._choose_neuron_masks()
-        layers = self.linear_layers()
-        for idx, layer in enumerate(layers):
-            rows = neurons[idx] if idx < len(layers) - 1 else None
-            cols = neurons[idx - 1] if idx > 0 else None
-            magnitude = layer.weight_orig.abs().clone()
-            if cols is not None:
-                # Inputs from pruned neurons are never selected.
-                magnitude[:, ~cols] = -1.0
-            n_cols = magnitude.shape[1] if cols is None else int(cols.sum())
-            keep = min(k, n_cols)
-            mask = torch.zeros_like(layer.weight_mask)
-            mask.scatter_(1, torch.topk(magnitude, keep, dim=1).indices, True)
-            if rows is not None:
-                mask[~rows] = False
-            layer.weight_mask.copy_(mask)
-        self._refresh_masked_weights()
 
     @torch.no_grad()
     def make_pruning_permanent(self) -> None:
@@ -469,20 +341,6 @@ class SparseQuantNeuralNetwork(nn.Module):
         self._pruning_enabled = False
         self._masks_frozen = True
         self._neurons_pruned = True
-
-    def set_calibration_steps(self, steps: int) -> None:
-        """Number of training forward passes during which activation scales follow statistics.
-
-        brevitas' activation quantizers first collect running statistics of their inputs
-        (300 passes by default), then learn the scale as a parameter. On small data sets 300
-        passes can be most of the training, so the training loop shortens it.
-        """
-        if steps < 1:
-            raise InvalidParameterError(f"calibration steps must be >= 1, got {steps}")
-        for module in self.modules():
-            stats_based = hasattr(module, "collect_stats_steps") and hasattr(module, "counter")
-            if stats_based and module.counter <= module.collect_stats_steps:
-                module.collect_stats_steps = int(steps)
 
     # ---------------------------------------------------------------- pickling
     # brevitas' quantizer injectors cannot be pickled, so a network pickles as its constructor

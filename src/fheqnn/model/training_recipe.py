@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..interrupts import STOP_SIGNALS, interrupted_before
-from .qnn_module import SparseQuantNeuralNetwork
+from .sparse_base import SparseQuantBase
 from .training import TrainingConfig, _warmup_cosine, add_input_noise
 
 logger = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def fit_with_skorch(
     Returns:
         The trained module (pruning permanent, eval mode), skorch's history and the epoch kept.
     """
-    sparse = isinstance(module, SparseQuantNeuralNetwork)
+    sparse = isinstance(module, SparseQuantBase)
     if sparse and config.mask_updates == "fixed":
         module.freeze_pruning_masks()
     if sparse:
@@ -369,7 +369,7 @@ def _kept(net: NeuralNet, early: _EarlyStoppingAfter | None) -> FitResult:
     best_epoch = len(net.history)
     if early is not None and early.best_model_weights_ is not None:
         best_epoch = int(early.best_epoch_)
-    if isinstance(trained, SparseQuantNeuralNetwork):
+    if isinstance(trained, SparseQuantBase):
         trained.make_pruning_permanent()
     trained.eval()
     logger.info(
