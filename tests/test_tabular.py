@@ -421,3 +421,15 @@ def test_written_tables_read_back_equal(
     np.testing.assert_array_equal(got.x, x)
     assert got.y is not None and got.y.tolist() == labels
     assert all(math.isfinite(v) for v in got.x.ravel())
+
+
+def test_npy_rows_of_images_are_read_flat_and_need_their_labels_apart(tmp_path: Path) -> None:
+    images = np.arange(3 * 2 * 4 * 4, dtype=np.float32).reshape(3, 2, 4, 4)
+    np.save(tmp_path / "images.npy", images)
+    x = read_matrix(tmp_path / "images.npy", n_features=32)
+    np.testing.assert_array_equal(x, images.reshape(3, -1))
+    np.testing.assert_array_equal(read_matrix(tmp_path / "images.npy", first_rows=2), x[:2])
+    with pytest.raises(InvalidInputError, match="rows of images hold no target column"):
+        read_matrix(tmp_path / "images.npy", target=0)
+    with pytest.raises(InvalidInputError, match="expected 31"):
+        read_matrix(tmp_path / "images.npy", n_features=31)

@@ -83,12 +83,21 @@ def _read_npy_table(
         raise InvalidInputError(
             f"{what} file {path} holds dtype {dtype}; expected numbers (int or float)"
         )
-    if len(shape) != 2:
-        hint = " (a 1-D file holds labels: give it with --labels)" if len(shape) == 1 else ""
+    images = len(shape) > 2
+    if images and target is not None:
         raise InvalidInputError(
-            f"{what} file {path} has shape {shape}; expected a 2-D matrix (rows, columns){hint}"
+            f"{what} file {path} has shape {shape}: rows of images hold no target column; give "
+            "the labels in their own file (--labels)"
         )
-    n_rows, n_columns = shape
+    if len(shape) < 2:
+        raise InvalidInputError(
+            f"{what} file {path} has shape {shape}; expected a 2-D matrix (rows, columns) or "
+            "rows of images (rows, channels, height, width) (a 1-D file holds labels: give it "
+            "with --labels)"
+        )
+    # Rows of images are read flat, in C order: the layout a convolutional model's client
+    # flattens them to.
+    n_rows, n_columns = shape[0], math.prod(shape[1:])
     if n_rows == 0:
         raise InvalidInputError(f"{what} file {path} has no rows (shape {shape})")
     if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
@@ -112,6 +121,7 @@ def _read_npy_table(
     data = np.load(path, allow_pickle=False, mmap_mode="r")
     try:
         block = np.array(data[:take], dtype=np.float64 if t is None else None)
+        block = block.reshape(len(block), n_columns)
     finally:
         del data
     x = block[:, features].astype(np.float64)
