@@ -151,3 +151,22 @@ def test_throughput_of_batched_circuits() -> None:
     # Bit-exact circuits: the batched one predicts what the one-row one does.
     assert out["throughput_agreement"] == {"1": 1.0, "2": 1.0}
     assert model.batch_size == 1  # the measured model itself is left as it was
+
+
+def test_a_circuit_without_lookups_has_no_floor_and_no_ratio_to_it() -> None:
+    """Concrete folds tables that are constant over their inputs: a pruned iris network with
+    one constant neuron per hidden layer compiled to 0 PBS, and the floor divided by zero."""
+    from fheqnn.bench.floor import floor_measures
+
+    row = {
+        "pbs": 0,
+        "layers": [{"neurons": 1, "lookup_bits": 3}, {"neurons": 3, "lookup_bits": None}],
+        "lookup_bits_max": 3,
+        "p_error": 1e-4,
+        "latency_single_s": 0.05,
+    }
+    floors: dict = {}
+    out = floor_measures(row, floors, repeats=1)
+    assert out["floor_s"] == 0.0 and out["floor_rows_s"] is None
+    assert out["latency_over_floor"] is None
+    assert floors == {}  # nothing was measured for it

@@ -69,6 +69,17 @@ def floor_measures(row: dict[str, Any], floors: dict[Any, dict], repeats: int) -
     per_layer = [(r["neurons"], r["lookup_bits"]) for r in row["layers"] if r["lookup_bits"]]
     if sum(n for n, _ in per_layer) != row["pbs"]:
         per_layer = [(row["pbs"], row["lookup_bits_max"] or 1)]
+    if not row["pbs"]:
+        # No lookup left: Concrete folded every table that is constant over its inputs (iris,
+        # width x1 pruned 75 %, seed 1: one neuron per hidden layer, both constant). The
+        # circuit is leveled only; it has no lookup floor.
+        return {
+            "lookup_cost_s": None,
+            "lone_lookup_s": None,
+            "floor_s": 0.0,
+            "floor_rows_s": None,
+            **({"latency_over_floor": None} if "latency_single_s" in row else {}),
+        }
     floor_s = 0.0
     for count, bits in per_layer:
         key = (bits, row["p_error"])
