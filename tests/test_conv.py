@@ -125,8 +125,9 @@ class ImageGraph:
         self.nodes.append(helper.make_node(op, inputs, [f"{name}_out"], name=name, **attrs))
         return f"{name}_out"
 
-    def quant(self, x: str, scale: float, signed: bool, name: str) -> str:
-        s, z = self.const(np.float32(scale)), self.const(np.int8(0) if signed else np.uint8(0))
+    def quant(self, x: str, scale: float, signed: bool, name: str, zero_point: int = 0) -> str:
+        s = self.const(np.float32(scale))
+        z = self.const(np.int8(zero_point) if signed else np.uint8(zero_point))
         lo, hi = (-4, 3) if signed else (0, 7)
         dtype = np.int8 if signed else np.uint8
         q = self.node("QuantizeLinear", [x, s, z], f"{name}_q")
@@ -231,6 +232,24 @@ def test_the_network_of_every_op_matches_onnxruntime() -> None:
     assert_outputs_match(program.run(x.reshape(200, -1)), ort_run(model, x)[0], 0.01)
 
 
+def test_padding_with_a_non_zero_zero_point_matches_onnxruntime() -> None:
+    """Zero padding is the real value 0: for an input quantizer whose zero point is 3, not
+    the integer 0. Padded positions have no column in the layer's map, and the zero point's
+    offset counts only the inputs inside the image."""
+    g = ImageGraph((2, 5, 5))
+    x = g.quant("x", 0.4, False, "in", zero_point=3)
+    y = g.conv(x, 2, 3, "conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 1])
+    y = g.quant(g.node("Relu", [y], "relu"), 0.25, False, "act", zero_point=2)
+    y = g.node(
+        "AveragePool", [y], "pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1
+    )
+    model = g.build(g.gemm(g.node("Flatten", [y], "flat", axis=1), 3 * 3 * 5, 3, "fc"))
+    x_rows = _images(200, (2, 5, 5))
+    program = program_from_onnx(model)
+    assert int(program.input_quantizer.zero_point) == 3
+    assert_outputs_match(program.run(x_rows.reshape(200, -1)), ort_run(model, x_rows)[0], 0.01)
+
+
 def test_a_pool_whose_divisor_varies_is_refused_before_a_layer_that_mixes_its_outputs() -> None:
     model = _conv_net({"kernel_shape": [3, 3]}, "average_padded_uncounted", False)
     with pytest.raises(UnsupportedOperatorError, match=r"'fc'.*count_include_pad=0"):
@@ -321,6 +340,65 @@ def test_a_pruned_filter_is_dropped_with_the_next_convolutions_input_channel() -
     assert pruned.layers[1].plan.ops[0].in_shape == (2, 4, 4)
     q = program.quantize_input(_images(100, (1, 6, 6)).reshape(100, -1))
     np.testing.assert_array_equal(pruned.run_integer(q), program.run_integer(q))
+
+
+def test_a_constant_neuron_kept_in_a_partly_constant_channel_is_not_counted_twice() -> None:
+    """One filter pruned to zero (a whole constant channel, dropped) and another whose only
+    taps fall into the padding at the image's top row (constant there, not elsewhere): the
+    kept constant neuron is read from its column, not folded into the offsets as well."""
+    g = ImageGraph((1, 6, 6))
+    x = g.quant("x", 0.4, True, "in")
+    kernel = np.zeros((3, 1, 3, 3), dtype=np.int8)
+    kernel[0] = g.rng.integers(-3, 4, size=(1, 3, 3))
+    kernel[2, 0, 0, :] = [2, -3, 1]  # reads only the row above: padding at the top
+    w = g.node(
+        "DequantizeLinear", [g.const(kernel), g.const(np.float32(0.1)), g.const(np.int8(0))], "w"
+    )
+    bias = g.const(np.array([0.1, 0.35, 0.3], np.float32))
+    conv = g.node("Conv", [x, w, bias], "conv1", pads=[1, 1, 1, 1], strides=[2, 2])
+    y = g.quant(g.node("Relu", [conv], "r1"), 0.25, False, "a1")
+    y = g.quant(g.node("Relu", [g.conv(y, 3, 2, "conv2")], "r2"), 0.25, False, "a2")
+    model = g.build(g.gemm(g.node("Flatten", [y], "flat", axis=1), 2, 3, "fc"))
+    program = program_from_onnx(model)
+    pruned, removed = drop_dead_neurons(program)
+    assert removed == 9  # channel 1 only: channel 2's top row stays
+    q = program.quantize_input(_images(100, (1, 6, 6)).reshape(100, -1))
+    np.testing.assert_array_equal(pruned.run_integer(q), program.run_integer(q))
+
+
+def test_a_plan_whose_unread_outputs_are_wider_than_the_proof_is_computed_densely() -> None:
+    """A convolution's second filter is large but no later weight reads it: its outputs are
+    dropped, the proof covers the first filter's, and the circuit must hold nothing wider."""
+    g = ImageGraph((1, 4, 4))
+    x = g.quant("x", 0.4, True, "in")
+    kernel = np.zeros((2, 1, 3, 3), dtype=np.int8)
+    kernel[0, 0, 1, 1] = 1
+    kernel[1] = -4  # 9 taps of -4 on [-4, 3]: [-108, 144], 9 bits
+    w = g.node(
+        "DequantizeLinear", [g.const(kernel), g.const(np.float32(0.1)), g.const(np.int8(0))], "w"
+    )
+    y = g.quant(g.node("Relu", [g.node("Conv", [x, w], "conv")], "r"), 0.25, False, "a")
+    fc_w = np.zeros((2, 8), dtype=np.int8)
+    fc_w[:, :4] = [[1, 2, -1, 3], [2, -2, 1, 1]]  # reads channel 0 only
+    dq = g.node(
+        "DequantizeLinear", [g.const(fc_w), g.const(np.float32(0.1)), g.const(np.int8(0))], "fw"
+    )
+    flat = g.node("Flatten", [y], "flat", axis=1)
+    model = g.build(g.node("Gemm", [flat, dq], "fc", transB=1))
+    full = program_from_onnx(model).layers[0]
+    assert full.plan_fits()  # both filters proven: the wide one is in the proof
+    lowered = lower_program(program_from_onnx(model), _images(60, (1, 4, 4)).reshape(60, -1))
+    conv = lowered.program.layers[0]
+    assert conv.n_outputs == 4 and conv.proven_range().bits <= 4
+    assert not conv.plan_fits()
+    assert "dense product (wider inside" in str(lowered.program)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = compile_onnx(model, _images(60, (1, 4, 4)), exact=True)
+    q = compiled.quantize(_images(20, (1, 4, 4), seed=1))
+    np.testing.assert_array_equal(compiled.run_integer(q, "simulate"), compiled.run_integer(q))
+    measured = compiled.report.layers[0]
+    assert measured.proven_lo <= measured.measured_lo <= measured.measured_hi <= measured.proven_hi
 
 
 # ----------------------------------------------------------------------------- saving, rows

@@ -100,6 +100,24 @@ def test_a_trained_network_compiles_with_every_accumulator_proven_within_budget(
     assert agree.mean() >= 0.98
 
 
+def test_a_network_pickles_while_training_and_after_pruning_is_permanent() -> None:
+    import pickle
+
+    torch.manual_seed(3)
+    net = SparseQuantConvNetwork((1, 6, 6), 2, channels=(3, 4), n_prune_neurons_percentage=0.25)
+    x = torch.tensor(_images(8)[0])
+    net.eval()
+    for state in ("masks", "permanent"):
+        if state == "permanent":
+            net.make_pruning_permanent()
+        copy = pickle.loads(pickle.dumps(net))
+        assert copy.pruning_enabled == net.pruning_enabled
+        with torch.no_grad():
+            torch.testing.assert_close(copy(x), net(x))
+        for a, b in zip(copy.masked_layers(), net.masked_layers(), strict=True):
+            torch.testing.assert_close(a.weight, b.weight)
+
+
 def test_bad_arguments_are_refused_with_their_name() -> None:
     with pytest.raises(InvalidParameterError, match="input_shape"):
         SparseQuantConvNetwork((8, 8), 10)

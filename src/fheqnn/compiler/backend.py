@@ -78,11 +78,12 @@ def _max_pool(fhe: Any, pool: MaxPool2d, x: Any) -> Any:
 
 def _accumulate(fhe: Any, layer: Layer, x: Any) -> Any:
     """The layer's integer accumulators on traced encrypted rows: its input max pool, if any,
-    then one matmul by its weights or its plan's structured maps in order (leveled: no
-    lookup), then the neurons kept."""
+    then its plan's structured maps in order and the neurons kept (leveled: no lookup), or one
+    matmul by its weights when it has no plan or the plan does not fit (``Layer.plan_fits``)."""
     if layer.input_pool is not None:
         x = _max_pool(fhe, layer.input_pool, x)
-    if layer.plan is None:
+    if not layer.plan_fits():
+        # No plan, or one whose values inside would be wider than the proven accumulator.
         return np.matmul(x, layer.weight.T)
     for op in layer.plan.ops:
         x = np.matmul(x, op.weight.T) if isinstance(op, Dense) else _conv(fhe, op, x)

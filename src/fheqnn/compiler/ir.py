@@ -300,6 +300,21 @@ class Layer:
         total = len(np.unique(unit))
         return f"{kind}{'s' if len(names) > 1 else ''} {shown} ({len(names)} of {total})"
 
+    def plan_fits(self) -> bool:
+        """Whether the circuit may compute this layer by its plan: every value the plan
+        computes (:meth:`~fheqnn.compiler.linear_ops.LinearPlan.intermediate_ranges`) fits
+        the width of the accumulator's proven range, so that nothing in the circuit is wider
+        than what was proven. Otherwise (a pool after a convolution whose sums cancel, outputs of a
+        convolution that no one reads but are wide) the back end computes the layer as one
+        dense product by ``weight``: the same integers, leveled, and no wider."""
+        if self.plan is None:
+            return False
+        # The accumulator itself, before its shift, is held on its proven range's width (as
+        # an MLP's matmul output is): the plan's other values may take as much, no more.
+        bits = max(self.proven_range().bits, self.circuit_bits())
+        ranges = self.plan.intermediate_ranges(self.input_range.lo, self.input_range.hi)
+        return all(bits_for_range(lo, hi) <= bits for lo, hi in ranges)
+
     def proven_range(self) -> IntRange:
         """Worst-case accumulator interval of the whole layer."""
         lo, hi = self.neuron_ranges()
@@ -523,7 +538,9 @@ class Program:
                     f"{pool.lookups_per_output * pool.n_out} lookups"
                 )
             if layer.plan is not None:
-                lines.append(f"    computed as: {layer.plan.describe()}")
+                how = "computed as" if layer.plan_fits() else "dense product (wider inside:"
+                end = "" if layer.plan_fits() else ")"
+                lines.append(f"    {how}: {layer.plan.describe()}{end}")
             activation = layer.activation.describe() if layer.activation else "identity"
             if layer.output_quantizer is not None:
                 mode = "exact" if layer.rounding_exact else "approx"

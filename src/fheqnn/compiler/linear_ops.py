@@ -418,6 +418,22 @@ class LinearPlan:
         full = self.full_matrix
         return full if self.rows is None else full[self.rows]
 
+    def intermediate_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The proven range of every value the plan computes on inputs in ``[lo, hi]``: each
+        map's whole output (the outputs ``rows`` later drops included), as ``(lo, hi)``.
+
+        Concrete gives a map's inputs and output one width, so the circuit holds every one of
+        these on the accumulator's width or wider."""
+        ranges = []
+        matrix = None
+        for op in self.ops:
+            matrix = op.matrix() if matrix is None else op.matrix() @ matrix
+            pos, neg = np.clip(matrix, 0, None), np.clip(matrix, None, 0)
+            top = pos.sum(axis=1) * hi + neg.sum(axis=1) * lo
+            bottom = pos.sum(axis=1) * lo + neg.sum(axis=1) * hi
+            ranges.append((int(bottom.min(initial=0)), int(top.max(initial=0))))
+        return ranges
+
     def keep_rows(self, keep: np.ndarray) -> LinearPlan:
         """The plan with only the neurons ``keep`` (indices or a mask over the neurons)."""
         current = np.arange(self.ops[-1].n_out) if self.rows is None else self.rows

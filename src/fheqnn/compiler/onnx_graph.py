@@ -56,14 +56,7 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"<unnamed {node.op_type} -> {','.join(node.output)}>"
 
 
-#: Why an op that users of convolutional networks meet is refused, when it is not supported.
-_NOT_YET = {
-    "Conv1D": "only 2-D convolutions are compiled",
-}
-
-
 def unsupported(node: onnx.NodeProto, why: str = "") -> UnsupportedOperatorError:
-    why = why or _NOT_YET.get(node.op_type, "")
     detail = f": {why}" if why else ""
     return UnsupportedOperatorError(
         f"operator {node.op_type} (node {node_label(node)!r}) is not supported here{detail}. "

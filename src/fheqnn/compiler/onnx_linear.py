@@ -146,7 +146,11 @@ class LinearReader:
             return (_rows(shape),)
         target = self.g.const(node.input[1])
         if target is None:
-            raise unsupported(node, "its target shape must be a constant (use nn.Flatten)")
+            raise unsupported(
+                node,
+                "its target shape must be a constant: flatten with nn.Flatten or "
+                "torch.flatten(x, 1), not x.view(x.size(0), -1), whose shape is computed",
+            )
         dims = [int(d) for d in np.asarray(target).reshape(-1)]
         if not dims or dims[0] not in (0, -1) or self.g.attrs(node).get("allowzero", 0):
             raise unsupported(node, f"shape {dims}: the batch axis must stay first (0 or -1)")
@@ -259,7 +263,9 @@ class LinearReader:
         """Strides, pads and dilations of a Conv or AveragePool on ``(C, H, W)`` rows."""
         if len(shape) != 3:
             raise unsupported(
-                node, f"it needs (channels, height, width) rows, got rows of shape {shape}"
+                node,
+                f"it needs (channels, height, width) rows, got rows of shape {shape} (2-D "
+                "convolutions and pools only)",
             )
         attrs = self.g.attrs(node)
         if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
@@ -286,7 +292,9 @@ class LinearReader:
         if tuple(attrs.get("kernel_shape", kernel.shape[2:])) != kernel.shape[2:]:
             raise unsupported(node, "kernel_shape does not match the weights")
         try:
-            op = Conv2d(kernel, shape, group=int(attrs.get("group", 1)), name=node.name, **spatial)
+            op = Conv2d(
+                kernel, shape, group=int(attrs.get("group", 1)), name=node_label(node), **spatial
+            )
         except ValueError as exc:
             raise unsupported(node, str(exc)) from exc
         bias = np.zeros(kernel.shape[0])
@@ -304,14 +312,14 @@ class LinearReader:
         if node.op_type == "GlobalAveragePool":
             if len(shape) != 3:
                 raise unsupported(node, f"it needs (C, H, W) rows, got rows of shape {shape}")
-            op = sum_pool(shape, shape[1:], name=node.name)
+            op = sum_pool(shape, shape[1:], name=node_label(node))
             return op, np.full(op.n_out, 1.0 / _rows(shape[1:]))
         attrs = self.g.attrs(node)
         spatial = self._spatial(node, shape)
         if attrs.get("ceil_mode", 0):
             raise unsupported(node, "ceil_mode=1 is not supported")
         try:
-            op = sum_pool(shape, tuple(attrs["kernel_shape"]), name=node.name, **spatial)
+            op = sum_pool(shape, tuple(attrs["kernel_shape"]), name=node_label(node), **spatial)
         except ValueError as exc:
             raise unsupported(node, str(exc)) from exc
         if attrs.get("count_include_pad", 0) or not any(spatial["pads"]):
@@ -336,7 +344,7 @@ class LinearReader:
                 tuple(attrs["kernel_shape"]),
                 spatial["strides"],
                 spatial["dilations"],
-                node.name or "maxpool",
+                node_label(node),
             )
         except ValueError as exc:
             raise unsupported(node, str(exc)) from exc
@@ -352,6 +360,10 @@ class LinearReader:
         if len(values) != 4 or any(v is None for v in values):
             raise unsupported(node, "its scale, bias, mean and variance must be constants")
         gamma, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in values)
+        if any(v.size not in (1, shape[0]) for v in (gamma, beta, mean, var)):
+            raise unsupported(
+                node, f"its parameters do not have one value per channel of rows {shape}"
+            )
         factor = gamma / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
         return per_position(factor, shape), per_position(beta - mean * factor, shape)
 

@@ -66,8 +66,10 @@ def drop_dead_neurons(program: Program) -> tuple[Program, int]:
                 # Keep at least one neuron so the program keeps its shape.
                 continue
             keep = ~drop
-            # Constant neurons: their lookup of a zero accumulator, times the next weights.
-            const_index = np.nonzero(constant & ~unread)[0]
+            # Constant neurons dropped: their lookup of a zero accumulator, times the next
+            # weights (a constant neuron that stays, in a channel only partly constant, is
+            # still read from its column).
+            const_index = np.nonzero(constant & ~unread & drop)[0]
             offset = nxt.offset.copy()
             if const_index.size:
                 zero_acc = np.zeros((1, layer.n_outputs), dtype=np.int64)

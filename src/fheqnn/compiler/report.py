@@ -193,7 +193,13 @@ def check(report: BitWidthReport) -> None:
         w = bad[0]
         measured = "" if w.measured_bits is None else f", measured {w.measured_bits} bits"
         others = f" ({len(bad) - 1} more layer(s) over budget)" if len(bad) > 1 else ""
-        where = f" in {w.over_budget}" if w.over_budget else ""
+        # Each neuron may fit alone while the layer's lowest and highest values together do
+        # not (the circuit holds them in one range).
+        where = (
+            f" in {w.over_budget}"
+            if w.over_budget
+            else " (each neuron fits alone; the lowest and highest together do not)"
+        )
         raise AccumulatorOverflowError(
             f"layer {w.layer!r}: accumulator needs {w.proven_bits} bits in the worst case{where} "
             f"(range [{w.proven_lo}, {w.proven_hi}]{measured}) but n_accum_bits="
