@@ -32,6 +32,17 @@ def _frozen(value: Any, dtype: Any) -> np.ndarray:
     return arr
 
 
+def _refuse_empty(name: str, window: Any, in_shape: tuple[int, ...], out_shape: Any) -> None:
+    """``ValueError`` when a window leaves no output position."""
+    if min(out_shape) < 1:
+        raise ValueError(f"{name}: a {window} window leaves no output on {in_shape[1:]} inputs")
+
+
+def _out_size(size: int, kernel: int, stride: int, dilation: int, pads: int = 0) -> int:
+    """Output positions along one axis of a window sliding over ``size`` (+ ``pads``) inputs."""
+    return (size + pads - dilation * (kernel - 1) - 1) // stride + 1
+
+
 @dataclass(frozen=True, eq=False)
 class Dense:
     """``y = x @ weight.T`` with clear integer weights ``(n_out, n_in)``."""
@@ -118,11 +129,7 @@ class Conv2d:
             )
         if min(self.strides) < 1 or min(self.dilations) < 1 or min(self.pads) < 0:
             raise ValueError(f"{self.name}: strides and dilations >= 1, pads >= 0")
-        if min(self.out_shape) < 1:
-            raise ValueError(
-                f"{self.name}: a {self.kernel.shape[2:]} kernel leaves no output on "
-                f"{self.in_shape[1:]} inputs"
-            )
+        _refuse_empty(self.name, self.kernel.shape[2:], self.in_shape, self.out_shape)
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -130,10 +137,8 @@ class Conv2d:
         _, h, w = self.in_shape
         kh, kw = self.kernel.shape[2:]
         top, left, bottom, right = self.pads
-        dh, dw = self.dilations
-        sh, sw = self.strides
-        h_out = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-        w_out = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        h_out = _out_size(h, kh, self.strides[0], self.dilations[0], top + bottom)
+        w_out = _out_size(w, kw, self.strides[1], self.dilations[1], left + right)
         return int(self.kernel.shape[0]), int(h_out), int(w_out)
 
     @property
@@ -257,18 +262,14 @@ class MaxPool2d:
             raise ValueError(f"{self.name}: a 2-D max pool needs (C, H, W) rows and a 2-D window")
         if min(self.kernel_shape) < 1 or min(self.strides) < 1 or min(self.dilations) < 1:
             raise ValueError(f"{self.name}: window, strides and dilations must be >= 1")
-        if min(self.out_shape) < 1:
-            raise ValueError(
-                f"{self.name}: a {self.kernel_shape} window leaves no output on "
-                f"{self.in_shape[1:]} inputs"
-            )
+        _refuse_empty(self.name, self.kernel_shape, self.in_shape, self.out_shape)
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
         """``(C, H_out, W_out)`` of one row."""
         c, h, w = self.in_shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_shape, self.strides, self.dilations
-        return c, (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        return c, _out_size(h, kh, sh, dh), _out_size(w, kw, sw, dw)
 
     @property
     def n_in(self) -> int:

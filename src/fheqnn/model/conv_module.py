@@ -231,50 +231,30 @@ class SparseQuantConvNetwork(SparseQuantBase):
         self._neurons_pruned = True
 
     # ---------------------------------------------------------------- pickling
-    # As the MLP: brevitas' quantizer injectors cannot be pickled, so the network pickles as
-    # its constructor arguments, its pruning state and its state dict, and is rebuilt.
+    # As the MLP (SparseQuantBase._pickled): rebuilt from its constructor arguments.
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "init_args": {
-                "input_shape": self.input_shape,
-                "n_outputs": self.n_outputs,
-                "channels": self.channels,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "n_w_bits": self.n_w_bits,
-                "n_a_bits": self.n_a_bits,
-                "n_accum_bits": self.n_accum_bits,
-                "n_prune_neurons_percentage": self.n_prune_neurons_percentage,
-                "activation_function": self.activation_function,
-                "quant_narrow": self.quant_narrow,
-                "quant_signed": self.quant_signed,
-            },
-            "pruning": {
-                "enabled": self._pruning_enabled,
-                "frozen": self._masks_frozen,
-                "straight_through": self._ste_masks,
-                "neurons_pruned": self._neurons_pruned,
-            },
-            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
-            "training": self.training,
+        init_args = {
+            "input_shape": self.input_shape,
+            "n_outputs": self.n_outputs,
+            "channels": self.channels,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "n_w_bits": self.n_w_bits,
+            "n_a_bits": self.n_a_bits,
+            "n_accum_bits": self.n_accum_bits,
+            "n_prune_neurons_percentage": self.n_prune_neurons_percentage,
+            "activation_function": self.activation_function,
+            "quant_narrow": self.quant_narrow,
+            "quant_signed": self.quant_signed,
         }
+        return self._pickled(init_args)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["init_args"])  # type: ignore[misc]
         pruning = state["pruning"]
         if not pruning["enabled"]:
             self.make_pruning_permanent()
-        result = self.load_state_dict(state["state_dict"], strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("scaling_impl.value")]
-        if missing or result.unexpected_keys:
-            raise InvalidParameterError(
-                f"pickled network does not match its architecture: missing {missing}, "
-                f"unexpected {result.unexpected_keys}"
-            )
-        self._masks_frozen = bool(pruning["frozen"])
-        self._ste_masks = bool(pruning["straight_through"])
-        self._neurons_pruned = bool(pruning["neurons_pruned"])
-        self.train(state["training"])
+        self._restore_pickled(state, pruning)
 
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -343,35 +343,25 @@ class SparseQuantNeuralNetwork(SparseQuantBase):
         self._neurons_pruned = True
 
     # ---------------------------------------------------------------- pickling
-    # brevitas' quantizer injectors cannot be pickled, so a network pickles as its constructor
-    # arguments, its layer widths, its pruning state and its state dict (dense weights and masks
-    # while pruning is enabled), and is rebuilt from them. A network pickled mid-training comes
-    # back with the same masks and keeps training within the budget.
+    # A network pickles as its constructor arguments, its layer widths, its pruning state and
+    # its state dict (dense weights and masks while pruning is enabled), and is rebuilt from
+    # them (SparseQuantBase._pickled). A network pickled mid-training comes back with the same
+    # masks and keeps training within the budget.
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "init_args": {
-                "input_dim": self.input_dim,
-                "n_layers": self.n_layers,
-                "n_outputs": self.n_outputs,
-                "n_hidden_neurons_multiplier": self.n_hidden_neurons_multiplier,
-                "n_w_bits": self.n_w_bits,
-                "n_a_bits": self.n_a_bits,
-                "n_accum_bits": self.n_accum_bits,
-                "n_prune_neurons_percentage": self.n_prune_neurons_percentage,
-                "activation_function": self.activation_function,
-                "quant_narrow": self.quant_narrow,
-                "quant_signed": self.quant_signed,
-            },
-            "hidden_widths": self.hidden_widths(),
-            "pruning": {
-                "enabled": self._pruning_enabled,
-                "frozen": self._masks_frozen,
-                "straight_through": self._ste_masks,
-                "neurons_pruned": self._neurons_pruned,
-            },
-            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
-            "training": self.training,
+        init_args = {
+            "input_dim": self.input_dim,
+            "n_layers": self.n_layers,
+            "n_outputs": self.n_outputs,
+            "n_hidden_neurons_multiplier": self.n_hidden_neurons_multiplier,
+            "n_w_bits": self.n_w_bits,
+            "n_a_bits": self.n_a_bits,
+            "n_accum_bits": self.n_accum_bits,
+            "n_prune_neurons_percentage": self.n_prune_neurons_percentage,
+            "activation_function": self.activation_function,
+            "quant_narrow": self.quant_narrow,
+            "quant_signed": self.quant_signed,
         }
+        return self._pickled(init_args, hidden_widths=self.hidden_widths())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["init_args"])  # type: ignore[misc]
@@ -387,18 +377,7 @@ class SparseQuantNeuralNetwork(SparseQuantBase):
         self._neurons_pruned = bool(pruning["neurons_pruned"])
         if pruning["enabled"]:
             self.enable_pruning()
-        # brevitas leaves an activation scale out of the state dict until it has seen data; the
-        # rebuilt quantizer is then in the same not-yet-calibrated state.
-        result = self.load_state_dict(state["state_dict"], strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("scaling_impl.value")]
-        if missing or result.unexpected_keys:
-            raise InvalidParameterError(
-                f"pickled network does not match its architecture: missing {missing}, "
-                f"unexpected {result.unexpected_keys}"
-            )
-        self._masks_frozen = bool(pruning["frozen"])
-        self._ste_masks = bool(pruning.get("straight_through", True))
-        self.train(state["training"])
+        self._restore_pickled(state, pruning)
 
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:

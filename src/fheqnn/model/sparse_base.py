@@ -206,3 +206,37 @@ class SparseQuantBase(nn.Module):
             stats_based = hasattr(module, "collect_stats_steps") and hasattr(module, "counter")
             if stats_based and module.counter <= module.collect_stats_steps:
                 module.collect_stats_steps = int(steps)
+
+    # ---------------------------------------------------------------- pickling
+    # brevitas' quantizer injectors cannot be pickled: a network pickles as its constructor
+    # arguments, its pruning state and its state dict, and subclasses rebuild it from them.
+    def _pickled(self, init_args: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """The pickled form: ``init_args``, the pruning state, the state dict, the mode."""
+        return {
+            "init_args": init_args,
+            **extra,
+            "pruning": {
+                "enabled": self._pruning_enabled,
+                "frozen": self._masks_frozen,
+                "straight_through": self._ste_masks,
+                "neurons_pruned": self._neurons_pruned,
+            },
+            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "training": self.training,
+        }
+
+    def _restore_pickled(self, state: dict[str, Any], pruning: dict[str, Any]) -> None:
+        """Load a pickled state dict into the rebuilt network, then its flags and mode."""
+        # brevitas leaves an activation scale out of the state dict until it has seen data; the
+        # rebuilt quantizer is then in the same not-yet-calibrated state.
+        result = self.load_state_dict(state["state_dict"], strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("scaling_impl.value")]
+        if missing or result.unexpected_keys:
+            raise InvalidParameterError(
+                f"pickled network does not match its architecture: missing {missing}, "
+                f"unexpected {result.unexpected_keys}"
+            )
+        self._masks_frozen = bool(pruning["frozen"])
+        self._ste_masks = bool(pruning.get("straight_through", True))
+        self._neurons_pruned = bool(pruning["neurons_pruned"])
+        self.train(state["training"])
