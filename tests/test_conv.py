@@ -485,7 +485,9 @@ def test_the_network_of_every_op_runs_encrypted(compiled_conv) -> None:
     np.testing.assert_array_equal(model.predict_raw(rows, "execute"), model.predict_raw(rows))
 
 
-def test_a_tiny_conv_network_with_padding_and_max_pool_runs_encrypted() -> None:
+@pytest.fixture(scope="module")
+def tiny_conv():
+    """A tiny conv network with padding and a max pool, compiled at the bit-exact profile."""
     g = ImageGraph((1, 4, 4))
     x = g.quant("x", 0.4, True, "in")
     y = g.conv(x, 1, 2, "conv", kernel_shape=[2, 2], pads=[1, 1, 0, 0])
@@ -494,10 +496,23 @@ def test_a_tiny_conv_network_with_padding_and_max_pool_runs_encrypted() -> None:
     model = g.build(g.gemm(g.node("Flatten", [y], "flat", axis=1), 8, 2, "fc"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiled = compile_onnx(model, _images(60, (1, 4, 4), seed=8), exact=True)
+        return compile_onnx(model, _images(60, (1, 4, 4), seed=8), exact=True)
+
+
+def test_a_tiny_conv_network_with_padding_and_max_pool_simulates_as_the_interpreter(
+    tiny_conv,
+) -> None:
+    assert tiny_conv.program.layers[1].input_pool is not None
+    q = tiny_conv.quantize(_images(40, (1, 4, 4), seed=9))
+    np.testing.assert_array_equal(tiny_conv.run_integer(q, "simulate"), tiny_conv.run_integer(q))
+
+
+@pytest.mark.slow
+def test_a_tiny_conv_network_with_padding_and_max_pool_runs_encrypted(tiny_conv) -> None:
     rows = _images(1, (1, 4, 4), seed=9)
-    np.testing.assert_array_equal(compiled.predict_raw(rows, "execute"), compiled.predict_raw(rows))
-    assert compiled.program.layers[1].input_pool is not None
+    np.testing.assert_array_equal(
+        tiny_conv.predict_raw(rows, "execute"), tiny_conv.predict_raw(rows)
+    )
 
 
 def test_foreign_brevitas_cnn_reads_and_matches_its_torch_forward() -> None:
