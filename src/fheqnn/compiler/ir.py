@@ -21,7 +21,7 @@ import numpy as np
 
 from ..intervals import IntRange, bits_for_range
 from .kernels import ELEMENTWISE_KERNELS, kernel
-from .linear_ops import Conv2d, LinearPlan, MaxPool2d
+from .linear_ops import Conv2d, LinearPlan, MaxPool2d, matrix_ranges
 from .rounding import APPROX_ROUNDING_SPREAD, CircuitNoise, round_lsbs
 
 __all__ = [
@@ -271,11 +271,7 @@ class Layer:
 
     def neuron_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """Proven accumulator interval of each neuron, from its integer weights (int64 arrays)."""
-        lo_in, hi_in = self.input_range.lo, self.input_range.hi
-        pos, neg = np.clip(self.weight, 0, None), np.clip(self.weight, None, 0)
-        hi = pos.sum(axis=1) * hi_in + neg.sum(axis=1) * lo_in
-        lo = pos.sum(axis=1) * lo_in + neg.sum(axis=1) * hi_in
-        return lo, hi
+        return matrix_ranges(self.weight, self.input_range.lo, self.input_range.hi)
 
     def output_units(self) -> tuple[str, np.ndarray]:
         """What each neuron belongs to, for messages: ``("channel", channel of each neuron)``

@@ -38,6 +38,26 @@ def _refuse_empty(name: str, window: Any, in_shape: tuple[int, ...], out_shape: 
         raise ValueError(f"{name}: a {window} window leaves no output on {in_shape[1:]} inputs")
 
 
+def _windows(
+    kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int], out_hw: Any
+) -> Any:
+    """For each kernel position ``(i, j)``: the slices of a (padded) image's rows and columns
+    that this position reads at every output position."""
+    (sh, sw), (dh, dw), (h_out, w_out) = strides, dilations, out_hw
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows = slice(i * dh, i * dh + sh * (h_out - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (w_out - 1) + 1, sw)
+            yield i, j, rows, cols
+
+
+def matrix_ranges(matrix: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of an integer matrix, the interval of ``matrix @ x`` over inputs in
+    ``[lo, hi]`` (exact: each weight meets its worst input)."""
+    pos, neg = np.clip(matrix, 0, None), np.clip(matrix, None, 0)
+    return pos.sum(axis=1) * lo + neg.sum(axis=1) * hi, pos.sum(axis=1) * hi + neg.sum(axis=1) * lo
+
+
 def _out_size(size: int, kernel: int, stride: int, dilation: int, pads: int = 0) -> int:
     """Output positions along one axis of a window sliding over ``size`` (+ ``pads``) inputs."""
     return (size + pads - dilation * (kernel - 1) - 1) // stride + 1
@@ -170,14 +190,10 @@ class Conv2d:
         grouped = padded.reshape(n, g, c_in // g, *padded.shape[2:])
         kernel = self.kernel.astype(dtype).reshape(g, c_out // g, c_in // g, *self.kernel.shape[2:])
         out = np.zeros((n, g, c_out // g, h_out, w_out), dtype=dtype)
-        sh, sw = self.strides
-        dh, dw = self.dilations
-        for i in range(self.kernel.shape[2]):
-            for j in range(self.kernel.shape[3]):
-                rows = slice(i * dh, i * dh + sh * (h_out - 1) + 1, sh)
-                cols = slice(j * dw, j * dw + sw * (w_out - 1) + 1, sw)
-                patch = grouped[:, :, :, rows, cols]  # (n, g, c_in/g, h_out, w_out)
-                out += np.einsum("ngchw,goc->ngohw", patch, kernel[:, :, :, i, j])
+        window = self.kernel.shape[2:]
+        for i, j, rows, cols in _windows(window, self.strides, self.dilations, (h_out, w_out)):
+            patch = grouped[:, :, :, rows, cols]  # (n, g, c_in/g, h_out, w_out)
+            out += np.einsum("ngchw,goc->ngohw", patch, kernel[:, :, :, i, j])
         return out.reshape(n, -1).astype(np.int64)
 
     def matrix(self) -> np.ndarray:
@@ -294,15 +310,12 @@ class MaxPool2d:
         lead = x.shape[:-1]
         n = int(np.prod(lead, dtype=np.int64))
         image = x.reshape(n, *self.in_shape)
-        _, h_out, w_out = self.out_shape
-        (sh, sw), (dh, dw) = self.strides, self.dilations
         out = None
-        for i in range(self.kernel_shape[0]):
-            for j in range(self.kernel_shape[1]):
-                rows = slice(i * dh, i * dh + sh * (h_out - 1) + 1, sh)
-                cols = slice(j * dw, j * dw + sw * (w_out - 1) + 1, sw)
-                patch = image[:, :, rows, cols]
-                out = patch if out is None else np.maximum(out, patch)
+        for _, _, rows, cols in _windows(
+            self.kernel_shape, self.strides, self.dilations, self.out_shape[1:]
+        ):
+            patch = image[:, :, rows, cols]
+            out = patch if out is None else np.maximum(out, patch)
         assert out is not None
         return out.reshape(*lead, self.n_out)
 
@@ -429,9 +442,7 @@ class LinearPlan:
         matrix = None
         for op in self.ops:
             matrix = op.matrix() if matrix is None else op.matrix() @ matrix
-            pos, neg = np.clip(matrix, 0, None), np.clip(matrix, None, 0)
-            top = pos.sum(axis=1) * hi + neg.sum(axis=1) * lo
-            bottom = pos.sum(axis=1) * lo + neg.sum(axis=1) * hi
+            bottom, top = matrix_ranges(matrix, lo, hi)
             ranges.append((int(bottom.min(initial=0)), int(top.max(initial=0))))
         return ranges
 
