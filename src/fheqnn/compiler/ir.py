@@ -303,6 +303,10 @@ class Layer:
         than what was proven. Otherwise (a pool after a convolution whose sums cancel, outputs of a
         convolution that no one reads but are wide) the back end computes the layer as one
         dense product by ``weight``: the same integers, leveled, and no wider."""
+        return self._plan_fits
+
+    @cached_property
+    def _plan_fits(self) -> bool:
         if self.plan is None:
             return False
         # The accumulator itself, before its shift, is held on its proven range's width (as
