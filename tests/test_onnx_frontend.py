@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -394,7 +395,8 @@ def test_hidden_quantizer_range_and_asymmetric_zero_points() -> None:
 
     fc0, fc1 = program.layers
     assert fc0.input_range == IntRange(0, 15)
-    assert fc1.input_range == IntRange(0, 31)
+    # fc1 reads fc0's table outputs: a ReLU's, quantized with zero point 3, so never below 3.
+    assert fc1.input_range == IntRange(3, 31)
     assert fc0.output_quantizer is not None and fc1.output_quantizer is None
     assert fc0.output_quantizer.range == IntRange(0, 31)
     assert int(fc0.output_quantizer.zero_point) == 3
@@ -407,6 +409,74 @@ def test_hidden_quantizer_range_and_asymmetric_zero_points() -> None:
     q = program.quantize_input(x_float)
     np.testing.assert_array_equal(fc0.lookup(fc0.accumulate(q)), hid_ort.astype(np.int64))
     assert_outputs_match(program.run(x_float.astype(np.float64)), ref)
+
+
+@pytest.mark.parametrize(
+    ("activation", "bits", "expected"),
+    [
+        ("Relu", 3, IntRange(0, 3)),  # a ReLU: the quantizer's non-negative half
+        ("Tanh", 3, IntRange(-4, 3)),  # tanh * 4 reaches the whole range
+        ("Sigmoid", 4, IntRange(0, 4)),  # (0, 1) / 0.25: neither end of [-8, 7]
+    ],
+)
+def test_a_layer_after_a_lookup_is_proven_on_the_lookups_outputs(
+    activation: str, bits: int, expected: IntRange
+) -> None:
+    """The next accumulator is proven on the hull of the lookup's outputs, not the whole
+    quantizer range: after a ReLU into a signed 3-bit quantizer, [0, 3], so 10 products of
+    3-bit weights fit 8 bits where [-4, 3] allows 7. The circuit's tables hold nothing else,
+    even where no run without errors looks."""
+    from fheqnn.compiler.backend import _shifted_lookup
+
+    rng = np.random.default_rng(12)
+    b = GraphBuilder()
+    x = b.qdq("x", 0.3, np.int8(0), (-4, 3), stem="in")
+    w1 = rng.integers(-4, 4, (N_HIDDEN, N_IN))
+    h = b.gemm(x, b.int_weight(w1, 0.15), rng.standard_normal(N_HIDDEN), "fc0", transB=1)
+    h = b.node(activation, [h], name="act0")
+    qrange = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    h = b.qdq(h, 0.25, np.int8(0), qrange, stem="hid")
+    w2 = np.full((N_OUT, N_HIDDEN), -4, dtype=np.int64)  # the most negative weight, 8 times
+    out = b.gemm(h, b.int_weight(w2, 0.2), np.zeros(N_OUT), "fc1", transB=1)
+    program = program_from_onnx(b.build(out))
+    fc0, fc1 = program.layers
+    assert fc1.input_range == expected
+    assert fc1.proven_range() == IntRange(-4 * 8 * expected.hi, -4 * 8 * expected.lo)
+    # fc0's table in the circuit, on every value of its input's width: within the range
+    # proven for fc1, and on the accumulators a run reaches, fc0's lookup itself.
+    for lsbs in (0, 2):
+        layer = replace(fc0, round_lsbs=lsbs)
+        table = _shifted_lookup(layer, fc1.input_range)
+        every = np.arange(2 ** layer.circuit_bits())[:, None]
+        entries = table(every)
+        assert expected.lo <= entries.min() and entries.max() <= expected.hi
+        lo, hi = layer.neuron_ranges()
+        reached = np.arange(lo.min(), hi.max() + 1)[:, None]
+        np.testing.assert_array_equal(table(reached + layer.shift), layer.lookup(reached))
+
+
+def test_rounding_wider_than_the_margin_of_the_proof_is_refused_before_compiling() -> None:
+    from fheqnn.compiler.passes import check_lookup_margins
+    from fheqnn.errors import InternalError
+
+    b = GraphBuilder()
+    x = b.qdq("x", 0.3, np.int8(0), (-4, 3), stem="in")
+    w1 = np.random.default_rng(3).integers(-4, 4, (N_HIDDEN, N_IN))
+    h = b.node("Relu", [b.gemm(x, b.int_weight(w1, 0.15), np.zeros(N_HIDDEN), "fc0", transB=1)])
+    h = b.qdq(h, 0.25, np.int8(0), (-4, 3), stem="hid")
+    out = b.gemm(h, b.int_weight(np.ones((N_OUT, N_HIDDEN), np.int64), 0.2), np.zeros(N_OUT),
+                 "fc1", transB=1)  # fmt: skip
+    program = program_from_onnx(b.build(out))
+    fc0 = program.layers[0]
+    widest = fc0.proven_range().bits - 1  # a lookup keeps at least one bit: the largest step
+    assert 2 << widest <= fc0.lookup_margin()
+
+    def rounded(lsbs: int) -> Program:
+        return replace(program, layers=(replace(fc0, round_lsbs=lsbs), *program.layers[1:]))
+
+    check_lookup_margins(rounded(widest))
+    with pytest.raises(InternalError, match="margin"):
+        check_lookup_margins(rounded(widest + 2))
 
 
 def test_quantizer_without_zero_point_input_is_uint8() -> None:

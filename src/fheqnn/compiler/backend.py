@@ -27,11 +27,15 @@ def tag_of(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-/]", "_", name)
 
 
-def _shifted_lookup(layer: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _shifted_lookup(layer: Any, bound: IntRange) -> Callable[[np.ndarray], np.ndarray]:
+    """The table of a hidden layer, on its shifted accumulator. Its entries are clipped to
+    ``bound``, the next layer's proven input range: the entries a run without errors reaches
+    lie in it already (``Layer.lookup_range``), and a wrong lookup then cannot leave it."""
     added = layer.shift + layer.grid_offset
 
     def lookup(acc: np.ndarray) -> np.ndarray:
-        return layer.lookup(np.asarray(acc, dtype=np.int64) - added)
+        out = layer.lookup(np.asarray(acc, dtype=np.int64) - added)
+        return np.clip(out, bound.lo, bound.hi)
 
     return lookup
 
@@ -105,7 +109,7 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
 
     def forward(q):
         x = q
-        for layer in layers:
+        for index, layer in enumerate(layers):
             with fhe.tag(tag_of(layer.name)):
                 acc = _accumulate(fhe, layer, x)
                 # Shifted to be non-negative by construction (see Layer.shift), and hinted to
@@ -129,7 +133,8 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
                         if layer.rounding_exact
                         else fhe.Exactness.APPROXIMATE,
                     )
-                x = fhe.univariate(_shifted_lookup(layer))(acc)
+                bound = layers[index + 1].input_range
+                x = fhe.univariate(_shifted_lookup(layer, bound))(acc)
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
     return forward
@@ -137,6 +142,9 @@ def circuit_function(program: Program) -> Callable[[Any], Any]:
 
 def compile_circuit(program: Program, inputset: list[np.ndarray], configuration: Any) -> Any:
     """Compile ``program`` with Concrete on integer input rows of shape ``(1, n_features)``."""
+    from .passes import check_lookup_margins
+
+    check_lookup_margins(program)
     fhe = _fhe()
     compiler = fhe.Compiler(circuit_function(program), {"q": "encrypted"})
     try:

@@ -315,6 +315,51 @@ class Layer:
         ranges = self.plan.intermediate_ranges(self.input_range.lo, self.input_range.hi)
         return all(bits_for_range(lo, hi) <= bits for lo, hi in ranges)
 
+    def lookup_margin(self) -> int:
+        """How far beyond its proven interval :meth:`lookup_range` follows each accumulator:
+        ``2 ** bits`` of the layer's proven range (and at least twice the widest neuron's
+        span). Rounding moves a lookup's input by less than two steps (half a step exact, up
+        to a step approximate, on a grid moved by less than a step), and a lookup keeps at
+        least one bit of the proven width, so a step is at most ``2 ** (bits - 1)``
+        (:func:`~fheqnn.compiler.passes.check_lookup_margins` checks it before compiling)."""
+        lo, hi = self.neuron_ranges()
+        span = int((hi - lo).max(initial=0))
+        return 1 << max(self.proven_range().bits, span.bit_length() + 1)
+
+    #: Beyond this many accumulator values per neuron, :meth:`lookup_range` does not enumerate
+    #: them (a foreign network with wide accumulators) and keeps the quantizer's range.
+    MAX_LOOKUP_VALUES = 1 << 14
+
+    def lookup_range(self) -> IntRange:
+        """Integers this hidden layer's table lookups give the next layer: the hull of every
+        neuron's lookup over its proven accumulator interval widened by
+        :meth:`lookup_margin` on both sides, which holds every value rounding can hand the
+        lookup. Tighter than the next quantizer's range when the activation cannot reach all
+        of it: a ReLU into a signed 3-bit quantizer gives [0, 3], not [-4, 3]. The circuit
+        clips its tables to this range, so that a wrong lookup (a bootstrap error) cannot
+        leave it either (``backend.circuit_function``)."""
+        quantizer = self.output_quantizer
+        if quantizer is None:
+            raise ValueError(f"layer {self.name!r} is the output layer: it has no table lookup")
+        lo, hi = self.neuron_ranges()
+        margin = self.lookup_margin()
+        count = int((hi - lo).max(initial=0)) + 2 * margin + 1
+        if count > self.MAX_LOOKUP_VALUES:
+            return quantizer.range
+        out_lo, out_hi = quantizer.qmax, quantizer.qmin
+        # Blocks of accumulator values for every neuron at once (a convolution's layer has
+        # thousands of neurons): memory stays at 256 x n_out values.
+        for start in range(0, count, 256):
+            steps = np.arange(start, min(start + 256, count))[:, None]
+            acc = np.minimum(lo[None, :] - margin + steps, hi[None, :] + margin)
+            with np.errstate(all="ignore"):
+                pre = self.activate(self.pre_activation(acc))
+            # Where a chain gives NaN (a Log beyond the proven interval), the table holds the
+            # quantizer's lowest value: counted as such.
+            out = quantizer.quantize(np.nan_to_num(pre, nan=-np.inf))
+            out_lo, out_hi = min(out_lo, int(out.min())), max(out_hi, int(out.max()))
+        return IntRange(out_lo, out_hi)
+
     def proven_range(self) -> IntRange:
         """Worst-case accumulator interval of the whole layer."""
         lo, hi = self.neuron_ranges()
@@ -474,12 +519,17 @@ class Program:
     ) -> Iterator[tuple[Layer, np.ndarray]]:
         """Each layer with its accumulators, input to output (see :meth:`run_integer`)."""
         q = np.asarray(q, dtype=np.int64)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             acc = layer.accumulate(q)
             yield layer, acc
             if not layer.is_hidden:
                 return
             q = layer.round_and_lookup(acc, noise)
+            if noise is not None:
+                # As the circuit's tables (backend.circuit_function): a wrong lookup gives
+                # an entry of the table, clipped to what the next layer was proven on.
+                bound = self.layers[index + 1].input_range
+                q = np.clip(q, bound.lo, bound.hi)
         raise AssertionError("a program ends with an output layer")  # pragma: no cover
 
     def dequantize_output(self, acc: np.ndarray) -> np.ndarray:

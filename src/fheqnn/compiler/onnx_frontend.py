@@ -253,7 +253,10 @@ class _Reader(LinearReader):
             )
             if out_q is None:
                 break
-            in_range, in_zp, in_scale = out_q.range, int(out_q.zero_point), float(out_q.scale)
+            # The next layer's inputs are this layer's table outputs: their hull, which is
+            # tighter than the quantizer's range after a ReLU (Layer.lookup_range).
+            in_range = layers[-1].lookup_range()
+            in_zp, in_scale = int(out_q.zero_point), float(out_q.scale)
         for prev, nxt in itertools.pairwise(layers):
             if prev.n_outputs != nxt.n_inputs:
                 raise InvalidModelError(

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.special import ndtr
 
-from ..errors import InvalidModelError
+from ..errors import InternalError, InvalidModelError
 from .ir import Layer, Program, round_lsbs
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,23 @@ def check_lookup_domains(program: Program) -> None:
             raise InvalidModelError(
                 f"layer {layer.name!r}: its activation ({layer.activation.describe()}) gives NaN "
                 "for some reachable accumulator values, so it cannot become a table lookup"
+            )
+
+
+def check_lookup_margins(program: Program) -> None:
+    """The premise of the next layers' input ranges (:meth:`Layer.lookup_range`): rounding
+    moves no accumulator beyond the margin over which its lookup's outputs were bounded.
+
+    Raises:
+        InternalError: a rounding step too large for that margin (never expected: a lookup
+            keeps at least one bit, so a step is below the accumulator's own width).
+    """
+    for layer in program.layers:
+        if layer.is_hidden and 2 << layer.round_lsbs > layer.lookup_margin():
+            raise InternalError(
+                f"layer {layer.name!r}: rounding {layer.round_lsbs} bits moves accumulators "
+                f"further than the margin ({layer.lookup_margin()}) over which the next layer's "
+                "input range was proven"
             )
 
 
