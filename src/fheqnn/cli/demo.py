@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from .client import _encrypted_predict
 from .common import EXIT_OK, _say, _Step
 from .compile import _compile_speaking
 from .options import _compile_options
-from .train import _estimator
+from .train import _estimator, check_model_options
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -21,6 +22,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # A shipped data set's own split: its rare far values (a digits pixel) are the data's.
     with range_warnings_off():
         return _demo(args)
+
+
+def demo_dataset(args: argparse.Namespace) -> str:
+    """The data set the demo runs on: ``--dataset``, else the model's own default."""
+    if args.dataset:
+        return str(args.dataset)
+    return "digits" if args.model == "conv" else "breast_cancer"
+
+
+def demo_folder_name(args: argparse.Namespace) -> str:
+    """The folder (under ``--circuits`` and ``--keys``) the demo writes and replaces."""
+    prefix = "demo_conv_" if args.model == "conv" else "demo_"
+    return prefix + demo_dataset(args)
+
+
+def _load(args: argparse.Namespace, dataset: str) -> tuple[np.ndarray, ...]:
+    """The benchmark split: standardized rows for the MLP, raw images (n, 1, 8, 8) for the
+    convolutional network, which learns its own per-channel scaling."""
+    from ..datasets import load_split
+
+    if args.model != "conv":
+        return load_split(dataset)
+    x_tr, x_te, y_tr, y_te = load_split(dataset, standardize=False)
+    side = math.isqrt(x_tr.shape[1])  # digits: 64 pixels, 8x8
+    return x_tr.reshape(-1, 1, side, side), x_te.reshape(-1, 1, side, side), y_tr, y_te
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -32,18 +58,23 @@ def _demo(args: argparse.Namespace) -> int:
         single_row_latency,
         summary_measures,
     )
-    from ..datasets import load_split
     from ..runtime import FheModelClient, FheModelServer
 
-    x_tr, x_te, y_tr, y_te = load_split(args.dataset)
+    dataset = demo_dataset(args)
+    check_model_options(args, dataset)
+    x_tr, x_te, y_tr, y_te = _load(args, dataset)
+    shape = "x".join(map(str, x_tr.shape[1:]))
     _say(
-        f"data set {args.dataset}: {len(x_tr)} training rows, {len(x_te)} test rows, "
-        f"{x_tr.shape[1]} features, {len(np.unique(y_tr))} classes"
+        f"data set {dataset}: {len(x_tr)} training rows, {len(x_te)} test rows, "
+        + (f"{shape} images" if x_tr.ndim > 2 else f"{x_tr.shape[1]} features")
+        + f", {len(np.unique(y_tr))} classes"
     )
     est = _train(args, x_tr, y_tr)
     model = _compile(args, est, x_tr, y_tr)
-    circuit_dir = Path(args.circuits) / f"demo_{args.dataset}"
-    key_dir = Path(args.keys) / f"demo_{args.dataset}"
+    # The compiled model's measures take flat rows (an image flattened, C order).
+    x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
+    circuit_dir = Path(args.circuits) / demo_folder_name(args)
+    key_dir = Path(args.keys) / demo_folder_name(args)
     _say(
         f"saving the compiled model to {circuit_dir}/ and keys to {key_dir}/ "
         "(the demo replaces its own previous folders)"
@@ -54,7 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
         keys = key_measures(client.keygen(key_dir, overwrite=True))
     server = FheModelServer(circuit_dir)
 
-    acc_clear = float(np.mean(est.predict(x_te) == y_te))
+    acc_clear = float(np.mean(est.predict(est._feature_rows(x_te)) == y_te))
     acc_int = integer_accuracy(model, x_te, y_te)
     with _Step("simulating the circuit on every test row, 10 times"):
         simulated = simulated_measures(model, x_te, y_te)
@@ -103,6 +134,20 @@ def _train(args: argparse.Namespace, x_tr: np.ndarray, y_tr: np.ndarray) -> Any:
     with _Step("training (quantization-aware, with pruning)"):
         est.fit(x_tr, y_tr)
     module = est.module_
+    if args.model == "conv":
+        n_layers = len(module.masked_layers())
+        limits = ", ".join(str(module.max_active_weights(i)) for i in range(n_layers))
+        # Pruning is permanent after fit: a removed filter or neuron is an all-zero row.
+        live = [
+            int((layer.weight != 0).flatten(1).any(dim=1).sum())
+            for layer in module.masked_layers()[:-1]
+        ]
+        _say(
+            f"  at most {limits} active weights per filter or neuron, layer by layer "
+            f"(accumulators <= {args.n_accum_bits} bits); live filters and neurons {live} "
+            f"of {[*module.channels, *module.hidden]}"
+        )
+        return est
     _say(
         f"  at most {module.max_active_neurons()} active weights per neuron "
         f"(accumulators <= {args.n_accum_bits} bits), hidden widths {module.hidden_widths()}"
@@ -119,7 +164,7 @@ def _compile(args: argparse.Namespace, est: Any, x_tr: np.ndarray, y_tr: np.ndar
         model = _compile_speaking(
             lambda: compile_onnx(
                 est.export_onnx(),
-                x_tr,
+                est._feature_rows(x_tr),
                 options=options,
                 output_spec=est.output_spec_,
                 standardizer=est.standardizer_,

@@ -9,7 +9,34 @@ from typing import Any
 from .common import CliError
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type of a list of whole numbers >= 1 separated by commas (``16,64``)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, such as 16,64, got {text!r}"
+        ) from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every number must be >= 1, got {text!r}")
+    return values
+
+
 def _add_network_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        choices=("mlp", "conv"),
+        default="mlp",
+        help="mlp (default): the seed's sparse quantized MLP; conv: a sparse quantized "
+        "convolutional network on images (ConvNetClassifier)",
+    )
+    p.add_argument(
+        "--channels",
+        type=_int_list,
+        default=None,
+        metavar="C1,C2,...",
+        help="--model conv: filters of each convolution (default 16,64)",
+    )
     p.add_argument("--n-layers", type=int, default=3, help="linear layers (default 3)")
     p.add_argument(
         "--multiplier", type=float, default=4, help="hidden width = features x this (default 4)"
@@ -23,7 +50,12 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fraction of hidden neurons to prune, in [0, 1) (default 0)",
     )
-    p.add_argument("--epochs", type=int, default=200, help="training epochs (default 200)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default 200; --model conv: 120)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -17,6 +17,7 @@ from .options import (
     _add_network_options,
     _batch_size,
     _field_type,
+    _int_list,
     _positive_int,
 )
 from .outputs import _add_predictions_output
@@ -43,6 +44,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("classifier", "regressor"), default="classifier")
     p.add_argument("--out", required=True, help="folder to create (estimator, ONNX, splits)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--input-shape",
+        type=_int_list,
+        default=None,
+        metavar="C,H,W",
+        help="--model conv: the shape of one image, each row of --data being one image "
+        "flattened (C order) or .npy images of that shape (default with --dataset digits: "
+        "1,8,8)",
+    )
     _add_network_options(p)
 
 
@@ -328,7 +338,13 @@ def _seconds(text: str) -> float:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``fheqnn demo``."""
-    p.add_argument("--dataset", choices=DATASETS, default="breast_cancer")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="default: breast_cancer for --model mlp, digits for --model conv (the shipped "
+        "image data set)",
+    )
     p.add_argument(
         "--rows", type=_positive_int, default=10, help="test rows to run encrypted (default 10)"
     )

@@ -110,10 +110,10 @@ def _in_child(args: argparse.Namespace) -> int:
 
     outputs = [getattr(args, name, None) for name in ("out", "keys", "circuits")]
     if args.command == "demo":
-        outputs = [
-            Path(args.circuits) / f"demo_{args.dataset}",
-            Path(args.keys) / f"demo_{args.dataset}",
-        ]
+        from .demo import demo_folder_name
+
+        name = demo_folder_name(args)
+        outputs = [Path(args.circuits) / name, Path(args.keys) / name]
 
     def cleanup() -> None:
         for path in outputs:

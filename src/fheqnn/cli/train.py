@@ -14,7 +14,31 @@ from .common import EXIT_OK, CliError, _say, _write_bytes
 from .outputs import _check_typed_file_output, _is_onnx_file
 
 
+def check_model_options(args: argparse.Namespace, dataset: str | None) -> None:
+    """Refuse options that do not apply to ``--model``, before anything is read or trained."""
+    if args.model == "conv":
+        if dataset is not None and dataset != "digits":
+            raise CliError(
+                f"--model conv takes images; {dataset} holds table rows. The shipped image "
+                "data set is digits (8x8 images): --dataset digits"
+            )
+        if args.n_layers != 3 or args.multiplier != 4:
+            raise CliError(
+                "--n-layers and --multiplier shape the MLP; a convolutional network is shaped "
+                "by --channels"
+            )
+        if getattr(args, "task", "classifier") != "classifier":
+            raise CliError("--model conv trains a classifier (--task classifier)")
+        return
+    if args.channels is not None or getattr(args, "input_shape", None) is not None:
+        raise CliError(
+            "--channels and --input-shape describe a convolutional network: add --model conv"
+        )
+
+
 def _estimator(args: argparse.Namespace, task: str) -> Any:
+    if args.model == "conv":
+        return _conv_estimator(args)
     from .. import NeuralNetClassifier, NeuralNetRegressor
 
     cls = NeuralNetClassifier if task == "classifier" else NeuralNetRegressor
@@ -26,10 +50,63 @@ def _estimator(args: argparse.Namespace, task: str) -> Any:
         module__n_a_bits=args.n_a_bits,
         module__n_accum_bits=args.n_accum_bits,
         module__n_prune_neurons_percentage=args.prune,
-        max_epochs=args.epochs,
+        max_epochs=200 if args.epochs is None else args.epochs,
         random_state=args.seed,
         verbose=0 if args.quiet else 1,
     )
+
+
+def _conv_estimator(args: argparse.Namespace) -> Any:
+    """The convolutional classifier the options describe (its defaults where they are
+    silent)."""
+    from ..model.conv_estimator import ConvNetClassifier
+
+    est = ConvNetClassifier(
+        module__n_w_bits=args.n_w_bits,
+        module__n_a_bits=args.n_a_bits,
+        module__n_accum_bits=args.n_accum_bits,
+        module__n_prune_neurons_percentage=args.prune,
+        random_state=args.seed,
+        verbose=0 if args.quiet else 1,
+    )
+    if args.channels is not None:
+        est.set_params(module__channels=args.channels)
+    if args.epochs is not None:
+        est.set_params(max_epochs=args.epochs)
+    return est
+
+
+def _images(args: argparse.Namespace, x: np.ndarray, source: str) -> np.ndarray:
+    """Rows of ``x`` as images of ``--input-shape`` (``--dataset digits``: 1,8,8)."""
+    shape = args.input_shape
+    known = None  # the shape the data itself gives
+    if args.dataset == "digits":
+        known = (1, 8, 8)
+    elif args.data and str(args.data).endswith(".npy"):
+        # A file of images (rows, channels, height, width) or (rows, height, width) says it.
+        stored = np.load(args.data, mmap_mode="r").shape
+        if len(stored) in (3, 4):
+            known = tuple(stored[1:]) if len(stored) == 4 else (1, *stored[1:])
+    if shape is not None and known is not None and tuple(shape) != known:
+        raise CliError(
+            f"--input-shape {','.join(map(str, shape))} does not match {source}'s images, "
+            f"of shape {known}"
+        )
+    shape = shape or known
+    if shape is None:
+        raise CliError(
+            "--model conv needs the shape of one image: --input-shape C,H,W (or a .npy file "
+            "of images, shape (rows, channels, height, width))"
+        )
+    if len(shape) != 3:
+        raise CliError(f"--input-shape must be channels,height,width, got {shape}")
+    size = int(np.prod(shape))
+    if x.shape[1] != size:
+        raise CliError(
+            f"--input-shape {','.join(map(str, shape))} holds {size} values but {source} has "
+            f"{x.shape[1]} features per row"
+        )
+    return x.reshape(len(x), *shape)
 
 
 def _training_data(args: argparse.Namespace) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
@@ -45,7 +122,8 @@ def _training_data(args: argparse.Namespace) -> tuple[tuple[np.ndarray, ...], di
             raise CliError("--dataset cannot be combined with --data, --labels or --target")
         from ..datasets import load_split
 
-        return load_split(args.dataset), {"data": args.dataset}
+        # A convolutional network learns its own per-channel scaling from the raw pixels.
+        return load_split(args.dataset, standardize=args.model != "conv"), {"data": args.dataset}
     if not args.data:
         raise CliError("give --dataset NAME or --data FILE (.csv or .npy)")
     if args.labels and args.target is not None:
@@ -102,9 +180,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_destination(
         out, overwrite=args.overwrite, what="training folder", kind=TRAINING_RUN, inputs=inputs
     )
+    check_model_options(args, args.dataset)
     (x_tr, x_te, y_tr, y_te), data_info = _training_data(args)
     est = _estimator(args, args.task)
-    _say(f"training a {args.task} on {len(x_tr)} rows x {x_tr.shape[1]} features")
+    if args.model == "conv":
+        x_tr = _images(args, x_tr, data_info["data"])
+        x_te = _images(args, x_te, data_info["data"])
+        _say(f"training a convolutional classifier on {len(x_tr)} images of {x_tr.shape[1:]}")
+    else:
+        _say(f"training a {args.task} on {len(x_tr)} rows x {x_tr.shape[1]} features")
     start = time.perf_counter()
     est.fit(x_tr, y_tr)
     fit_s = time.perf_counter() - start

@@ -1,6 +1,7 @@
 """Sparse quantized convolutional network: the seed's network for images.
 
-Convolutions (brevitas ``QuantConv2d``) and one final linear layer, every filter and neuron
+Convolutions (brevitas ``QuantConv2d``), optional hidden linear layers and a final linear
+layer, every filter and neuron
 pruned so that its integer accumulator provably fits ``n_accum_bits``: each filter keeps at
 most :meth:`SparseQuantConvNetwork.max_active_weights` non-zero weights over its whole window
 (input channels x kernel), the bound of the seed's MLP applied per filter and per layer.
@@ -13,7 +14,7 @@ from typing import Any
 
 import brevitas.nn as qnn
 import torch
-from brevitas.quant import Int8WeightPerChannelFloat
+from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat
 from torch import nn
 
 from ..errors import InvalidParameterError
@@ -45,8 +46,10 @@ class SparseQuantConvNetwork(SparseQuantBase):
     input quantizer (``n_a_bits``), a ``conv{i}`` quantized convolution (``n_w_bits``
     weights, per-filter scale, zero point 0, ``kernel_size`` square kernel, stride
     ``strides[i]``, padding ``kernel_size // 2``) and an ``act{i}`` activation; then
-    ``flatten``, a last quantizer and ``fc``, the linear layer to ``n_outputs``. ``forward``
-    returns raw outputs (logits).
+    for each hidden width ``j`` a ``quant_fc{j}`` quantizer, a ``fc{j}`` linear layer and an
+    ``act_fc{j}`` activation, and a last quantizer, ``quant{len(channels)}``, before ``fc``,
+    the linear layer to ``n_outputs``; ``flatten`` follows the first of those quantizers.
+    ``forward`` returns raw outputs (logits).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class SparseQuantConvNetwork(SparseQuantBase):
         channels: tuple[int, ...] = (8, 16),
         kernel_size: int = 3,
         strides: tuple[int, ...] | None = None,
+        hidden: tuple[int, ...] = (),
         n_w_bits: int = 3,
         n_a_bits: int = 3,
         n_accum_bits: int = MAX_BITWIDTH_BACKWARD_COMPATIBLE,
@@ -63,6 +67,7 @@ class SparseQuantConvNetwork(SparseQuantBase):
         activation_function: type = nn.ReLU,
         quant_narrow: bool = False,
         quant_signed: bool = True,
+        weight_per_channel: bool = True,
     ) -> None:
         """Sparse quantized convolutional network constructor.
 
@@ -73,14 +78,23 @@ class SparseQuantConvNetwork(SparseQuantBase):
             kernel_size: Side of every square kernel (odd: padding keeps the size).
             strides: Stride of each convolution (default 2 for each: every convolution
                 halves the image, which keeps the number of lookups down).
+            hidden: Widths of the hidden linear layers between the convolutions and ``fc``
+                (default none). Each neuron, like each filter, keeps at most
+                ``max_active_weights`` inputs, so a wide flattened image is read by more
+                neurons than the classes alone.
             n_w_bits: Number of weight bits (signed; at least 2).
             n_a_bits: Number of activation and input bits.
             n_accum_bits: Maximal allowed bit-width of every accumulator.
-            n_prune_neurons_percentage: Fraction in [0, 1) of each convolution's filters to
-                prune (by weight norm) to speed up FHE inference.
+            n_prune_neurons_percentage: Fraction in [0, 1) of each convolution's filters and
+                of each hidden linear layer's neurons to prune (by weight norm) to speed up
+                FHE inference.
             activation_function: The activation class, instantiated after each convolution.
             quant_narrow: Quantize with a narrow range.
             quant_signed: Quantize inputs and activations to signed integers.
+            weight_per_channel: One weight scale per filter and per neuron (default), or one
+                per layer. Concrete ML 1.9 cannot compile a convolution with per-filter scales
+                (its ``QuantizedConv`` broadcasts them over the batch axis), so comparing the
+                two systems on one module takes ``False``.
 
         Raises:
             InvalidParameterError: invalid values, or a budget too small for one weight.
@@ -99,6 +113,11 @@ class SparseQuantConvNetwork(SparseQuantBase):
                 f"strides must give one stride per convolution ({len(channels)}), got {strides}"
             )
         self.strides = tuple(check_int("strides", s, 1) for s in strides)
+        if not isinstance(hidden, list | tuple):
+            raise InvalidParameterError(
+                f"hidden must be a tuple of layer widths (() for none), got {hidden!r}"
+            )
+        self.hidden = tuple(check_int("hidden", h, 1) for h in hidden)
         self.n_w_bits = check_int("n_w_bits", n_w_bits, 2, _MAX_QUANT_BITS)
         self.n_a_bits = check_int("n_a_bits", n_a_bits, 2 if quant_signed else 1, _MAX_QUANT_BITS)
         self.n_accum_bits = check_int("n_accum_bits", n_accum_bits, 1, 32)
@@ -112,8 +131,10 @@ class SparseQuantConvNetwork(SparseQuantBase):
                 f"activation_function must be a torch.nn.Module class, got {activation_function!r}"
             )
         self.activation_function = activation_function
+        self._non_negative_activation = self._activation_is_non_negative()
         self.quant_narrow = check_bool("quant_narrow", quant_narrow)
         self.quant_signed = check_bool("quant_signed", quant_signed)
+        self.weight_per_channel = check_bool("weight_per_channel", weight_per_channel)
         self.features = self._build_features()
         for index in range(len(self.masked_layers())):
             if self.max_active_weights(index) < 1:
@@ -149,7 +170,7 @@ class SparseQuantConvNetwork(SparseQuantBase):
                 stride=stride,
                 padding=pad,
                 bias=True,
-                weight_quant=Int8WeightPerChannelFloat,
+                weight_quant=self._weight_quant(),
                 weight_bit_width=self.n_w_bits,
                 weight_narrow_range=self.quant_narrow,
                 bias_quant=None,
@@ -160,34 +181,60 @@ class SparseQuantConvNetwork(SparseQuantBase):
             width = (width + 2 * pad - self.kernel_size) // stride + 1
             c_in = c_out
         self.flat_shape = (c_in, height, width)
+        width_in = c_in * height * width
+        # The images are flattened after their quantizer, so that the quantized tensor is what
+        # the first linear layer reads (Concrete ML's importer needs it there).
+        names = [f"quant_fc{idx}" for idx in range(len(self.hidden))]
+        names.append(f"quant{len(self.channels)}")
+        features.add_module(names[0], self._quantizer())
         features.add_module("flatten", nn.Flatten())
-        features.add_module(f"quant{len(self.channels)}", self._quantizer())
-        features.add_module(
-            "fc",
-            qnn.QuantLinear(
-                c_in * height * width,
-                self.n_outputs,
-                bias=True,
-                weight_quant=Int8WeightPerChannelFloat,
-                weight_bit_width=self.n_w_bits,
-                weight_narrow_range=self.quant_narrow,
-                bias_quant=None,
-            ),
-        )
+        for idx, width_out in enumerate(self.hidden):
+            if idx:
+                features.add_module(names[idx], self._quantizer())
+            features.add_module(f"fc{idx}", self._linear(width_in, width_out))
+            features.add_module(f"act_fc{idx}", self.activation_function())
+            width_in = width_out
+        if self.hidden:
+            features.add_module(names[-1], self._quantizer())
+        features.add_module("fc", self._linear(width_in, self.n_outputs))
         return features
+
+    def _weight_quant(self) -> type:
+        return Int8WeightPerChannelFloat if self.weight_per_channel else Int8WeightPerTensorFloat
+
+    def _linear(self, n_in: int, n_out: int) -> nn.Module:
+        return qnn.QuantLinear(
+            n_in,
+            n_out,
+            bias=True,
+            weight_quant=self._weight_quant(),
+            weight_bit_width=self.n_w_bits,
+            weight_narrow_range=self.quant_narrow,
+            bias_quant=None,
+        )
 
     # ---------------------------------------------------------------- the bound
     def masked_layers(self) -> list[nn.Module]:
-        """The convolutions and the final linear layer."""
+        """The convolutions, the hidden linear layers and the final linear layer."""
         convs = [getattr(self.features, f"conv{i}") for i in range(len(self.channels))]
-        return [*convs, self.features.fc]
+        hidden = [getattr(self.features, f"fc{j}") for j in range(len(self.hidden))]
+        return [*convs, *hidden, self.features.fc]
 
     def layer_input_int_range(self, index: int) -> IntRange:
-        """Integers that reach masked layer ``index`` from its input quantizer: its whole
-        range. (After a ReLU a signed quantizer emits only its non-negative half, but the
-        compiler proves the accumulators from the quantizer's range alone, so the bound here
-        does not rely on it either.)"""
-        return quantizer_range(self.n_a_bits, self.quant_signed, self.quant_narrow)
+        """Integers that reach masked layer ``index``: its input quantizer's range, and after
+        an activation that is never negative (a ReLU) only the quantizer's non-negative part,
+        since brevitas' quantizers here have zero point 0. The compiler proves the same
+        (``Layer.lookup_range``: the hull of the previous layer's table outputs), so a signed
+        3-bit quantizer after a ReLU gives [0, 3], and each filter may keep more weights."""
+        full = quantizer_range(self.n_a_bits, self.quant_signed, self.quant_narrow)
+        if index == 0 or not self._non_negative_activation:
+            return full
+        return IntRange(max(full.lo, 0), full.hi)
+
+    def _activation_is_non_negative(self) -> bool:
+        probe = torch.linspace(-1e4, 1e4, 20001)
+        with torch.no_grad():
+            return bool(self.activation_function()(probe).min() >= 0)
 
     def max_active_weights(self, index: int) -> int:
         """Largest number of non-zero weights one filter (or neuron of ``fc``) of masked layer
@@ -198,9 +245,12 @@ class SparseQuantConvNetwork(SparseQuantBase):
         return max_terms_within(weights * self.layer_input_int_range(index), self.n_accum_bits)
 
     def allowed_inputs(self, index: int, kept: torch.Tensor) -> torch.Tensor:
-        """The input channels of kept filters (for ``fc``: their flattened positions)."""
+        """The input channels of kept filters (for the first linear layer: their flattened
+        positions; for the next ones: the kept neurons)."""
         if index < len(self.channels):
             return kept[None, :, None, None]
+        if index > len(self.channels):
+            return kept[None, :]
         positions = self.flat_shape[1] * self.flat_shape[2]
         return kept.repeat_interleave(positions)[None, :]
 
@@ -239,6 +289,7 @@ class SparseQuantConvNetwork(SparseQuantBase):
             "channels": self.channels,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
+            "hidden": self.hidden,
             "n_w_bits": self.n_w_bits,
             "n_a_bits": self.n_a_bits,
             "n_accum_bits": self.n_accum_bits,
@@ -246,6 +297,7 @@ class SparseQuantConvNetwork(SparseQuantBase):
             "activation_function": self.activation_function,
             "quant_narrow": self.quant_narrow,
             "quant_signed": self.quant_signed,
+            "weight_per_channel": self.weight_per_channel,
         }
         return self._pickled(init_args)
 

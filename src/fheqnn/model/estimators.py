@@ -250,22 +250,14 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self, x: np.ndarray, y: torch.Tensor, n_outputs: int, loss_fn: Any, stratify: bool
     ) -> None:
         config = self._training_config()
-        network = _network_class(check_choice("weight_quant", self.weight_quant, _WEIGHT_QUANTS))
         seed = self._seed()
         params = self.module_params()
-        self._check_memory(x, n_outputs, params, config.batch_size)
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0)
-        # One quantization scale serves every input feature, so features must share a range:
-        # learned here, applied in the clear before quantization (constant columns: scale 1).
-        self.x_mean_ = mean
-        self.x_scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
-        # Rows far outside this range are warned about at prediction (see FeatureRange).
-        self.feature_range_ = FeatureRange.of_rows(x)
+        build = self._module_builder(x, n_outputs, params, config.batch_size)
+        self._learn_input_scaling(x)
         x_std = self._standardize(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = network(input_dim=x.shape[1], n_outputs=n_outputs, **params)
+            module = build()
             result = fit_with_skorch(
                 module,
                 x_std.astype(np.float32),
@@ -282,6 +274,30 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.fhe_model_ = None
+
+    def _module_builder(
+        self, x: np.ndarray, n_outputs: int, params: dict[str, Any], batch_size: int
+    ) -> Any:
+        """A function that builds the untrained network; the parameters and the memory the
+        training needs are checked first, before the rows are copied or the module is built."""
+        network = _network_class(check_choice("weight_quant", self.weight_quant, _WEIGHT_QUANTS))
+        self._check_memory(x, n_outputs, params, batch_size)
+        return lambda: network(input_dim=x.shape[1], n_outputs=n_outputs, **params)
+
+    def _learn_input_scaling(self, x: np.ndarray) -> None:
+        """The standardization applied to raw rows and the feature range warned about."""
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        # One quantization scale serves every input feature, so features must share a range:
+        # learned here, applied in the clear before quantization (constant columns: scale 1).
+        self.x_mean_ = mean
+        self.x_scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
+        # Rows far outside this range are warned about at prediction (see FeatureRange).
+        self.feature_range_ = FeatureRange.of_rows(x)
+
+    def _feature_rows(self, X: Any, what: str = "X") -> np.ndarray:
+        """``X`` checked against the fitted input, as flat float rows (n_rows, n_features)."""
+        return check_features(X, self.n_features_in_, what=what)
 
     @staticmethod
     def _check_memory(
@@ -344,7 +360,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         self._check_fitted()
         if fhe is not None:
             # The compiled model's client contract standardizes the raw rows itself.
-            return self._compiled().predict_raw(check_features(X, self.n_features_in_), fhe)
+            return self._compiled().predict_raw(self._feature_rows(X), fhe)
         x = self._validate_x(X, reset=False)
         feature_range = getattr(self, "feature_range_", None)  # None: pickled before it existed
         if feature_range is not None:
@@ -397,7 +413,7 @@ class _SparseQuantNetEstimator(BaseEstimator):
         options = CompileOptions.from_kwargs(
             **{"n_accum_bits": self.module_.n_accum_bits, **compile_options}
         )
-        x = check_features(X, self.n_features_in_, what="calibration inputs")
+        x = self._feature_rows(X, what="calibration inputs")
         # The learned standardization becomes part of the client contract: the compiled model
         # takes raw rows, like the estimator, and standardizes them on the client.
         self.fhe_model_ = compile_onnx(

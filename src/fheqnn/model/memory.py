@@ -185,3 +185,20 @@ def _largest_fitting_multiplier(
         middle = (low + high) / 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
+
+
+def check_bytes_fit(
+    total_bytes: int, what: str, advice: str, *, available: int | None = None
+) -> None:
+    """Refuse a training whose estimate, ``total_bytes``, exceeds the memory available.
+
+    ``what`` describes the network's size and ``advice`` what would make it smaller, both in
+    the message of the :class:`InsufficientMemoryError`.
+    """
+    available = available_memory_bytes() if available is None else available
+    if available is None or total_bytes <= available:
+        return
+    raise InsufficientMemoryError(
+        f"training this network needs about {_gb(total_bytes)} of memory ({what}) but "
+        f"{_gb(available)} is available: {advice}"
+    )

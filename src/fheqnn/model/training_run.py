@@ -61,13 +61,16 @@ def write_training_run(
     # The network was trained on standardized rows: the compiled model's client repeats it.
     (folder / STANDARDIZER_FILE).write_text(json.dumps(estimator.standardizer_.to_dict()))
     module = estimator.module_
-    record = {
-        "format": TRAINING_RUN_FORMAT,
-        **info,
-        "n_accum_bits": int(module.n_accum_bits),
-        "max_active_neurons": module.max_active_neurons(),
-        "hidden_widths": module.hidden_widths(),
-    }
+    record = {"format": TRAINING_RUN_FORMAT, **info, "n_accum_bits": int(module.n_accum_bits)}
+    if hasattr(module, "channels"):  # a convolutional network: its bound is per layer
+        record["input_shape"] = list(module.input_shape)
+        record["channels"] = list(module.channels)
+        record["max_active_weights"] = [
+            module.max_active_weights(i) for i in range(len(module.masked_layers()))
+        ]
+    else:
+        record["max_active_neurons"] = module.max_active_neurons()
+        record["hidden_widths"] = module.hidden_widths()
     (folder / TRAIN_INFO_FILE).write_text(json.dumps(record, indent=2))
 
 
