@@ -34,18 +34,29 @@ def reference_row(
         FileNotFoundError: no such interpreter (the reference environment is made by hand).
         RuntimeError: the script failed (its last lines of error output are in the message).
     """
+    args = ["--dataset", dataset, "--seed", str(seed), "--epochs", str(epochs)]
+    args += ["--prune", str(prune), "--width", str(width), "--rows", str(rows)]
+    return run_reference_script(python, "reference.py", args)
+
+
+def run_reference_script(python: str, script_name: str, args: list[str]) -> dict:
+    """Run ``benchmarks/<script_name>`` with the reference environment's ``python``; the JSON
+    row it prints last.
+
+    Raises:
+        FileNotFoundError: no such interpreter (the reference environment is made by hand).
+        RuntimeError: the script failed (its last lines of error output are in the message).
+    """
     import subprocess
 
     # src/fheqnn/bench/reference.py -> the repository's benchmarks/ folder.
-    script = Path(__file__).resolve().parents[3] / "benchmarks" / "reference.py"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / script_name
     if not Path(python).is_file():
         raise FileNotFoundError(
             f"no reference interpreter at {python}: create it by hand with 'python -m venv "
             f'/work/refenv && /work/refenv/bin/pip install "concrete-ml==1.9.*"\' (see {script})'
         )
-    cmd = [python, str(script), "--dataset", dataset, "--seed", str(seed)]
-    cmd += ["--epochs", str(epochs), "--prune", str(prune), "--width", str(width)]
-    cmd += ["--rows", str(rows)]
+    cmd = [python, str(script), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
