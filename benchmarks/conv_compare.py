@@ -144,12 +144,29 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--channels``, ``--hidden`` and ``--epochs`` (read back by :func:`network_overrides`)."""
     parser.add_argument("--channels", type=lambda t: tuple(map(int, t.split(","))))
     parser.add_argument("--hidden", type=lambda t: tuple(map(int, t.split(","))) if t else ())
     parser.add_argument("--epochs", type=int)
+
+
+def network_overrides(args: argparse.Namespace) -> dict:
+    """The estimator parameters the options of :func:`add_network_arguments` set."""
+    overrides: dict = {}
+    if args.channels:
+        overrides["module__channels"] = args.channels
+    if args.hidden is not None:
+        overrides["module__hidden"] = args.hidden
+    if args.epochs:
+        overrides["max_epochs"] = args.epochs
+    return overrides
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_network_arguments(parser)
     parser.add_argument(
         "--per-tensor",
         action="store_true",
@@ -172,13 +189,7 @@ def main() -> int:
     if args.table_only:
         args.seeds = []
     x_tr, x_te, y_tr, y_te = _digits()
-    overrides = {}
-    if args.channels:
-        overrides["module__channels"] = args.channels
-    if args.hidden is not None:
-        overrides["module__hidden"] = args.hidden
-    if args.epochs:
-        overrides["max_epochs"] = args.epochs
+    overrides = network_overrides(args)
     if args.per_tensor:
         overrides["module__weight_per_channel"] = False
     for seed in args.seeds:

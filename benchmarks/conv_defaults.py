@@ -17,13 +17,13 @@ import warnings
 
 import numpy as np
 
+from conv_compare import add_network_arguments, network_overrides
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--channels", type=lambda t: tuple(map(int, t.split(","))))
-    parser.add_argument("--hidden", type=lambda t: tuple(map(int, t.split(","))) if t else ())
-    parser.add_argument("--epochs", type=int)
+    add_network_arguments(parser)
     parser.add_argument(
         "--set",
         action="append",
@@ -41,13 +41,7 @@ def main() -> None:
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    params: dict = {}
-    if args.channels:
-        params["module__channels"] = args.channels
-    if args.hidden is not None:
-        params["module__hidden"] = args.hidden
-    if args.epochs:
-        params["max_epochs"] = args.epochs
+    params = network_overrides(args)
     for item in args.set:
         name, _, value = item.partition("=")
         params[name] = json.loads(value)

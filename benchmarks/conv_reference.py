@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import numpy as np
+
+from reference_measures import measure_circuit
 
 
 def build(config: dict):
@@ -123,23 +124,9 @@ def main() -> None:
     row["compile_s"] = time.perf_counter() - start
     circuit = qm.fhe_circuit
     row["pbs"] = int(circuit.programmable_bootstrap_count)
-    passes = np.array([qm.forward(x_te, fhe="simulate").argmax(1) for _ in range(10)])
-    row["acc_simulated"] = float(np.mean(passes == y_te))
-    row["simulate_unstable_rows"] = int(np.sum(np.any(passes != passes[0], axis=0)))
-    start = time.perf_counter()
-    circuit.keygen(force=True)
-    row["keygen_s"] = time.perf_counter() - start
-    row["eval_keys_mb"] = len(circuit.keys.evaluation.serialize()) / 1e6
-    if args.rows > 0:
-        qm.forward(x_te[:1], fhe="execute")  # warm-up, as fheqnn's measure does
-        times, correct = [], 0
-        for i in range(args.rows):
-            start = time.perf_counter()
-            out = qm.forward(x_te[i : i + 1], fhe="execute")
-            times.append(time.perf_counter() - start)
-            correct += int(out.argmax(1)[0] == y_te[i])
-        row["latency_single_s"] = statistics.median(times)
-        row["acc_encrypted_rows"] = correct / args.rows
+    measure_circuit(
+        row, circuit, lambda x, fhe: qm.forward(x, fhe=fhe).argmax(1), x_te, y_te, args.rows
+    )
     row["load_after"] = os.getloadavg()[0]
     print(json.dumps(row))
 

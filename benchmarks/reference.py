@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import numpy as np
 from sklearn import datasets
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+from reference_measures import measure_circuit
 
 LOADERS = {
     "breast_cancer": datasets.load_breast_cancer,
@@ -81,24 +82,7 @@ def main() -> None:
     circuit = model.compile(x_tr)
     row["compile_s"] = time.perf_counter() - start
     row["pbs"] = int(circuit.programmable_bootstrap_count)
-    # Ten simulations of the test rows: their mean accuracy, and the rows whose label changed.
-    passes = np.array([model.predict(x_te, fhe="simulate") for _ in range(10)])
-    row["acc_simulated"] = float(np.mean(passes == y_te))
-    row["simulate_unstable_rows"] = int(np.sum(np.any(passes != passes[0], axis=0)))
-    start = time.perf_counter()
-    circuit.keygen(force=True)
-    row["keygen_s"] = time.perf_counter() - start
-    row["eval_keys_mb"] = len(circuit.keys.evaluation.serialize()) / 1e6
-    if args.rows > 0:
-        model.predict(x_te[:1], fhe="execute")  # warm-up
-        times, correct = [], 0
-        for i in range(args.rows):
-            start = time.perf_counter()
-            pred = model.predict(x_te[i : i + 1], fhe="execute")
-            times.append(time.perf_counter() - start)
-            correct += int(pred[0] == y_te[i])
-        row["latency_single_s"] = statistics.median(times)
-        row["acc_encrypted_rows"] = correct / args.rows
+    measure_circuit(row, circuit, lambda x, fhe: model.predict(x, fhe=fhe), x_te, y_te, args.rows)
     row["load_after"] = os.getloadavg()[0]
     print(json.dumps(row))
 
