@@ -70,9 +70,10 @@ def _demo(args: argparse.Namespace) -> int:
         + f", {len(np.unique(y_tr))} classes"
     )
     est = _train(args, x_tr, y_tr)
-    model = _compile(args, est, x_tr, y_tr)
-    # The compiled model's measures take flat rows (an image flattened, C order).
+    acc_clear = float(np.mean(est.predict(x_te) == y_te))
+    # The compiled model takes flat rows (an image flattened, C order), as its client does.
     x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
+    model = _compile(args, est, x_tr, y_tr)
     circuit_dir = Path(args.circuits) / demo_folder_name(args)
     key_dir = Path(args.keys) / demo_folder_name(args)
     _say(
@@ -85,7 +86,6 @@ def _demo(args: argparse.Namespace) -> int:
         keys = key_measures(client.keygen(key_dir, overwrite=True))
     server = FheModelServer(circuit_dir)
 
-    acc_clear = float(np.mean(est.predict(est._feature_rows(x_te)) == y_te))
     acc_int = integer_accuracy(model, x_te, y_te)
     with _Step("simulating the circuit on every test row, 10 times"):
         simulated = simulated_measures(model, x_te, y_te)
@@ -164,7 +164,7 @@ def _compile(args: argparse.Namespace, est: Any, x_tr: np.ndarray, y_tr: np.ndar
         model = _compile_speaking(
             lambda: compile_onnx(
                 est.export_onnx(),
-                est._feature_rows(x_tr),
+                x_tr,
                 options=options,
                 output_spec=est.output_spec_,
                 standardizer=est.standardizer_,

@@ -83,8 +83,10 @@ def _images(args: argparse.Namespace, x: np.ndarray, source: str) -> np.ndarray:
     if args.dataset == "digits":
         known = (1, 8, 8)
     elif args.data and str(args.data).endswith(".npy"):
+        from ..tabular.npy_reader import _npy_header
+
         # A file of images (rows, channels, height, width) or (rows, height, width) says it.
-        stored = np.load(args.data, mmap_mode="r").shape
+        stored, _ = _npy_header(Path(args.data), "data")
         if len(stored) in (3, 4):
             known = tuple(stored[1:]) if len(stored) == 4 else (1, *stored[1:])
     if shape is not None and known is not None and tuple(shape) != known:

@@ -270,8 +270,16 @@ class Layer:
         return int((self.weight != 0).sum(axis=1).max(initial=0))
 
     def neuron_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Proven accumulator interval of each neuron, from its integer weights (int64 arrays)."""
-        return matrix_ranges(self.weight, self.input_range.lo, self.input_range.hi)
+        """Proven accumulator interval of each neuron, from its integer weights (int64 arrays,
+        read-only: computed once per layer, which is frozen)."""
+        return self._neuron_ranges
+
+    @cached_property
+    def _neuron_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = matrix_ranges(self.weight, self.input_range.lo, self.input_range.hi)
+        lo.flags.writeable = False
+        hi.flags.writeable = False
+        return lo, hi
 
     def output_units(self) -> tuple[str, np.ndarray]:
         """What each neuron belongs to, for messages: ``("channel", channel of each neuron)``

@@ -143,12 +143,7 @@ class ConvNetClassifier(NeuralNetClassifier):
         parameters = sum(p.numel() for p in network.parameters())
         values = int(np.prod(network.input_shape))
         per_row = values + sum(network.hidden) + network.n_outputs
-        _, height, width = network.input_shape
-        pad = network.kernel_size // 2
-        for c_out, stride in zip(network.channels, network.strides, strict=True):
-            height = (height + 2 * pad - network.kernel_size) // stride + 1
-            width = (width + 2 * pad - network.kernel_size) // stride + 1
-            per_row += c_out * height * width
+        per_row += sum(int(np.prod(shape)) for shape in network.conv_shapes)
         total = (
             parameters * BYTES_PER_PARAMETER
             + batch_size * per_row * BYTES_PER_ACTIVATION

@@ -161,6 +161,8 @@ class SparseQuantConvNetwork(SparseQuantBase):
         features = nn.Sequential()
         c_in, height, width = self.input_shape
         pad = self.kernel_size // 2
+        #: (channels, height, width) of each convolution's output.
+        self.conv_shapes: list[tuple[int, int, int]] = []
         for idx, (c_out, stride) in enumerate(zip(self.channels, self.strides, strict=True)):
             features.add_module(f"quant{idx}", self._quantizer())
             conv = qnn.QuantConv2d(
@@ -180,7 +182,8 @@ class SparseQuantConvNetwork(SparseQuantBase):
             height = (height + 2 * pad - self.kernel_size) // stride + 1
             width = (width + 2 * pad - self.kernel_size) // stride + 1
             c_in = c_out
-        self.flat_shape = (c_in, height, width)
+            self.conv_shapes.append((c_out, height, width))
+        self.flat_shape = self.conv_shapes[-1]
         width_in = c_in * height * width
         # The images are flattened after their quantizer, so that the quantized tensor is what
         # the first linear layer reads (Concrete ML's importer needs it there).

@@ -147,11 +147,20 @@ def check_training_fits(
         if fitting is not None
         else f"lower {multiplier_name}"
     )
-    raise InsufficientMemoryError(
-        f"training this network needs about {_gb(need.total_bytes)} of memory "
-        f"({need.parameters:,} weights: {input_dim} features, hidden width "
-        f"{_width_text(need.widths)}) but {_gb(available)} is available: {shrink}, or select "
-        "fewer feature columns"
+    raise _refusal(
+        need.total_bytes,
+        available,
+        f"{need.parameters:,} weights: {input_dim} features, hidden width "
+        f"{_width_text(need.widths)}",
+        f"{shrink}, or select fewer feature columns",
+    )
+
+
+def _refusal(total_bytes: int, available: int, what: str, advice: str) -> InsufficientMemoryError:
+    """The error of a training that needs ``total_bytes`` where ``available`` is free."""
+    return InsufficientMemoryError(
+        f"training this network needs about {_gb(total_bytes)} of memory ({what}) but "
+        f"{_gb(available)} is available: {advice}"
     )
 
 
@@ -198,7 +207,4 @@ def check_bytes_fit(
     available = available_memory_bytes() if available is None else available
     if available is None or total_bytes <= available:
         return
-    raise InsufficientMemoryError(
-        f"training this network needs about {_gb(total_bytes)} of memory ({what}) but "
-        f"{_gb(available)} is available: {advice}"
-    )
+    raise _refusal(total_bytes, available, what, advice)
