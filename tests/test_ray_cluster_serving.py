@@ -135,6 +135,30 @@ def test_keys_uploaded_once_answer_replicas_on_both_worker_nodes(
     assert nodes == workers  # answered by a replica on each worker node, keys uploaded once
 
 
+def test_serve_s_controller_gives_a_proxy_as_long_to_start_as_serve_start_waits(
+    service,
+) -> None:
+    """Serve's controller kills a proxy not ready within 5 s by default, while ``serve.start``
+    waits 60 s: on a loaded machine the start failed (``ActorDiedError`` of the proxy). The
+    controller fheqnn starts runs with the longer wait."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    from fheqnn.serving.ray_backend import PROXY_READY_ENV, PROXY_READY_SECONDS
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+
+    def read(_self: Any) -> tuple[str | None, float]:
+        from ray.serve._private import proxy_state
+
+        return os.environ.get(PROXY_READY_ENV), proxy_state.PROXY_READY_CHECK_TIMEOUT_S
+
+    assert ray.get(controller.__ray_call__.remote(read)) == (
+        PROXY_READY_SECONDS,
+        float(PROXY_READY_SECONDS),
+    )
+
+
 def test_a_second_service_is_refused_and_the_first_keeps_running(
     cluster, service, tiny_models
 ) -> None:

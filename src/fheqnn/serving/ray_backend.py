@@ -33,6 +33,13 @@ from .shipped_models import pack, unpack
 logger = logging.getLogger(__name__)
 
 APP_NAME = "fheqnn"
+
+#: Ray Serve's controller kills an HTTP proxy that is not ready within this many seconds
+#: (Serve's default, 5 s), while ``serve.start`` waits 60 s for it: on a busy machine the proxy
+#: was killed before it started and ``serve.start`` failed with ``ActorDiedError``. The
+#: controller fheqnn starts gets 60 s too, unless the environment says otherwise.
+PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+PROXY_READY_SECONDS = "60"
 # Ray 2.60 on Linux binds the machine's network address unless this is "0" (then 127.0.0.1).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -260,7 +267,11 @@ def deploy_service(
     config = replace(config, backend="ray", workers=workers)
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port})
+    ready = os.environ.get(PROXY_READY_ENV, PROXY_READY_SECONDS)
+    serve.start(
+        http_options={"host": host, "port": port},
+        controller_options={"runtime_env": {"env_vars": {PROXY_READY_ENV: ready}}},
+    )
     if APP_NAME in serve.status().applications:
         # Deploying would replace it, and stopping this one would remove it with its keys.
         raise InvalidParameterError(
