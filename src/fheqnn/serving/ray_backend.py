@@ -40,6 +40,7 @@ APP_NAME = "fheqnn"
 #: controller fheqnn starts gets 60 s too, unless the environment says otherwise.
 PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
 PROXY_READY_SECONDS = "60"
+
 # Ray 2.60 on Linux binds the machine's network address unless this is "0" (then 127.0.0.1).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
