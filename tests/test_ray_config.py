@@ -99,3 +99,23 @@ def test_shipped_models_unpack_once_per_node_and_repair_a_damaged_copy(tiny_mode
     for bad in ({"model_id": "../x"}, {"files": {"../evil": b""}}, {"files": {".hidden": b""}}):
         with pytest.raises(ArtifactError, match="shipped model"):
             unpack({**packed, **bad}, tmp_path)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", ""])
+def test_a_bad_proxy_wait_in_the_environment_is_refused_before_serve_starts(
+    monkeypatch, value
+) -> None:
+    from fheqnn.serving import ray_backend
+
+    monkeypatch.setenv(ray_backend.PROXY_READY_ENV, value)
+    with pytest.raises(InvalidParameterError, match="must be a positive number of seconds"):
+        ray_backend.proxy_ready_seconds()
+
+
+def test_the_proxy_wait_is_the_environment_s_or_serve_start_s(monkeypatch) -> None:
+    from fheqnn.serving import ray_backend
+
+    monkeypatch.delenv(ray_backend.PROXY_READY_ENV, raising=False)
+    assert ray_backend.proxy_ready_seconds() == ray_backend.PROXY_READY_SECONDS == "60"
+    monkeypatch.setenv(ray_backend.PROXY_READY_ENV, "90.5")
+    assert ray_backend.proxy_ready_seconds() == "90.5"

@@ -138,6 +138,7 @@ def _body_limit_line(limit: int, given: float | None) -> str:
 def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
     from ..serving import ray_backend
 
+    ray_backend.proxy_ready_seconds()  # a bad setting refused before Ray starts
     port = args.port or _free_port(args.host)
     deployed = False
     try:

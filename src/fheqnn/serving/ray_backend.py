@@ -247,6 +247,26 @@ def config_from_args(args: dict[str, Any]) -> tuple[ServeConfig, int]:
     return config, max_keys
 
 
+def proxy_ready_seconds() -> str:
+    """The proxy start-up wait the controller gets: ``PROXY_READY_ENV`` if set, else
+    ``PROXY_READY_SECONDS``. Checked here: the controller would fail on a bad value inside its
+    own process, and ``serve.start`` would report only that an actor died.
+
+    Raises:
+        InvalidParameterError: the variable is not a positive number of seconds.
+    """
+    value = os.environ.get(PROXY_READY_ENV, PROXY_READY_SECONDS)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise InvalidParameterError(
+            f"{PROXY_READY_ENV}={value!r}: must be a positive number of seconds"
+        )
+    return value
+
+
 def deploy_service(
     config: ServeConfig,
     *,
@@ -268,7 +288,7 @@ def deploy_service(
     config = replace(config, backend="ray", workers=workers)
     from ray import serve
 
-    ready = os.environ.get(PROXY_READY_ENV, PROXY_READY_SECONDS)
+    ready = proxy_ready_seconds()
     serve.start(
         http_options={"host": host, "port": port},
         controller_options={"runtime_env": {"env_vars": {PROXY_READY_ENV: ready}}},
